@@ -1,0 +1,203 @@
+"""Bounded activations ``f: R -> [-1, 1]``: value, derivative and inverse (DESIGN §1).
+
+Every activation here is monotone and odd. The quantizer needs three things from it:
+
+* ``f(z)`` — the bound applied before rounding,
+* ``f'(z)`` — for the straight-through gradient of the fused kernels,
+* ``f^-1(y)`` — only for the per-dimension shift that centres even level counts in the
+  ``"round"`` layout; computed in float32 like vector-quantize-pytorch, so shifts match it bit
+  for bit.
+
+The named activations compute ``f`` with exactly the tensor operations of the code they
+reproduce (vector-quantize-pytorch's ``tanh``, the official iFSQ ``2*sigmoid(1.6*z) - 1``),
+because a different but mathematically equal formula would move values that sit within an
+ulp of a bin edge into the neighbouring bin.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Activation",
+    "Tanh",
+    "ScaledSigmoid",
+    "Erf",
+    "HardClamp",
+    "CustomActivation",
+    "get_activation",
+    "ACTIVATION_NAMES",
+]
+
+
+class Activation:
+    """A monotone, odd map onto ``[-1, 1]``.
+
+    Subclass it (or pass any object with ``__call__``, and optionally ``derivative`` and
+    ``inverse``) to use your own bound. ``name`` identifies the activations that the fused
+    kernels know; custom activations have ``name = None`` and run on the reference path.
+    """
+
+    name: str | None = None
+
+    def __call__(self, z: Tensor) -> Tensor:
+        """``f(z)``, same shape and dtype as ``z``."""
+        raise NotImplementedError
+
+    def derivative(self, z: Tensor) -> Tensor:
+        """``f'(z)``, same shape and dtype as ``z``."""
+        raise NotImplementedError
+
+    def inverse(self, y: Tensor) -> Tensor:
+        """``f^-1(y)`` elementwise for ``y`` in ``(-1, 1)``, in ``y``'s dtype."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Tanh(Activation):
+    """``tanh(z)`` — the FSQ paper's bound (vector-quantize-pytorch's ``FSQ``)."""
+
+    name = "tanh"
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return torch.tanh(z)
+
+    def derivative(self, z: Tensor) -> Tensor:
+        return 1 - torch.tanh(z).square()
+
+    def inverse(self, y: Tensor) -> Tensor:
+        return torch.atanh(y)
+
+
+class ScaledSigmoid(Activation):
+    """``2*sigmoid(alpha*z) - 1`` (``= tanh(alpha*z/2)``); ``alpha = 1.6`` is iFSQ's bound.
+
+    Computed as ``2 * sigmoid(alpha * z) - 1``, the official iFSQ code's operation order
+    (``act_fun="scale_sigmoid_16"``; ``alpha=2.0`` is its ``"scale_sigmoid_20"``).
+    """
+
+    def __init__(self, alpha: float = 1.6):
+        if not (isinstance(alpha, (int, float)) and alpha > 0 and math.isfinite(alpha)):
+            raise ValueError(f"ScaledSigmoid: alpha must be a positive finite number, got {alpha!r}")
+        self.alpha = float(alpha)
+        # Only alpha = 1.6 is the named iFSQ activation that fused kernels implement.
+        self.name = "sigmoid" if self.alpha == 1.6 else None
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return 2 * torch.sigmoid(self.alpha * z) - 1
+
+    def derivative(self, z: Tensor) -> Tensor:
+        s = torch.sigmoid(self.alpha * z)
+        return (2 * self.alpha) * s * (1 - s)
+
+    def inverse(self, y: Tensor) -> Tensor:
+        return torch.atanh(y) * (2 / self.alpha)
+
+    def __repr__(self) -> str:
+        return f"ScaledSigmoid(alpha={self.alpha})"
+
+
+class Erf(Activation):
+    """``erf(z/sqrt(2))`` — the normal CDF rescaled: maps N(0, 1) exactly onto U(-1, 1)."""
+
+    name = "erf"
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return torch.erf(z * math.sqrt(0.5))
+
+    def derivative(self, z: Tensor) -> Tensor:
+        return math.sqrt(2 / math.pi) * torch.exp(-0.5 * z.square())
+
+    def inverse(self, y: Tensor) -> Tensor:
+        return math.sqrt(2) * torch.erfinv(y)
+
+
+class HardClamp(Activation):
+    """``clamp(z, -1, 1)`` — vector-quantize-pytorch's ``bound_hard_clamp=True``.
+
+    Its derivative is 1 on ``[-1, 1]`` (ends included, as autograd's ``clamp``) and 0 outside.
+    """
+
+    name = "clamp"
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return torch.clamp(z, -1.0, 1.0)
+
+    def derivative(self, z: Tensor) -> Tensor:
+        return (z.abs() <= 1).to(z.dtype)
+
+    def inverse(self, y: Tensor) -> Tensor:
+        return y.clone()
+
+
+class CustomActivation(Activation):
+    """Wraps a user callable ``fn(z) -> (-1, 1)``, monotone increasing and odd.
+
+    The derivative comes from autograd and the inverse from bisection, unless ``fn`` has
+    ``derivative`` / ``inverse`` methods of its own.
+    """
+
+    name = None
+
+    def __init__(self, fn: Callable[[Tensor], Tensor]):
+        if not callable(fn):
+            raise TypeError(f"activation must be a name, an Activation or a callable, got {type(fn).__name__}")
+        self.fn = fn
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return self.fn(z)
+
+    def derivative(self, z: Tensor) -> Tensor:
+        if hasattr(self.fn, "derivative"):
+            return self.fn.derivative(z)
+        with torch.enable_grad():
+            x = z.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.fn(x).sum(), x)
+        return grad
+
+    def inverse(self, y: Tensor) -> Tensor:
+        if hasattr(self.fn, "inverse"):
+            return self.fn.inverse(y)
+        # Bisection in float64 on a bracket grown until it holds every target.
+        target = y.to(torch.float64)
+        hi = torch.ones_like(target)
+        while bool((self.fn(hi) < target).any()) and hi.max() < 1e6:
+            hi = hi * 2
+        lo = -hi
+        if not bool(((self.fn(lo) <= target) & (target <= self.fn(hi))).all()):
+            raise ValueError("custom activation does not reach the values it must invert (is it onto (-1, 1)?)")
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            below = self.fn(mid) < target
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        return (0.5 * (lo + hi)).to(y.dtype)
+
+    def __repr__(self) -> str:
+        return f"CustomActivation({self.fn!r})"
+
+
+_NAMED: dict[str, Callable[[], Activation]] = {
+    "tanh": Tanh,
+    "sigmoid": ScaledSigmoid,
+    "erf": Erf,
+    "clamp": HardClamp,
+}
+ACTIVATION_NAMES = tuple(_NAMED)
+
+
+def get_activation(spec: str | Activation | Callable[[Tensor], Tensor]) -> Activation:
+    """Turns a name (``"tanh"``, ``"sigmoid"``, ``"erf"``, ``"clamp"``), an
+    :class:`Activation` or a callable into an :class:`Activation`."""
+    if isinstance(spec, Activation):
+        return spec
+    if isinstance(spec, str):
+        if spec not in _NAMED:
+            raise ValueError(f"activation must be one of {ACTIVATION_NAMES} or a callable, got {spec!r}")
+        return _NAMED[spec]()
+    return CustomActivation(spec)

@@ -1,0 +1,141 @@
+"""Level indices <-> codebook indices: exact int64 mixed-radix packing, with index groups.
+
+The codebook index of level indices ``k_i`` is ``sum_i k_i * B_i`` with ``B_i = prod_{j<i} L_j``
+(little endian, as vector-quantize-pytorch and the official iFSQ code). With index groups the
+``d`` dimensions are split into consecutive groups, each packed with its own basis.
+
+Packing is exact for every codebook up to ``2**63 - 1`` codes: it multiplies in float32 when
+every group has at most ``2**24`` codes (all partial sums are then exact integers), in float64
+up to ``2**53``, and in int64 beyond. Nothing is ever rounded through a float.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["IndexPlan", "INT64_MAX"]
+
+INT64_MAX = 2**63 - 1
+_FLOAT32_EXACT = 2**24
+_FLOAT64_EXACT = 2**53
+
+
+class IndexPlan:
+    """How the ``d`` level indices of one codebook become ``G`` int64 indices.
+
+    Args:
+        levels: ``L_i`` per dimension, length ``d``.
+        groups: sizes of consecutive dimension groups (sum ``d``); ``None`` is one group.
+        check_int64: raise if a group's codebook does not fit in int64.
+    """
+
+    def __init__(self, levels: Sequence[int], groups: Sequence[int] | None = None, check_int64: bool = True):
+        self.levels = tuple(levels)
+        d = len(self.levels)
+        if groups is None:
+            groups = (d,)
+        if isinstance(groups, (str, bytes)) or not isinstance(groups, Sequence) or not all(
+            isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in groups
+        ):
+            raise ValueError(f"index_groups must be a list of positive integers, got {groups!r}")
+        if sum(groups) != d:
+            raise ValueError(f"index_groups must add up to the codebook dimension {d} (len(levels)), got {list(groups)} (sum {sum(groups)})")
+        self.groups = tuple(groups)
+        self.group_slices = []
+        self.group_sizes = []
+        basis = []
+        start = 0
+        for g in self.groups:
+            group_levels = self.levels[start:start + g]
+            b = 1
+            for level in group_levels:
+                basis.append(b)
+                b *= level
+            self.group_sizes.append(b)
+            self.group_slices.append(slice(start, start + g))
+            start += g
+        self.basis = tuple(basis)
+        self.max_group_size = max(self.group_sizes)
+        if check_int64 and self.max_group_size > INT64_MAX:
+            raise ValueError(
+                f"a codebook of {self.max_group_size} codes (levels {list(self.levels)}, index_groups "
+                f"{list(self.groups)}) does not fit in int64 indices (at most 2**63 - 1); split it with "
+                "index_groups=[...] or pass return_indices=False"
+            )
+        # The (d, G) matrix whose product with level indices gives the group indices.
+        self._weights = torch.zeros(d, len(self.groups), dtype=torch.float64)
+        for gi, sl in enumerate(self.group_slices):
+            for i in range(sl.start, sl.stop):
+                self._weights[i, gi] = float(self.basis[i])
+        self._cache: dict[tuple, Tensor] = {}
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.groups)
+
+    def pack_dtype(self, device: torch.device) -> torch.dtype:
+        """The narrowest dtype in which packing is exact on ``device``."""
+        if (self.max_group_size <= _FLOAT32_EXACT and torch.device(device).type == "cpu"
+                and torch.get_float32_matmul_precision() == "highest"):
+            return torch.float32  # TF32/bf16 matmul modes would round; they do not apply to float64
+        if self.max_group_size <= _FLOAT64_EXACT:
+            return torch.float64
+        return torch.int64
+
+    def _tensor(self, what: str, device: torch.device, dtype: torch.dtype) -> Tensor:
+        key = (what, torch.device(device), dtype)
+        if key not in self._cache:
+            if what == "weights":
+                value = self._weights
+            elif what == "basis":
+                value = torch.tensor(self.basis, dtype=torch.int64)
+            else:
+                value = torch.tensor(self.levels, dtype=torch.int64)
+            self._cache[key] = value.to(device=device, dtype=dtype)
+        return self._cache[key]
+
+    def pack(self, level_indices: Tensor) -> Tensor:
+        """``(..., d)`` level indices (integers, or floats holding exact integers) -> ``(..., G)`` int64."""
+        dtype = self.pack_dtype(level_indices.device)
+        if dtype == torch.int64:
+            k = level_indices.to(torch.int64)
+            prod = k * self._tensor("basis", k.device, torch.int64)
+            return torch.stack([prod[..., sl].sum(-1) for sl in self.group_slices], dim=-1)
+        k = level_indices.to(dtype)
+        return (k @ self._tensor("weights", k.device, dtype)).to(torch.int64)
+
+    def unpack(self, indices: Tensor) -> Tensor:
+        """``(..., G)`` int64 indices -> ``(..., d)`` int64 level indices."""
+        per_dim = torch.repeat_interleave(indices, torch.tensor(self.groups, device=indices.device), dim=-1)
+        basis = self._tensor("basis", indices.device, torch.int64)
+        levels = self._tensor("levels", indices.device, torch.int64)
+        return torch.div(per_dim, basis, rounding_mode="floor") % levels
+
+    def check_indices(self, indices: Tensor, name: str = "indices") -> None:
+        """Raises ``TypeError``/``ValueError`` unless ``indices (..., G)`` are valid integer indices."""
+        if not isinstance(indices, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(indices).__name__}")
+        if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
+            raise TypeError(f"{name} must be an integer tensor (torch.int64 or int32), got {indices.dtype}")
+        if indices.numel() == 0:
+            return
+        low = int(indices.min())
+        if low < 0:
+            raise ValueError(f"{name} must be >= 0, got {low}")
+        for gi in range(self.num_groups):
+            high = int(indices[..., gi].max())
+            if high >= self.group_sizes[gi]:
+                raise ValueError(
+                    f"{name} out of range: got {high}, but the codebook"
+                    + (f" of group {gi}" if self.num_groups > 1 else "")
+                    + f" has {self.group_sizes[gi]} codes (valid: 0 .. {self.group_sizes[gi] - 1})"
+                )
+
+    @property
+    def bits(self) -> float:
+        """log2 of the total number of codes."""
+        return sum(math.log2(level) for level in self.levels)

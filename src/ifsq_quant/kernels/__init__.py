@@ -1,0 +1,59 @@
+"""One entry point, several implementations of the quantization kernel.
+
+``quantize(z, layout, plan, backend)`` takes ``(M, d)`` values in the compute dtype and returns
+codes with a straight-through gradient, packed indices and (on request) level indices.
+``backend``: ``"torch"`` (fused PyTorch path, or the reference for custom activations),
+``"triton"`` (CUDA; CPU only under ``TRITON_INTERPRET=1``), ``"auto"`` (Triton for CUDA tensors
+when it imports, else torch), ``"reference"`` (the oracle, for tests).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from torch import Tensor
+
+from ..bins import BinLayout
+from ..indexing import IndexPlan
+from . import reference, torch_fused
+
+__all__ = ["quantize", "QuantizeOutput", "BACKENDS", "resolve_backend"]
+
+BACKENDS = ("auto", "torch", "triton", "reference")
+
+
+class QuantizeOutput(NamedTuple):
+    codes: Tensor  # (M, d) compute dtype, straight-through gradient
+    indices: Tensor | None  # (M, G) int64, when a plan was given
+    level_indices: Tensor | None  # (M, d) exact-integer floats, when asked for
+
+
+def resolve_backend(backend: str, z: Tensor, layout: BinLayout) -> str:
+    """The implementation that will run for ``z``; raises if ``backend`` cannot serve it."""
+    from . import triton_support
+
+    if backend == "auto":
+        if z.is_cuda and triton_support.available() and triton_support.supports(layout):
+            return "triton"
+        return "torch" if torch_fused.supports(layout) else "reference"
+    if backend == "triton":
+        triton_support.check_usable(z, layout)
+        return "triton"
+    if backend == "torch":
+        return "torch" if torch_fused.supports(layout) else "reference"
+    return backend
+
+
+def quantize(z: Tensor, layout: BinLayout, plan: IndexPlan | None, backend: str = "auto",
+             need_level_indices: bool = False) -> QuantizeOutput:
+    """Quantizes ``z (M, d)``; see the module docstring."""
+    impl = resolve_backend(backend, z, layout)
+    if impl == "reference":
+        codes, level_indices = reference.quantize(z, layout)
+        indices = plan.pack(level_indices) if plan is not None else None
+        return QuantizeOutput(codes, indices, level_indices if need_level_indices else None)
+    if impl == "triton":
+        from . import triton_kernels
+
+        return QuantizeOutput(*triton_kernels.quantize(z, layout, plan, need_level_indices))
+    return QuantizeOutput(*torch_fused.quantize(z, layout, plan, need_level_indices))

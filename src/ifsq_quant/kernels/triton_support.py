@@ -1,0 +1,43 @@
+"""Whether the Triton kernels can run here, without importing Triton unless asked."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+from torch import Tensor
+
+from ..bins import BinLayout
+
+TRITON_ACTIVATIONS = ("tanh", "sigmoid", "erf", "clamp")
+
+
+@functools.cache
+def available() -> bool:
+    """True when the ``triton`` package is installed (it is imported lazily)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def supports(layout: BinLayout) -> bool:
+    return layout.activation.name in TRITON_ACTIVATIONS
+
+
+def check_usable(z: Tensor, layout: BinLayout) -> None:
+    """Raises a clear error when ``backend="triton"`` cannot serve ``z``."""
+    if not available():
+        raise RuntimeError('backend="triton" needs the triton package: pip install "ifsq-quant[triton]"')
+    if not supports(layout):
+        raise ValueError(
+            f'backend="triton" supports the activations {TRITON_ACTIVATIONS}, got {layout.activation!r}; '
+            'use backend="torch" or "auto" for custom activations'
+        )
+    if not z.is_cuda and not interpreting():
+        raise RuntimeError(
+            f'backend="triton" needs CUDA tensors (got a tensor on {z.device}); on the CPU it runs only '
+            'under the Triton interpreter (set TRITON_INTERPRET=1 before importing triton)'
+        )

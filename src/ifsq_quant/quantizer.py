@@ -1,0 +1,348 @@
+"""``FSQ`` and ``iFSQ`` modules: layouts, projections, codebooks and the dtype policy.
+
+Data flows one way: input -> ``(b, n, c, d)`` -> kernel (bound, bins, codes, level indices,
+packed indices) -> usage -> noise dropout -> projection out -> the input's layout.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+
+import torch
+from einops import pack, rearrange, unpack
+from torch import Tensor, nn
+
+from . import kernels
+from .activations import Activation, HardClamp, ScaledSigmoid, get_activation
+from .bins import LAYOUTS, BinLayout, check_levels
+from .indexing import IndexPlan
+from .usage import CodeUsage
+
+__all__ = ["FSQ", "iFSQ"]
+
+
+class FSQ(nn.Module):
+    """Finite Scalar Quantization, a drop-in for vector-quantize-pytorch's ``FSQ``.
+
+    Every argument of vector-quantize-pytorch's ``FSQ`` is accepted with the same meaning, and
+    with the default ``activation="tanh"`` the codes and indices are bit-identical to it.
+
+    Args:
+        levels: number of levels ``L_i >= 2`` per codebook dimension (``d = len(levels)``).
+        dim: input feature size; a ``Linear`` projects in and out when it differs from
+            ``len(levels) * num_codebooks``.
+        num_codebooks: split the features into this many codebooks of ``d`` dims each.
+        keep_num_codebooks_dim: keep a codebook axis on the indices (default: ``num_codebooks > 1``).
+        scale: accepted and ignored, as in vector-quantize-pytorch.
+        allowed_dtypes: dtypes quantized in their own precision; others are quantized in
+            float32 (see the dtype policy below).
+        channel_first: a 3-D input is ``(batch, dim, seq)`` instead of ``(batch, seq, dim)``.
+            4-D and 5-D inputs are always channel-first.
+        projection_has_bias: bias of the projections.
+        return_indices: compute indices (``False`` returns ``None`` and lifts the int64 limit).
+        force_quantization_f32: disable autocast around the quantization and quantize
+            half-precision inputs in float32.
+        preserve_symmetry: the ``"symmetric"`` layout (same as ``bins="symmetric"``).
+        noise_dropout: in training, replace this fraction of code values by ``code + U(-0.5,
+            0.5)`` clamped to ``[-1, 1]`` (indices come from the clean codes).
+        bound_hard_clamp: use ``clamp(z, -1, 1)`` as the bound instead of the activation.
+        orthogonal_rotation: rotate ``z`` by a fixed random orthogonal matrix before
+            quantizing and back after.
+        activation: ``"tanh"`` (FSQ), ``"sigmoid"`` (iFSQ, ``2*sigmoid(1.6 z) - 1``), ``"erf"``,
+            ``"clamp"``, an :class:`~ifsq_quant.activations.Activation` or a callable.
+        bins: ``"round"`` (default), ``"symmetric"`` or ``"equal"`` (DESIGN §1).
+        eps: range widening of the ``"round"`` layout (default ``1e-3``, as vector-quantize-pytorch).
+        index_groups: split the ``d`` dims into consecutive groups, one index each (a trailing
+            group axis on the indices), e.g. ``[2, 2]``.
+        track_usage: keep a :class:`CodeUsage` in ``self.usage``, updated on training forwards.
+        backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"reference"`` (see :mod:`.kernels`).
+
+    Shapes: ``(b, n, dim)``; ``(b, dim, n)`` with ``channel_first``; ``(b, dim, *spatial)`` for
+    4-D/5-D; ``(b, dim)``. The output has the input's shape; indices are ``(b, n)`` /
+    ``(b, *spatial)`` / ``(b,)``, plus a codebook axis ``c`` when ``keep_num_codebooks_dim`` and
+    a group axis ``G`` with ``index_groups``, int64 in ``[0, codebook_size)``.
+
+    Dtype policy: the quantization runs in float32 (float64 for float64 inputs); bf16/fp16
+    outputs come back in the input dtype. NaN inputs quantize to level 0 of their dimension
+    (code ``-1`` except in ``"equal"``): a defined, in-range result; ``+-inf`` saturate.
+    """
+
+    default_activation: str = "tanh"
+    default_eps: float = 1e-3
+
+    def __init__(
+        self,
+        levels: Sequence[int],
+        dim: int | None = None,
+        num_codebooks: int = 1,
+        keep_num_codebooks_dim: bool | None = None,
+        scale: float | None = None,
+        allowed_dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float64),
+        channel_first: bool = False,
+        projection_has_bias: bool = True,
+        return_indices: bool = True,
+        force_quantization_f32: bool = True,
+        preserve_symmetry: bool = False,
+        noise_dropout: float = 0.0,
+        bound_hard_clamp: bool = False,
+        orthogonal_rotation: bool = False,
+        *,
+        activation: str | Activation | Callable[[Tensor], Tensor] | None = None,
+        bins: str | None = None,
+        eps: float | None = None,
+        index_groups: Sequence[int] | None = None,
+        track_usage: bool = False,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        levels = check_levels(levels)
+        self.levels = list(levels)
+        if isinstance(num_codebooks, bool) or not isinstance(num_codebooks, int) or num_codebooks < 1:
+            raise ValueError(f"num_codebooks must be a positive integer, got {num_codebooks!r}")
+        if keep_num_codebooks_dim is None:
+            keep_num_codebooks_dim = num_codebooks > 1
+        if num_codebooks > 1 and not keep_num_codebooks_dim:
+            raise ValueError("keep_num_codebooks_dim=False needs num_codebooks=1: several codebooks need their own index axis")
+        if not 0.0 <= noise_dropout <= 1.0:
+            raise ValueError(f"noise_dropout must be in [0, 1], got {noise_dropout!r}")
+        if backend not in kernels.BACKENDS:
+            raise ValueError(f"backend must be one of {kernels.BACKENDS}, got {backend!r}")
+
+        if bins is None:
+            bins = "symmetric" if preserve_symmetry else "round"
+        elif preserve_symmetry and bins != "symmetric":
+            raise ValueError(f'preserve_symmetry=True is the "symmetric" layout; it contradicts bins={bins!r}')
+        if bins not in LAYOUTS:
+            raise ValueError(f"bins must be one of {LAYOUTS}, got {bins!r}")
+        if bound_hard_clamp:
+            if activation is not None and not isinstance(get_activation(activation), HardClamp):
+                raise ValueError(f"bound_hard_clamp=True replaces the activation by clamp(z, -1, 1); it contradicts activation={activation!r}")
+            activation = "clamp"
+        self.activation = get_activation(self.default_activation if activation is None else activation)
+        self.eps = self.default_eps if eps is None else eps
+        self.bins = bins
+        self.layout = BinLayout(levels, bins, self.activation, self.eps)
+
+        self.codebook_dim = len(levels)
+        self.num_codebooks = num_codebooks
+        self.effective_codebook_dim = self.codebook_dim * num_codebooks
+        self.keep_num_codebooks_dim = keep_num_codebooks_dim
+        self.dim = self.effective_codebook_dim if dim is None else dim
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        self.channel_first = channel_first
+        self.scale = scale  # unused, as in vector-quantize-pytorch
+        self.allowed_dtypes = tuple(allowed_dtypes)
+        self.force_quantization_f32 = force_quantization_f32
+        self.preserve_symmetry = bins == "symmetric"
+        self.noise_dropout = float(noise_dropout)
+        self.bound_hard_clamp = bound_hard_clamp
+        self.backend = backend
+
+        self.has_projections = self.dim != self.effective_codebook_dim
+        self.project_in = nn.Linear(self.dim, self.effective_codebook_dim, bias=projection_has_bias) if self.has_projections else nn.Identity()
+        self.project_out = nn.Linear(self.effective_codebook_dim, self.dim, bias=projection_has_bias) if self.has_projections else nn.Identity()
+
+        self.return_indices = return_indices
+        self.index_groups = None if index_groups is None else list(index_groups)
+        # Built even without return_indices, for indices_to_codes and the codebook size.
+        self.index_plan = IndexPlan(levels, index_groups, check_int64=return_indices)
+        self.codebook_size = math.prod(levels)
+        self.register_buffer("_levels", torch.tensor(levels, dtype=torch.int64), persistent=False)
+
+        self.orthogonal_rotation = orthogonal_rotation
+        if orthogonal_rotation:
+            if len(set(levels)) != 1:
+                warnings.warn("orthogonal_rotation mixes dimensions with different level counts; use equal levels", stacklevel=2)
+            rotation = torch.empty(self.codebook_dim, self.codebook_dim)
+            nn.init.orthogonal_(rotation)
+            self.register_buffer("orthogonal_rot", rotation)
+
+        self.usage = CodeUsage(levels) if track_usage else None
+
+    # --- codebook --------------------------------------------------------------------------
+
+    @property
+    def implicit_codebook(self) -> Tensor:
+        """``(codebook_size, d)`` every code in index order, built on first access (not stored)."""
+        if self.index_plan.num_groups != 1:
+            raise ValueError("implicit_codebook enumerates one index per code; it is not defined with index_groups")
+        if self.codebook_size > 2**26:
+            raise ValueError(f"implicit_codebook would hold {self.codebook_size} codes; enumerate a range with indices_to_codes instead")
+        indices = torch.arange(self.codebook_size, device=self._levels.device)
+        return self._level_indices_to_codes(self.index_plan.unpack(indices[:, None]))
+
+    def _level_indices_to_codes(self, level_indices: Tensor) -> Tensor:
+        return self.layout.code(level_indices.to(torch.float32))
+
+    def _group_axis(self, indices: Tensor) -> Tensor:
+        """Indices without/with a trailing group axis -> ``(..., G)``."""
+        if self.index_groups is None:
+            return indices[..., None]
+        if indices.shape[-1:] != (self.index_plan.num_groups,):
+            raise ValueError(
+                f"with index_groups={self.index_groups} indices need a last axis of size "
+                f"{self.index_plan.num_groups}, got shape {tuple(indices.shape)}"
+            )
+        return indices
+
+    def indices_to_level_indices(self, indices: Tensor) -> Tensor:
+        """Indices ``(...)`` (``(..., G)`` with index_groups) -> level indices ``(..., d)`` int64."""
+        self.index_plan.check_indices(indices)
+        return self.index_plan.unpack(self._group_axis(indices.to(torch.int64)))
+
+    def codes_to_indices(self, codes: Tensor) -> Tensor:
+        """Codes ``(..., d)`` -> indices ``(...)`` (``(..., G)`` with index_groups), int64.
+
+        Each value is snapped to the nearest level, so off-grid codes get the nearest code's index.
+        """
+        if not isinstance(codes, Tensor) or not codes.is_floating_point():
+            raise TypeError(f"codes must be a floating-point tensor, got {getattr(codes, 'dtype', type(codes).__name__)}")
+        if codes.shape[-1:] != (self.codebook_dim,):
+            raise ValueError(f"codes must have last dimension {self.codebook_dim} (len(levels)), got shape {tuple(codes.shape)}")
+        if not bool(torch.isfinite(codes).all()):
+            raise ValueError("codes must be finite")
+        indices = self.index_plan.pack(self.layout.code_to_level(codes.float()))
+        return indices if self.index_groups is not None else indices[..., 0]
+
+    def indices_to_codes(self, indices: Tensor) -> Tensor:
+        """Inverse of the forward's indices: codes in the forward output's layout (projected out).
+
+        ``(b, n[, c][, G]) -> (b, n, dim)``; image/video indices ``(b, *spatial[, c][, G])`` ->
+        ``(b, dim, *spatial)``; with ``channel_first`` the feature axis is second.
+        """
+        codes = self._level_indices_to_codes(self.indices_to_level_indices(indices))
+        if self.orthogonal_rotation:
+            codes = codes @ self.orthogonal_rot.t()
+        if self.keep_num_codebooks_dim:
+            codes = rearrange(codes, "... c d -> ... (c d)")
+        codes = self.project_out(codes)
+        axes = indices.ndim - (self.index_groups is not None) - self.keep_num_codebooks_dim
+        if axes >= 3 or (self.channel_first and axes == 2):
+            codes = rearrange(codes, "b ... d -> b d ...")
+        return codes
+
+    # --- forward ---------------------------------------------------------------------------
+
+    def _check_input(self, z: Tensor) -> None:
+        if not isinstance(z, Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(z).__name__}")
+        if not z.is_floating_point():
+            raise TypeError(f"input must be a floating-point tensor, got {z.dtype}; quantize features, not integers")
+        if z.ndim < 2:
+            raise ValueError(f"input must have a batch and a feature axis (2-D or more), got shape {tuple(z.shape)}")
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Quantizes ``z``; returns ``(quantized, indices)`` (see the class docstring for shapes)."""
+        self._check_input(z)
+        channel_last_needed = z.ndim >= 4 or (z.ndim == 3 and self.channel_first)
+        if channel_last_needed:
+            z = rearrange(z, "b d ... -> b ... d")
+        z, packed_shape = pack([z], "b * d")
+        if z.shape[-1] != self.dim:
+            raise ValueError(f"expected {self.dim} features in the {'channel' if channel_last_needed else 'last'} axis, got {z.shape[-1]}")
+
+        z = self.project_in(z)
+        z = rearrange(z, "b n (c d) -> b n c d", c=self.num_codebooks)
+        if self.orthogonal_rotation:
+            z = z @ self.orthogonal_rot
+
+        autocast_off = (torch.autocast(z.device.type, enabled=False) if self.force_quantization_f32
+                        and z.device.type in ("cuda", "cpu") else nullcontext())
+        with autocast_off:
+            orig_dtype = z.dtype
+            compute_dtype = torch.float64 if orig_dtype == torch.float64 else torch.float32
+            flat = z.to(compute_dtype).reshape(-1, self.codebook_dim)
+            track = self.usage is not None and self.training
+            result = kernels.quantize(flat, self.layout, self.index_plan if self.return_indices else None,
+                                      self.backend, need_level_indices=track)
+            if track:
+                self.usage._add(result.level_indices.to(torch.int64))
+            codes = result.codes.view(z.shape)
+            codes = self._maybe_apply_noise(codes)
+            if self.orthogonal_rotation:
+                codes = codes @ self.orthogonal_rot.t()
+            codes = rearrange(codes, "b n c d -> b n (c d)").to(orig_dtype)
+
+        out = self.project_out(codes)
+        [out] = unpack(out, packed_shape, "b * d")
+        if channel_last_needed:
+            out = rearrange(out, "b ... d -> b d ...")
+
+        indices = None
+        if self.return_indices:
+            indices = result.indices.view(*z.shape[:3], self.index_plan.num_groups)
+            [indices] = unpack(indices, packed_shape, "b * c g")
+            if self.index_groups is None:
+                indices = indices[..., 0]
+            if not self.keep_num_codebooks_dim:
+                indices = indices.squeeze(-1 if self.index_groups is None else -2)
+        return out, indices
+
+    def _maybe_apply_noise(self, codes: Tensor) -> Tensor:
+        """Noise dropout (training only): codes ``(b, n, c, d)`` -> same shape."""
+        if not self.training or self.noise_dropout == 0:
+            return codes
+        mask = torch.rand_like(codes) < self.noise_dropout
+        noisy = torch.where(mask, codes + (torch.rand_like(codes) - 0.5), codes)
+        return noisy.clamp(-1.0, 1.0)
+
+    def extra_repr(self) -> str:
+        parts = [f"levels={self.levels}", f"activation={self.activation!r}", f"bins={self.bins!r}", f"eps={self.eps}"]
+        if self.num_codebooks > 1:
+            parts.append(f"num_codebooks={self.num_codebooks}")
+        if self.index_groups is not None:
+            parts.append(f"index_groups={self.index_groups}")
+        if self.backend != "auto":
+            parts.append(f"backend={self.backend!r}")
+        return ", ".join(parts)
+
+
+class iFSQ(FSQ):  # noqa: N801 - the method's name
+    """iFSQ: :class:`FSQ` with the bound ``2*sigmoid(1.6 z) - 1`` and ``eps = 0``.
+
+    With odd levels this is exactly the paper's Algorithm 1 and the official code
+    (``simple_bound``, ``act_fun="scale_sigmoid_16"``). Even levels work through the same
+    shift as FSQ's ``"round"`` layout.
+    """
+
+    default_activation = "sigmoid"
+    default_eps = 0.0
+
+    @classmethod
+    def from_official_config(cls, config: dict, **overrides) -> FSQ:
+        """Builds the module that computes the official iFSQ quantizer's codes and indices.
+
+        ``config`` is the keyword dict of the official code's quantizer: ``levels``, ``dim``,
+        ``num_codebooks``, ``keep_num_codebooks_dim``, ``scale``, ``factorized_bits`` (->
+        ``index_groups``), ``do_simple_bound`` and ``act_fun`` (``"scale_sigmoid_16"`` or
+        ``"scale_sigmoid_20"``; with ``do_simple_bound=False`` the official code uses FSQ's
+        ``tanh`` bound with ``eps=1e-3`` and ``act_fun`` is unused). ``overrides`` are passed on.
+        """
+        if not isinstance(config, dict):
+            raise TypeError(f"config must be a dict, got {type(config).__name__}")
+        known = {"levels", "dim", "num_codebooks", "keep_num_codebooks_dim", "scale", "factorized_bits",
+                 "do_simple_bound", "act_fun"}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"unknown keys in the official iFSQ config: {unknown} (known: {sorted(known)})")
+        if "levels" not in config:
+            raise ValueError("the official iFSQ config needs 'levels'")
+        act_fun = config.get("act_fun", "tanh")
+        alphas = {"scale_sigmoid_16": 1.6, "scale_sigmoid_20": 2.0}
+        kwargs = {k: config[k] for k in ("levels", "dim", "num_codebooks", "keep_num_codebooks_dim", "scale") if k in config}
+        if config.get("factorized_bits") is not None:
+            kwargs["index_groups"] = list(config["factorized_bits"])
+        if config.get("do_simple_bound", False):
+            if act_fun not in alphas:
+                raise ValueError(f"act_fun must be one of {sorted(alphas)} with do_simple_bound=True, got {act_fun!r}")
+            if any(level % 2 == 0 for level in config["levels"]):
+                raise ValueError("the official simple_bound supports odd levels only; use iFSQ(levels=...) for even levels")
+            kwargs.update(activation=ScaledSigmoid(alphas[act_fun]) if alphas[act_fun] != 1.6 else "sigmoid", eps=0.0)
+        else:
+            kwargs.update(activation="tanh", eps=1e-3)
+        kwargs.update(overrides)
+        return cls(**kwargs)
