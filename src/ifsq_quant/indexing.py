@@ -79,9 +79,11 @@ class IndexPlan:
 
     def pack_dtype(self, device: torch.device) -> torch.dtype:
         """The narrowest dtype in which packing is exact on ``device``."""
+        # TF32/bf16 matmul modes would round float32; they never apply to float64. (The mode
+        # query is not traceable, so compiled graphs take float64.)
         if (self.max_group_size <= _FLOAT32_EXACT and torch.device(device).type == "cpu"
-                and torch.get_float32_matmul_precision() == "highest"):
-            return torch.float32  # TF32/bf16 matmul modes would round; they do not apply to float64
+                and not torch.compiler.is_compiling() and torch.get_float32_matmul_precision() == "highest"):
+            return torch.float32
         if self.max_group_size <= _FLOAT64_EXACT:
             return torch.float64
         return torch.int64
@@ -126,6 +128,8 @@ class IndexPlan:
         low = int(indices.min())
         if low < 0:
             raise ValueError(f"{name} must be >= 0, got {low}")
+        if indices.ndim == 0 or indices.shape[-1] != self.num_groups:
+            return  # no group axis yet: the caller checks again once it has one
         for gi in range(self.num_groups):
             high = int(indices[..., gi].max())
             if high >= self.group_sizes[gi]:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 
 import torch
-from einops import pack, rearrange, unpack
+from einops import rearrange
 from torch import Tensor, nn
 
 from . import kernels
@@ -191,8 +191,10 @@ class FSQ(nn.Module):
 
     def indices_to_level_indices(self, indices: Tensor) -> Tensor:
         """Indices ``(...)`` (``(..., G)`` with index_groups) -> level indices ``(..., d)`` int64."""
-        self.index_plan.check_indices(indices)
-        return self.index_plan.unpack(self._group_axis(indices.to(torch.int64)))
+        self.index_plan.check_indices(indices)  # type and sign first, then the range per group
+        grouped = self._group_axis(indices)
+        self.index_plan.check_indices(grouped)
+        return self.index_plan.unpack(grouped.to(torch.int64))
 
     def codes_to_indices(self, codes: Tensor) -> Tensor:
         """Codes ``(..., d)`` -> indices ``(...)`` (``(..., G)`` with index_groups), int64.
@@ -241,7 +243,8 @@ class FSQ(nn.Module):
         channel_last_needed = z.ndim >= 4 or (z.ndim == 3 and self.channel_first)
         if channel_last_needed:
             z = rearrange(z, "b d ... -> b ... d")
-        z, packed_shape = pack([z], "b * d")
+        spatial = z.shape[1:-1]
+        z = z.reshape(z.shape[0], math.prod(spatial), z.shape[-1])  # (b, n, dim); copies only where it must
         if z.shape[-1] != self.dim:
             raise ValueError(f"expected {self.dim} features in the {'channel' if channel_last_needed else 'last'} axis, got {z.shape[-1]}")
 
@@ -268,14 +271,14 @@ class FSQ(nn.Module):
             codes = rearrange(codes, "b n c d -> b n (c d)").to(orig_dtype)
 
         out = self.project_out(codes)
-        [out] = unpack(out, packed_shape, "b * d")
+        out = out.reshape(out.shape[0], *spatial, out.shape[-1])
         if channel_last_needed:
             out = rearrange(out, "b ... d -> b d ...")
 
         indices = None
         if self.return_indices:
             indices = result.indices.view(*z.shape[:3], self.index_plan.num_groups)
-            [indices] = unpack(indices, packed_shape, "b * c g")
+            indices = indices.reshape(indices.shape[0], *spatial, *indices.shape[2:])
             if self.index_groups is None:
                 indices = indices[..., 0]
             if not self.keep_num_codebooks_dim:
@@ -286,9 +289,10 @@ class FSQ(nn.Module):
         """Noise dropout (training only): codes ``(b, n, c, d)`` -> same shape."""
         if not self.training or self.noise_dropout == 0:
             return codes
-        mask = torch.rand_like(codes) < self.noise_dropout
-        noisy = torch.where(mask, codes + (torch.rand_like(codes) - 0.5), codes)
-        return noisy.clamp(-1.0, 1.0)
+        # The same random draws, in the same order, as vector-quantize-pytorch (equal under one seed).
+        mask = torch.full_like(codes, self.noise_dropout).bernoulli_().bool()
+        offset = torch.rand_like(codes) - 0.5
+        return torch.where(mask, codes + offset, codes).clamp(-1.0, 1.0)
 
     def extra_repr(self) -> str:
         parts = [f"levels={self.levels}", f"activation={self.activation!r}", f"bins={self.bins!r}", f"eps={self.eps}"]

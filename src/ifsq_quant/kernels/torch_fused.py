@@ -21,19 +21,22 @@ from . import reference
 __all__ = ["quantize", "supports"]
 
 FUSED_ACTIVATIONS = ("tanh", "sigmoid", "erf", "clamp")
-BLOCK_ELEMENTS = 1 << 16  # elements per block: 256 KiB of float32, several live at once in L2
+BLOCK_ELEMENTS = 1 << 18  # elements per block: 1 MiB of float32; a few blocks stay in L2/L3 at once
 
 
 def supports(layout: BinLayout) -> bool:
     return layout.activation.name in FUSED_ACTIVATIONS
 
 
-def _bound_into(name: str, x: Tensor, y: Tensor, deriv: Tensor | None, slope: Tensor) -> None:
+Const = "float | Tensor"  # a per-dimension constant: a Python float when uniform, else a block
+
+
+def _bound_into(name: str, x: Tensor, y: Tensor, deriv: Tensor | None, slope: Const) -> None:
     """``y = f(x)`` (``x`` may be ``y``); ``deriv = slope * f'(x)`` when given. Same operations
     as :mod:`..activations`, so that the values match the reference bit for bit."""
     if name == "erf" and deriv is not None:
         torch.mul(x, x, out=deriv)
-        deriv.mul_(-0.5).exp_().mul_(slope * math.sqrt(2 / math.pi))
+        deriv.mul_(-0.5).exp_().mul_(math.sqrt(2 / math.pi)).mul_(slope)
     if name == "clamp" and deriv is not None:
         torch.abs(x, out=deriv)
         deriv.le_(1).mul_(slope)
@@ -48,21 +51,31 @@ def _bound_into(name: str, x: Tensor, y: Tensor, deriv: Tensor | None, slope: Te
     else:
         torch.clamp(x, -1.0, 1.0, out=y)
     if name in ("tanh", "sigmoid") and deriv is not None:
-        # tanh' = 1 - y^2; (2 sigmoid(1.6 z) - 1)' = 0.8 (1 - y^2), folded into the slope.
+        # tanh' = 1 - y^2 and (2 sigmoid(1.6 z) - 1)' = 0.8 (1 - y^2), from the output as autograd does.
         torch.mul(y, y, out=deriv)
-        deriv.sub_(1).mul_(-slope if name == "tanh" else -0.8 * slope)
+        deriv.sub_(1).mul_(-1.0 if name == "tanh" else -0.8).mul_(slope)
 
 
 class _Block:
-    """Constants of one call, in the compute dtype on the input's device."""
+    """The constants of one call, shaped for fast in-place arithmetic on ``(rows, d)`` blocks.
 
-    def __init__(self, layout: BinLayout, plan: IndexPlan | None, z: Tensor):
+    A constant that is the same for every dimension is a Python float (a scalar operand is
+    the fastest); otherwise it is materialized as a contiguous ``(rows, d)`` block, because
+    broadcasting a ``(d,)`` vector over a short last axis is several times slower.
+    """
+
+    def __init__(self, layout: BinLayout, plan: IndexPlan | None, z: Tensor, rows: int):
         c = layout.constants(z.device, z.dtype)
-        self.layout, self.c = layout, c
+        self.layout, self.kind, self.plan = layout, layout.kind, plan
+        zero = torch.zeros_like(c["top"])
+        lowest = -c["half_width"] if layout.kind == "round" else zero
+        highest = c["top"] - c["half_width"] if layout.kind == "round" else c["top"]
+        named = dict(c, lowest=lowest, highest=highest)
+        self.const = {k: v[0].item() if bool((v == v[0]).all()) else v.expand(rows, -1).contiguous()
+                      for k, v in named.items()}
         self.has_bias = bool(c["bias"].ne(0).any())
-        self.lowest = -c["half_width"] if layout.kind == "round" else torch.zeros_like(c["top"])
-        self.highest = c["top"] - c["half_width"] if layout.kind == "round" else c["top"]
-        self.plan = plan
+        # On the CPU a NaN test is cheap and usually spares the clamp; elsewhere it would sync.
+        self.always_clamp = layout.needs_clamp or z.device.type != "cpu"
         if plan is not None:
             self.pack_dtype = plan.pack_dtype(z.device)
             if self.pack_dtype != torch.int64:
@@ -70,50 +83,63 @@ class _Block:
                 # "round" carries r = k - L//2; fold the L//2 back in as one constant row.
                 self.pack_offset = (c["half_width"].to(self.pack_dtype) @ self.weights
                                     if layout.kind == "round" else None)
+            self.half_width = c["half_width"].to(torch.int64) if layout.kind == "round" else None
+
+    def get(self, name: str, n: int) -> Const:
+        value = self.const[name]
+        return value if isinstance(value, float) else value[:n]
 
     def levels(self, y: Tensor) -> None:
         """Bounded values -> level values in place (``r = k - L//2`` for "round", else ``k``)."""
-        c, kind = self.c, self.layout.kind
-        if kind == "round":
-            y.mul_(c["scale"])
+        n = y.shape[0]
+        if self.kind == "round":
+            y.mul_(self.get("scale", n))
             if self.has_bias:
-                y.add_(c["bias"])
+                y.add_(self.get("bias", n))
             y.round_()
         else:
-            y.add_(1).mul_(c["scale"])
-            if kind == "symmetric":
+            y.add_(1).mul_(self.get("scale", n))
+            if self.kind == "symmetric":
                 y.add_(0.5)
             y.floor_()
-        if self.layout.needs_clamp or bool(y.isnan().any()):
-            torch.fmax(y, self.lowest, out=y)  # also sends NaN to level 0, as the reference
-        if self.layout.needs_clamp or kind == "equal":
-            torch.fmin(y, self.highest, out=y)
+        if self.always_clamp or bool(y.sum().isnan()):  # the values are bounded: only NaN makes a NaN sum
+            self._fmax(y, self.get("lowest", n))  # also sends NaN to level 0, as the reference
+        if self.always_clamp or self.kind == "equal":
+            self._fmin(y, self.get("highest", n))
+
+    @staticmethod
+    def _fmax(y: Tensor, bound: Const) -> None:
+        torch.fmax(y, bound if isinstance(bound, Tensor) else torch.tensor(bound, dtype=y.dtype, device=y.device), out=y)
+
+    @staticmethod
+    def _fmin(y: Tensor, bound: Const) -> None:
+        torch.fmin(y, bound if isinstance(bound, Tensor) else torch.tensor(bound, dtype=y.dtype, device=y.device), out=y)
 
     def codes(self, r: Tensor, out: Tensor) -> None:
-        c, kind = self.c, self.layout.kind
-        if kind == "round":
-            torch.div(r, c["half_width"], out=out)
-        elif kind == "symmetric":
-            torch.mul(r, c["code_step"], out=out)
+        n = r.shape[0]
+        if self.kind == "round":
+            torch.div(r, self.get("half_width", n), out=out)
+        elif self.kind == "symmetric":
+            torch.mul(r, self.get("code_step", n), out=out)
             out.sub_(1)
         else:
             torch.mul(r, 2, out=out)
-            out.add_(1).div_(c["levels"]).sub_(1)
+            out.add_(1).div_(self.get("levels", n)).sub_(1)
 
     def level_indices(self, r: Tensor, out: Tensor) -> None:
-        if self.layout.kind == "round":
-            torch.add(r, self.c["half_width"], out=out)
+        if self.kind == "round":
+            torch.add(r, self.get("half_width", r.shape[0]), out=out)
         else:
             out.copy_(r)
 
     def pack(self, r: Tensor, out: Tensor) -> None:
         if self.pack_dtype == torch.int64:
             k = r.to(torch.int64)
-            if self.layout.kind == "round":
-                k += self.c["half_width"].to(torch.int64)
+            if self.half_width is not None:
+                k += self.half_width
             out.copy_(self.plan.pack(k))
             return
-        packed = r.to(self.pack_dtype) @ self.weights
+        packed = torch.matmul(r.to(self.pack_dtype), self.weights)
         if self.pack_offset is not None:
             packed += self.pack_offset
         out.copy_(packed)
@@ -121,22 +147,23 @@ class _Block:
 
 def _forward(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: bool, need_grad: bool):
     m, d = z.shape
-    block = _Block(layout, plan, z)
+    rows = max(1, min(m, BLOCK_ELEMENTS // d))
+    block = _Block(layout, plan, z, rows)
     codes = torch.empty_like(z)
     indices = torch.empty(m, plan.num_groups, dtype=torch.int64, device=z.device) if plan is not None else None
     levels = torch.empty_like(z) if need_levels else None
     deriv = torch.empty_like(z) if need_grad else None
-    rows = max(1, BLOCK_ELEMENTS // d)
-    scratch = torch.empty(min(rows, m), d, dtype=z.dtype, device=z.device)
-    name, slope = layout.activation.name, block.c["slope"]
+    scratch = torch.empty(rows, d, dtype=z.dtype, device=z.device)
+    name = layout.activation.name
     for start in range(0, m, rows):
         sl = slice(start, min(start + rows, m))
         x = z[sl]
-        y = scratch[: x.shape[0]]
+        n = x.shape[0]
+        y = scratch[:n]
         if layout.has_shift:
-            torch.add(x, block.c["shift"], out=y)
+            torch.add(x, block.get("shift", n), out=y)
             x = y
-        _bound_into(name, x, y, deriv[sl] if deriv is not None else None, slope)
+        _bound_into(name, x, y, deriv[sl] if deriv is not None else None, block.get("slope", n))
         block.levels(y)
         block.codes(y, codes[sl])
         if levels is not None:

@@ -1,0 +1,462 @@
+"""Residual FSQ: a stack of :class:`~ifsq_quant.FSQ` stages, each quantizing what the previous left.
+
+``ResidualFSQ`` and ``GroupedResidualFSQ`` are drop-ins for vector-quantize-pytorch's classes
+of the same names (same constructor arguments, same return values and shapes, and in eval
+mode bit-identical codes and indices), with this package's stage options on top
+(``activation``, ``bins``, ``eps``, ``backend``) so that the stages can be iFSQ stages.
+
+How a forward works (``q`` stages, ``d = len(levels)``)::
+
+    z = soft_clamp(project_in(x))            # (N, d), N positions
+    residual = z
+    for i in range(q):                       # stage i works at the scale L ** -i
+        code_i = stage_i(residual / L**-i)   # codes in [-1, 1]
+        quantized += code_i * L**-i
+        residual -= (code_i * L**-i).detach()
+    out = project_out(quantized)
+
+The per-stage scale ``L ** -i`` (per dimension) shrinks each stage's grid by the number of
+levels, so stage ``i + 1`` subdivides one bin of stage ``i``: the residual grid of a
+symmetric layout (the default, as in vector-quantize-pytorch).
+
+Quantize dropout (training only): one stage index ``k`` is drawn per forward and the stages
+after ``k`` are skipped; their indices are ``-1`` (vector-quantize-pytorch's marker), and
+:meth:`ResidualFSQ.get_output_from_indices` reads ``-1`` as "stage dropped" (a zero code).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .activations import Activation, HardClamp, get_activation
+from .bins import check_levels
+from .quantizer import FSQ
+
+__all__ = ["ResidualFSQ", "GroupedResidualFSQ"]
+
+DROPPED = -1  # index of a stage skipped by quantize dropout (vector-quantize-pytorch's marker)
+
+# Stage arguments that would change a stage's input or index shape; the residual module owns them.
+_OWNED_STAGE_ARGS = {
+    "channel_first": "use is_channel_first=... on the residual module",
+    "preserve_symmetry": 'use bins="symmetric" (the default of residual stages) or bins="round"/"equal"',
+}
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _dropout_seed(device: torch.device) -> int:
+    """A seed drawn from torch's RNG (so ``torch.manual_seed`` fixes it), summed over ranks.
+
+    The sum is the same on every rank, so all ranks drop the same stages (as
+    vector-quantize-pytorch does).
+    """
+    seed = torch.randint(0, 10_000, (), device=device)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(seed)
+    return int(seed.item())
+
+
+def _check_float_input(x, name: str = "input") -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}; quantize features, not integers")
+    if x.ndim < 2:
+        raise ValueError(f"{name} must have a batch and a feature axis (2-D or more), got shape {tuple(x.shape)}")
+
+
+class ResidualFSQ(nn.Module):
+    """Residual FSQ, a drop-in for vector-quantize-pytorch's ``ResidualFSQ``.
+
+    Args:
+        levels: levels ``L_i`` per codebook dimension, shared by every stage (``d = len(levels)``).
+        num_quantizers: number of stages ``q``.
+        dim: input feature size (default ``d``); a ``Linear`` projects in and out when it differs.
+        is_channel_first: the input is ``(b, dim, *spatial)`` instead of ``(b, ..., dim)``.
+        quantize_dropout: in training, skip the stages after a random one (needs ``q > 1``).
+        quantize_dropout_cutoff_index: the first stage that may be the last one kept.
+        quantize_dropout_multiple_of: round the number of kept stages up to a multiple of this.
+        soft_clamp_input_value: before the stages, ``z = tanh(z / c) * c``; a number or one per
+            dimension. With ``bound_hard_clamp`` it is ``1 + 1 / (L - 1)`` and may not be given.
+        bound_hard_clamp: stages bound with ``clamp(z, -1, 1)`` (vector-quantize-pytorch's
+            default, ``True``). Default ``None``: ``True`` unless ``activation`` is given, since
+            the hard clamp replaces the activation; ``True`` with another activation is an error.
+        projection_has_bias: bias of the projections (vector-quantize-pytorch forwards it to the
+            stages, which have no projection, so it has no effect there; here it applies to the
+            residual module's projections).
+        activation: stage bound when not hard-clamped: ``"tanh"``, ``"sigmoid"`` (iFSQ),
+            ``"erf"``, an :class:`~ifsq_quant.activations.Activation` or a callable.
+        bins: stage bin layout, ``"symmetric"`` (default, vector-quantize-pytorch's residual
+            stages use ``preserve_symmetry=True``), ``"round"`` or ``"equal"``.
+        eps: range widening of the ``"round"`` layout (only with ``bins="round"``).
+        backend: stage kernel backend (see :class:`~ifsq_quant.FSQ`).
+        **kwargs: forwarded to every stage :class:`~ifsq_quant.FSQ` (e.g. ``noise_dropout``,
+            ``force_quantization_f32``, ``allowed_dtypes``, ``orthogonal_rotation``, ``track_usage``).
+
+    Shapes (``q = num_quantizers``):
+        input ``(b, ..., dim)``, or ``(b, dim, *spatial)`` with ``is_channel_first`` (the only
+        switch: unlike :class:`~ifsq_quant.FSQ`, a 4-D/5-D input is not taken as channel-first
+        by itself, as in vector-quantize-pytorch's ``ResidualFSQ``);
+        quantized: the input's shape; indices ``(b, ..., q)``, or ``(b, q, *spatial)`` with
+        ``is_channel_first`` (vector-quantize-pytorch's layout), int64 in
+        ``[0, codebook_size)`` or ``-1`` for a stage dropped by quantize dropout;
+        all codes (``return_all_codes=True``): ``(q, b, ..., d)``, channel-last, scaled by each
+        stage's scale, zero for dropped stages.
+
+    Attributes: ``layers`` (the stages), ``scales`` (``(q, d)``, ``L ** -i``), ``codebook_size``
+    (of one stage), ``codebooks`` (``(q, codebook_size, d)``, unscaled), ``has_projections``.
+    """
+
+    def __init__(
+        self,
+        *,
+        levels: Sequence[int],
+        num_quantizers: int,
+        dim: int | None = None,
+        is_channel_first: bool = False,
+        quantize_dropout: bool = False,
+        quantize_dropout_cutoff_index: int = 0,
+        quantize_dropout_multiple_of: int = 1,
+        soft_clamp_input_value: float | Sequence[float] | Tensor | None = None,
+        bound_hard_clamp: bool | None = None,
+        projection_has_bias: bool = True,
+        activation: str | Activation | Callable[[Tensor], Tensor] | None = None,
+        bins: str | None = None,
+        eps: float | None = None,
+        backend: str = "auto",
+        **kwargs,
+    ):
+        super().__init__()
+        levels = list(check_levels(levels))
+        self.levels = levels
+        self.num_quantizers = _positive_int(num_quantizers, "num_quantizers")
+        codebook_dim = len(levels)
+        self.codebook_dim = codebook_dim
+        self.dim = codebook_dim if dim is None else _positive_int(dim, "dim")
+        self.is_channel_first = bool(is_channel_first)
+
+        for key, hint in _OWNED_STAGE_ARGS.items():
+            if key in kwargs:
+                raise TypeError(f"{key} is not a stage argument of ResidualFSQ; {hint}")
+        # The stages must return one index per position, so no codebook or group axes.
+        if kwargs.get("num_codebooks", 1) != 1:
+            raise ValueError(
+                f"num_codebooks must be 1 for residual stages, got {kwargs['num_codebooks']!r}; use GroupedResidualFSQ to split features"
+            )
+        if kwargs.get("keep_num_codebooks_dim"):
+            raise ValueError("keep_num_codebooks_dim=True is not supported by residual stages (indices are (..., num_quantizers))")
+        if kwargs.get("index_groups") is not None:
+            raise ValueError("index_groups is not supported by residual stages (indices are (..., num_quantizers))")
+        if kwargs.get("return_indices", True) is not True:
+            raise ValueError("return_indices=False is not supported: residual quantization returns its indices")
+
+        # The hard clamp *is* the bound, so an explicit activation turns it off by default.
+        if bound_hard_clamp is None:
+            bound_hard_clamp = activation is None
+        if bound_hard_clamp and activation is not None and not isinstance(get_activation(activation), HardClamp):
+            raise ValueError(
+                f"bound_hard_clamp=True replaces the stage activation by clamp(z, -1, 1); it contradicts "
+                f"activation={activation!r} (leave bound_hard_clamp unset or False to use the activation)"
+            )
+        self.bound_hard_clamp = bool(bound_hard_clamp)
+        if bins is None:
+            bins = "symmetric"
+        if eps is not None and bins != "round":
+            raise ValueError(f'eps only affects bins="round"; it has no effect with bins={bins!r}')
+
+        self.has_projections = self.dim != codebook_dim
+        self.project_in = nn.Linear(self.dim, codebook_dim, bias=projection_has_bias) if self.has_projections else nn.Identity()
+        self.project_out = nn.Linear(codebook_dim, self.dim, bias=projection_has_bias) if self.has_projections else nn.Identity()
+
+        levels_f = torch.tensor(levels).float()
+        self.layers = nn.ModuleList(
+            FSQ(levels=levels, dim=codebook_dim, bound_hard_clamp=self.bound_hard_clamp, activation=activation,
+                bins=bins, eps=eps, backend=backend, **kwargs)
+            for _ in range(self.num_quantizers)
+        )
+        self.codebook_size = self.layers[0].codebook_size
+        # Same float32 ops as vector-quantize-pytorch (L ** -i), so residuals match it bit for bit.
+        self.register_buffer("scales", torch.stack([levels_f ** -i for i in range(self.num_quantizers)]), persistent=False)
+
+        self.quantize_dropout = bool(quantize_dropout) and self.num_quantizers > 1
+        if isinstance(quantize_dropout_cutoff_index, bool) or not isinstance(quantize_dropout_cutoff_index, int) or quantize_dropout_cutoff_index < 0:
+            raise ValueError(f"quantize_dropout_cutoff_index must be an integer >= 0, got {quantize_dropout_cutoff_index!r}")
+        if self.quantize_dropout and quantize_dropout_cutoff_index >= self.num_quantizers:
+            raise ValueError(
+                f"quantize_dropout_cutoff_index must be below num_quantizers={self.num_quantizers}, got {quantize_dropout_cutoff_index}"
+            )
+        self.quantize_dropout_cutoff_index = quantize_dropout_cutoff_index
+        self.quantize_dropout_multiple_of = _positive_int(quantize_dropout_multiple_of, "quantize_dropout_multiple_of")
+
+        if self.bound_hard_clamp:
+            if soft_clamp_input_value is not None:
+                raise ValueError(
+                    "soft_clamp_input_value must not be given with bound_hard_clamp=True (it is then 1 + 1/(L-1)); "
+                    "pass bound_hard_clamp=False to choose your own"
+                )
+            # Squash into slightly more than [-1, 1] so the hard clamp rarely saturates.
+            soft_clamp_input_value = 1 + (1 / (torch.tensor(levels) - 1))
+        if soft_clamp_input_value is not None:
+            soft_clamp_input_value = self._check_soft_clamp(soft_clamp_input_value, codebook_dim)
+        self.register_buffer("soft_clamp_input_value", soft_clamp_input_value, persistent=False)
+
+    @staticmethod
+    def _check_soft_clamp(value, d: int) -> Tensor:
+        if isinstance(value, bool) or not isinstance(value, (int, float, Sequence, Tensor)):
+            raise TypeError(f"soft_clamp_input_value must be a number, a list of numbers or a tensor, got {type(value).__name__}")
+        t = value if isinstance(value, Tensor) else torch.tensor(value, dtype=torch.float32)
+        if not t.is_floating_point():
+            t = t.float()
+        if t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (1, d)):
+            raise ValueError(f"soft_clamp_input_value must be a number or {d} numbers (one per dimension), got shape {tuple(t.shape)}")
+        if not bool((t > 0).all()) or not bool(torch.isfinite(t).all()):
+            raise ValueError(f"soft_clamp_input_value must be positive and finite, got {t.tolist()}")
+        return t
+
+    # --- codebooks and indices -------------------------------------------------------------
+
+    @property
+    def codebooks(self) -> Tensor:
+        """``(q, codebook_size, d)``: every stage's codes in index order, unscaled (built on access)."""
+        return torch.stack([layer.implicit_codebook for layer in self.layers])
+
+    def _indices_channel_last(self, indices: Tensor) -> Tensor:
+        """Validates indices and returns them as ``(b, ..., q)`` int64, padded with -1 to ``q``."""
+        if not isinstance(indices, Tensor):
+            raise TypeError(f"indices must be a torch.Tensor, got {type(indices).__name__}")
+        if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
+            raise TypeError(f"indices must be an integer tensor (torch.int64 or int32), got {indices.dtype}")
+        if indices.ndim < 2:
+            raise ValueError(f"indices must have a batch and a quantizer axis, got shape {tuple(indices.shape)}")
+        if self.is_channel_first:
+            indices = indices.movedim(1, -1)  # forward returns (b, q, *spatial)
+        given = indices.shape[-1]
+        if given > self.num_quantizers:
+            raise ValueError(f"indices have {given} quantizer entries but num_quantizers={self.num_quantizers}")
+        indices = indices.to(torch.int64)
+        if given < self.num_quantizers:
+            # Coarse indices (the first stages only) are what quantize dropout trains for.
+            if not self.quantize_dropout:
+                raise ValueError(
+                    f"indices have {given} of {self.num_quantizers} quantizer entries; reconstructing from fewer "
+                    "stages needs quantize_dropout=True"
+                )
+            indices = nn.functional.pad(indices, (0, self.num_quantizers - given), value=DROPPED)
+        if indices.numel():
+            bad = (indices < DROPPED) | (indices >= self.codebook_size)
+            if bool(bad.any()):
+                value = int(indices[bad][0])
+                raise ValueError(
+                    f"indices out of range: got {value}; valid are 0 .. {self.codebook_size - 1} and -1 (stage dropped)"
+                )
+        return indices
+
+    def get_codes_from_indices(self, indices: Tensor) -> Tensor:
+        """Indices -> every stage's scaled codes ``(q, b, ..., d)`` (zero where the index is -1).
+
+        ``indices`` are laid out as the forward returns them: ``(b, ..., q')`` or, with
+        ``is_channel_first``, ``(b, q', *spatial)``. ``q' < q`` (the first stages only) is
+        allowed with ``quantize_dropout`` and reads as the later stages dropped.
+        """
+        indices = self._indices_channel_last(indices)
+        lead = indices.shape[:-1]
+        flat = indices.reshape(-1, self.num_quantizers)
+        dropped = flat == DROPPED
+        safe = flat.masked_fill(dropped, 0)  # look up a dummy code, zeroed below
+        scales = self.scales.to(indices.device)
+        codes = []
+        for i, layer in enumerate(self.layers):
+            code = layer.indices_to_codes(safe[:, i])  # (N, d); stages have no projection
+            codes.append(code.masked_fill(dropped[:, i, None], 0.0) * scales[i])
+        return torch.stack(codes).reshape(self.num_quantizers, *lead, self.codebook_dim)
+
+    def get_output_from_indices(self, indices: Tensor) -> Tensor:
+        """Indices -> the forward's ``quantized`` (same layout; exact for float32 in eval mode).
+
+        ``(b, ..., q) -> (b, ..., dim)``; with ``is_channel_first``
+        ``(b, q, *spatial) -> (b, dim, *spatial)``. ``-1`` marks a dropped stage.
+        """
+        codes = self.get_codes_from_indices(indices)
+        out = self._sum_stages(list(codes))
+        out = self.project_out(out)
+        if self.is_channel_first:
+            out = out.movedim(-1, 1)
+        return out
+
+    @staticmethod
+    def _sum_stages(parts: list[Tensor]) -> Tensor:
+        # Stage by stage, in the forward's order, so a round trip is bit-exact.
+        total = parts[0]
+        for part in parts[1:]:
+            total = total + part
+        return total
+
+    # --- forward ---------------------------------------------------------------------------
+
+    def _dropout_last_kept(self, device: torch.device, seed: int | None) -> int:
+        """The index of the last stage kept by quantize dropout (stages after it are skipped)."""
+        if seed is None:
+            seed = _dropout_seed(device)
+        last = random.Random(seed).randrange(self.quantize_dropout_cutoff_index, self.num_quantizers)
+        m = self.quantize_dropout_multiple_of
+        if m != 1:
+            last = math.ceil((last + 1) / m) * m - 1  # keep a multiple of m stages
+        return last
+
+    def forward(
+        self,
+        x: Tensor,
+        return_all_codes: bool = False,
+        rand_quantize_dropout_fixed_seed: int | None = None,
+    ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
+        """Quantizes ``x``; returns ``(quantized, indices)`` or, with ``return_all_codes``,
+        ``(quantized, indices, all_codes)`` (shapes in the class docstring).
+
+        ``rand_quantize_dropout_fixed_seed`` fixes the quantize dropout draw (training only).
+        """
+        _check_float_input(x)
+        if self.is_channel_first:
+            x = x.movedim(1, -1)
+        # Positions flattened to (1, N, dim) with an explicit N: quantization is per position, and
+        # an inferred (-1) axis cannot be reshaped when the batch is empty.
+        lead = x.shape[:-1]
+        x = x.reshape(1, math.prod(lead), x.shape[-1])
+        if x.shape[-1] != self.dim:
+            where = "channel (second)" if self.is_channel_first else "last"
+            hint = "" if self.is_channel_first else "; for (b, dim, *spatial) inputs pass is_channel_first=True"
+            raise ValueError(f"expected {self.dim} features in the {where} axis, got {x.shape[-1]}{hint}")
+
+        x = self.project_in(x)
+        orig_dtype = x.dtype
+        # Residuals in float32 (float64 for float64): half precision would lose the fine stages.
+        compute_dtype = torch.float64 if orig_dtype == torch.float64 else torch.float32
+        x = x.to(compute_dtype)
+        if self.soft_clamp_input_value is not None:
+            clamp_value = self.soft_clamp_input_value
+            x = (x / clamp_value).tanh() * clamp_value
+
+        drop = self.training and self.quantize_dropout and torch.is_grad_enabled()
+        last_kept = self._dropout_last_kept(x.device, rand_quantize_dropout_fixed_seed) if drop else self.num_quantizers - 1
+
+        autocast_off = torch.autocast(x.device.type, enabled=False) if x.device.type in ("cuda", "cpu") else nullcontext()
+        parts, all_indices = [], []
+        residual = x
+        with autocast_off:
+            for i, (layer, scale) in enumerate(zip(self.layers, self.scales)):
+                if i > last_kept:
+                    all_indices.append(torch.full(x.shape[:2], DROPPED, dtype=torch.int64, device=x.device))
+                    continue
+                codes, indices = layer(residual / scale)
+                quantized = codes * scale
+                residual = residual - quantized.detach()  # gradient reaches x through every stage's STE
+                parts.append(quantized)
+                all_indices.append(indices)
+
+        out = self._sum_stages(parts).to(orig_dtype)
+        out = self.project_out(out)
+        out = out.reshape(*lead, self.dim)
+        indices = torch.stack(all_indices, dim=-1).reshape(*lead, self.num_quantizers)
+        if self.is_channel_first:
+            out = out.movedim(-1, 1)
+            indices = indices.movedim(-1, 1)
+
+        if not return_all_codes:
+            return out, indices
+        return out, indices, self.get_codes_from_indices(indices)
+
+    def extra_repr(self) -> str:
+        stage = self.layers[0]
+        parts = [f"levels={self.levels}", f"num_quantizers={self.num_quantizers}", f"dim={self.dim}",
+                 f"bins={stage.bins!r}", f"activation={stage.activation!r}"]
+        if self.quantize_dropout:
+            parts.append(f"quantize_dropout=True, cutoff_index={self.quantize_dropout_cutoff_index}, multiple_of={self.quantize_dropout_multiple_of}")
+        if self.is_channel_first:
+            parts.append("is_channel_first=True")
+        return ", ".join(parts)
+
+
+class GroupedResidualFSQ(nn.Module):
+    """Grouped residual FSQ, a drop-in for vector-quantize-pytorch's ``GroupedResidualFSQ``.
+
+    The feature axis is split into ``groups`` equal chunks, each quantized by its own
+    :class:`ResidualFSQ` (built with ``dim // groups`` and ``**kwargs``). In training all
+    groups share one quantize dropout draw.
+
+    Args:
+        dim: input feature size (divisible by ``groups``).
+        groups: number of groups ``g``.
+        accept_image_fmap: the features are on axis 1 (``(b, dim, *spatial)``). In
+            vector-quantize-pytorch this and ``is_channel_first`` must be set together; here
+            either one implies the other (setting ``is_channel_first=False`` with it is an error).
+        **kwargs: forwarded to every :class:`ResidualFSQ` (``levels``, ``num_quantizers``, ...).
+
+    Shapes: quantized: the input's shape; indices ``(g, *per-group indices)``, i.e.
+    ``(g, b, ..., q)`` or ``(g, b, q, *spatial)``; with ``return_all_codes`` a third item, a
+    tuple of ``g`` tensors ``(q, b, ..., d)`` (as vector-quantize-pytorch).
+    """
+
+    def __init__(self, *, dim: int, groups: int = 1, accept_image_fmap: bool = False, **kwargs):
+        super().__init__()
+        self.dim = _positive_int(dim, "dim")
+        self.groups = _positive_int(groups, "groups")
+        if dim % groups != 0:
+            raise ValueError(f"dim ({dim}) must be divisible by groups ({groups})")
+        channel_first = bool(accept_image_fmap) or bool(kwargs.get("is_channel_first", False))
+        if accept_image_fmap and kwargs.get("is_channel_first", True) is False:
+            raise ValueError("accept_image_fmap=True puts the features on axis 1; it contradicts is_channel_first=False")
+        kwargs["is_channel_first"] = channel_first
+        self.accept_image_fmap = channel_first
+        self.rvqs = nn.ModuleList(ResidualFSQ(dim=dim // groups, **kwargs) for _ in range(groups))
+        self.codebook_size = self.rvqs[0].codebook_size
+
+    @property
+    def split_dim(self) -> int:
+        return 1 if self.accept_image_fmap else -1
+
+    @property
+    def codebooks(self) -> Tensor:
+        """``(g, q, codebook_size, d)``."""
+        return torch.stack([rvq.codebooks for rvq in self.rvqs])
+
+    def _check_groups(self, indices) -> None:
+        if not isinstance(indices, (Tensor, Sequence)) or (isinstance(indices, Tensor) and indices.ndim == 0) or len(indices) != self.groups:
+            raise ValueError(f"indices must have a leading group axis of size {self.groups}, got {getattr(indices, 'shape', type(indices).__name__)}")
+
+    def get_codes_from_indices(self, indices: Tensor) -> Tensor:
+        """``(g, *per-group indices)`` -> ``(g, q, b, ..., d)``."""
+        self._check_groups(indices)
+        return torch.stack([rvq.get_codes_from_indices(chunk) for rvq, chunk in zip(self.rvqs, indices)])
+
+    def get_output_from_indices(self, indices: Tensor) -> Tensor:
+        """``(g, *per-group indices)`` -> the forward's ``quantized`` layout."""
+        self._check_groups(indices)
+        outs = [rvq.get_output_from_indices(chunk) for rvq, chunk in zip(self.rvqs, indices)]
+        return torch.cat(outs, dim=self.split_dim)
+
+    def forward(self, x: Tensor, return_all_codes: bool = False):
+        """Returns ``(quantized, indices)`` or ``(quantized, indices, all_codes)`` (see the class docstring)."""
+        _check_float_input(x)
+        if x.shape[self.split_dim] != self.dim:
+            where = "second" if self.accept_image_fmap else "last"
+            raise ValueError(f"expected {self.dim} features in the {where} axis, got {x.shape[self.split_dim]}")
+        # One seed for all groups: they drop the same stages (drawn whenever training, as upstream).
+        seed = _dropout_seed(x.device) if self.training else None
+        outs = [rvq(chunk, return_all_codes=return_all_codes, rand_quantize_dropout_fixed_seed=seed)
+                for rvq, chunk in zip(self.rvqs, x.chunk(self.groups, dim=self.split_dim))]
+        quantized = torch.cat([o[0] for o in outs], dim=self.split_dim)
+        indices = torch.stack([o[1] for o in outs])
+        if not return_all_codes:
+            return quantized, indices
+        return quantized, indices, tuple(o[2] for o in outs)

@@ -1,0 +1,142 @@
+"""DESIGN §4: clear errors for bad input, defined results at the edges."""
+
+import pytest
+import torch
+
+from ifsq_quant import FSQ, iFSQ
+
+
+@pytest.mark.parametrize("levels,error,match", [
+    ([], ValueError, "non-empty"),
+    ([8, 1], ValueError, ">= 2"),
+    ([8, 5.0], TypeError, "integers"),
+    ("855", TypeError, "list of integers"),
+    (8, TypeError, "list of integers"),
+    ([8, True], TypeError, "integers"),
+])
+def test_bad_levels(levels, error, match):
+    with pytest.raises(error, match=match):
+        FSQ(levels)
+
+
+def test_level_two_points_to_other_layouts():
+    with pytest.raises(ValueError, match='"symmetric".*"equal"'):
+        FSQ([2, 4])
+    assert FSQ([2, 4], preserve_symmetry=True)(torch.randn(3, 2))[1].max() < 8
+    assert iFSQ([2, 4], bins="equal")(torch.randn(3, 2))[1].max() < 8
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"bins": "nearest"}, "bins"),
+    ({"activation": "relu"}, "activation"),
+    ({"activation": 3}, "activation"),
+    ({"eps": -0.1}, "eps"),
+    ({"backend": "cuda"}, "backend"),
+    ({"num_codebooks": 0}, "num_codebooks"),
+    ({"num_codebooks": 2, "keep_num_codebooks_dim": False}, "keep_num_codebooks_dim"),
+    ({"noise_dropout": 1.5}, "noise_dropout"),
+    ({"preserve_symmetry": True, "bins": "equal"}, "preserve_symmetry"),
+    ({"bound_hard_clamp": True, "activation": "sigmoid"}, "bound_hard_clamp"),
+    ({"index_groups": [2, 1]}, "add up"),
+    ({"index_groups": [4, 0]}, "positive"),
+    ({"dim": 0}, "dim"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        FSQ([8, 5, 5, 5], **kwargs)
+
+
+def test_last_dim_mismatch():
+    q = FSQ([8, 5, 5, 5])
+    with pytest.raises(ValueError, match="expected 4 features in the last axis, got 5"):
+        q(torch.randn(2, 10, 5))
+    with pytest.raises(ValueError, match="channel axis"):
+        q(torch.randn(2, 5, 8, 8))
+
+
+def test_integer_and_non_tensor_input():
+    q = FSQ([8, 5, 5, 5])
+    with pytest.raises(TypeError, match="floating-point"):
+        q(torch.zeros(2, 10, 4, dtype=torch.long))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        q([[0.0] * 4])
+    with pytest.raises(ValueError, match="2-D or more"):
+        q(torch.zeros(4))
+
+
+@pytest.mark.parametrize("shape", [(0, 10, 4), (2, 0, 4), (0, 4, 3, 3)])
+def test_empty_batches(shape):
+    q = FSQ([8, 5, 5, 5], index_groups=[2, 2])
+    out, idx = q(torch.randn(shape))
+    assert out.shape == shape
+    assert idx.numel() == 0 and idx.dtype == torch.int64
+    assert q.indices_to_codes(idx).numel() == 0
+
+
+def test_non_contiguous_input():
+    q = iFSQ([7, 5, 5, 3])
+    z = torch.randn(4, 30, 8)[..., ::2]
+    assert not z.is_contiguous()
+    out, idx = q(z)
+    out_c, idx_c = q(z.contiguous())
+    assert torch.equal(out, out_c) and torch.equal(idx, idx_c)
+    zt = torch.randn(30, 4, 4).transpose(0, 1)
+    assert torch.equal(q(zt)[1], q(zt.contiguous())[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_is_quantized_in_float32(dtype):
+    q = iFSQ([17, 17, 17, 17])
+    z = (torch.randn(2, 100, 4) * 2).to(dtype)
+    out, idx = q(z)
+    assert out.dtype == dtype
+    out32, idx32 = q(z.float())
+    assert torch.equal(idx, idx32) and torch.equal(out, out32.to(dtype))
+    x = z.clone().requires_grad_(True)
+    q(x)[0].sum().backward()
+    assert x.grad.dtype == dtype and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("bins", ["round", "symmetric", "equal"])
+@pytest.mark.parametrize("cls", [FSQ, iFSQ])
+def test_infinities_saturate_and_nan_is_level_zero(cls, bins):
+    q = cls([8, 5, 5, 5], bins=bins)
+    z = torch.tensor([[float("inf")] * 4, [-float("inf")] * 4, [float("nan")] * 4, [1e30, -1e30, 0.0, 0.0]])
+    out, idx = q(z)
+    top, bottom = q.indices_to_codes(torch.tensor([q.codebook_size - 1, 0]))
+    assert torch.equal(out[0], top) and torch.equal(out[1], bottom)
+    assert int(idx[0]) == q.codebook_size - 1 and int(idx[1]) == 0
+    assert int(idx[2]) == 0 and torch.equal(out[2], bottom)  # NaN: documented level 0
+    assert 0 <= int(idx[3]) < q.codebook_size
+
+
+def test_noise_dropout_keeps_indices_clean_and_in_range():
+    q = FSQ([5, 5, 5], preserve_symmetry=True, noise_dropout=1.0).train()
+    z = torch.randn(8, 100, 3) * 4
+    out, idx = q(z)
+    assert int(idx.min()) >= 0 and int(idx.max()) < q.codebook_size
+    assert torch.equal(idx, q.eval()(z)[1])
+    assert out.abs().max() <= 1
+
+
+def test_noise_dropout_with_round_layout():
+    q = iFSQ([17, 17], noise_dropout=0.3).train()
+    out, idx = q(torch.randn(4, 50, 2))
+    assert int(idx.max()) < q.codebook_size and out.abs().max() <= 1
+
+
+def test_large_eps_is_clamped_into_range():
+    q = FSQ([17, 9], eps=0.3)  # (L-1)(1+eps)/2 would round past the last level without the clamp
+    out, idx = q(torch.randn(1000, 2) * 10)
+    assert int(idx.min()) >= 0 and int(idx.max()) < q.codebook_size
+    assert out.abs().max() <= 1
+
+
+def test_codes_to_indices_errors():
+    q = FSQ([8, 5, 5, 5])
+    with pytest.raises(ValueError, match="last dimension 4"):
+        q.codes_to_indices(torch.zeros(3, 5))
+    with pytest.raises(TypeError, match="floating-point"):
+        q.codes_to_indices(torch.zeros(3, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="finite"):
+        q.codes_to_indices(torch.full((3, 4), float("nan")))

@@ -1,0 +1,87 @@
+"""Every fast path against the reference: same codes and indices bit for bit, close gradients."""
+
+import pytest
+import torch
+
+from ifsq_quant import FSQ, iFSQ
+from ifsq_quant.activations import get_activation
+from ifsq_quant.bins import BinLayout
+from ifsq_quant.indexing import IndexPlan
+from ifsq_quant.kernels import reference, resolve_backend, torch_fused
+
+LEVELS = [[8, 5, 5, 5], [17, 17, 17, 17], [7, 6, 4, 3], [16, 9], [3], [2, 4, 6]]
+
+
+def _inputs(d, dtype=torch.float32, rows=3000):
+    torch.manual_seed(d)
+    z = torch.randn(rows, d, dtype=dtype) * 2
+    z[0, 0], z[1, 0], z[2, 0] = float("nan"), float("inf"), -float("inf")
+    z[3] = 0.0
+    return z
+
+
+CONFIGS = [(a, b, levels) for a in ("tanh", "sigmoid", "erf", "clamp") for b in ("round", "symmetric", "equal")
+           for levels in LEVELS if not (b == "round" and 2 in levels)]  # "round" refuses L = 2
+
+
+@pytest.mark.parametrize("activation,bins,levels", CONFIGS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_equals_reference(activation, bins, levels, dtype):
+    layout = BinLayout(levels, bins, get_activation(activation), 1e-3 if activation == "tanh" else 0.0)
+    plan = IndexPlan(levels, [1, len(levels) - 1] if len(levels) > 1 else None)
+    z = _inputs(len(levels), dtype).requires_grad_(True)
+    codes_ref, levels_ref = reference.quantize(z, layout)
+    codes, indices, level_indices = torch_fused.quantize(z, layout, plan, need_levels=True)
+    assert torch.equal(codes, codes_ref)
+    assert torch.equal(level_indices, levels_ref)
+    assert torch.equal(indices, plan.pack(levels_ref))
+    grad_out = torch.randn_like(codes)
+    (g_ref,) = torch.autograd.grad(codes_ref, z, grad_out)
+    (g,) = torch.autograd.grad(codes, z, grad_out)
+    finite = torch.isfinite(z).all(-1)
+    torch.testing.assert_close(g[finite], g_ref[finite], rtol=1e-5, atol=1e-5)
+
+
+def test_fused_blocks_cover_every_row(monkeypatch):
+    monkeypatch.setattr(torch_fused, "BLOCK_ELEMENTS", 64)  # many blocks and a ragged last one
+    layout = BinLayout([7, 6, 5], "round", get_activation("sigmoid"), 0.0)
+    z = _inputs(3, rows=1001)
+    codes_ref, levels_ref = reference.quantize(z, layout)
+    codes, _, level_indices = torch_fused.quantize(z, layout, None, need_levels=True)
+    assert torch.equal(codes, codes_ref) and torch.equal(level_indices, levels_ref)
+
+
+def test_module_backends_agree_on_images_and_bf16():
+    z = (torch.randn(2, 4, 16, 16) * 2).to(torch.bfloat16)
+    results = [iFSQ([17] * 4, index_groups=[2, 2], backend=b)(z) for b in ("torch", "reference")]
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def test_custom_activation_runs_on_the_reference_path():
+    q = FSQ([9, 9], activation=lambda z: torch.tanh(0.5 * z))
+    z = torch.randn(2000, 2)
+    assert resolve_backend("auto", z, q.layout) == "reference"
+    codes, idx = q(z)
+    assert torch.equal(codes, FSQ([9, 9], activation=get_activation(lambda z: torch.tanh(0.5 * z)), backend="reference")(z)[0])
+    x = z.clone().requires_grad_(True)
+    q(x)[0].sum().backward()
+    expected = 0.5 * (1 - torch.tanh(0.5 * z) ** 2) * (8 * 1.001 / 2 / 4)
+    torch.testing.assert_close(x.grad, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_custom_activation_with_even_levels_inverts_by_bisection():
+    q = FSQ([8, 6], activation=lambda z: torch.tanh(0.5 * z))
+    torch.testing.assert_close(torch.tanh(0.5 * q.layout.shift.double()),
+                               0.5 / q.layout.scale.double(), rtol=1e-6, atol=1e-7)
+    _, idx = q(torch.randn(1000, 2) * 10)
+    assert int(idx.max()) < 48
+
+
+@pytest.mark.parametrize("cls,kwargs", [(FSQ, {}), (iFSQ, {"index_groups": [2, 2]}), (iFSQ, {"bins": "equal", "activation": "erf"})])
+def test_torch_compile_fullgraph(cls, kwargs):
+    q = cls([8, 5, 5, 5], **kwargs)
+    z = torch.randn(2, 4, 8, 8)
+    compiled = torch.compile(q, fullgraph=True, backend="aot_eager")
+    out, idx = compiled(z)
+    out_eager, idx_eager = q(z)
+    assert torch.equal(out, out_eager) and torch.equal(idx, idx_eager)

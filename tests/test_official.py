@@ -1,0 +1,87 @@
+"""iFSQ equals the paper's Algorithm 1 / the official code's simple_bound for odd levels."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ifsq_quant import FSQ, iFSQ
+
+
+def algorithm_1(z, levels, alpha=1.6):
+    """The paper's Algorithm 1, written out with the official code's operation order.
+
+    z: (..., d) float32; returns codes (..., d) and little-endian indices (...,) int64.
+    """
+    L = torch.tensor(levels, dtype=torch.int32)
+    half_l = (L - 1) / 2
+    bounded = (2.0 * torch.sigmoid(alpha * z) - 1.0) * half_l
+    half_width = L // 2
+    codes = bounded.round() / half_width
+    basis = torch.cumprod(torch.tensor([1] + list(levels[:-1])), dim=0, dtype=torch.int64)
+    level_indices = (codes * half_width + half_width).round().long()
+    return codes, (level_indices * basis).sum(-1)
+
+
+odd_levels = st.lists(st.sampled_from([3, 5, 7, 9, 11, 15, 17, 33]), min_size=1, max_size=6)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(levels=odd_levels, scale=st.sampled_from([0.1, 1.0, 2.5, 10.0]), seed=st.integers(0, 2**16))
+def test_ifsq_is_algorithm_1(levels, scale, seed):
+    torch.manual_seed(seed)
+    z = torch.randn(2, 300, len(levels)) * scale
+    codes, indices = iFSQ(levels)(z)
+    ref_codes, ref_indices = algorithm_1(z, levels)
+    assert torch.equal(codes, ref_codes)
+    assert torch.equal(indices, ref_indices)
+
+
+def test_official_config_with_factorized_bits():
+    config = {"levels": [17, 17, 17, 17], "dim": 4, "factorized_bits": [2, 2], "do_simple_bound": True,
+              "act_fun": "scale_sigmoid_16"}
+    q = iFSQ.from_official_config(config)
+    assert q.index_groups == [2, 2]
+    z = torch.randn(2, 4, 8, 8) * 2
+    codes, indices = q(z)
+    assert indices.shape == (2, 8, 8, 2)
+    ref_codes, _ = algorithm_1(z.movedim(1, -1), config["levels"])
+    assert torch.equal(codes, ref_codes.movedim(-1, 1))
+    # Each group is packed with its own basis, as the official code's factorized_bits.
+    lv = q.indices_to_level_indices(indices)
+    assert torch.equal(indices[..., 0], lv[..., 0] + 17 * lv[..., 1])
+    assert torch.equal(indices[..., 1], lv[..., 2] + 17 * lv[..., 3])
+    assert torch.equal(q.indices_to_codes(indices), codes)
+
+
+def test_official_config_scale_sigmoid_20():
+    q = iFSQ.from_official_config({"levels": [9, 9], "do_simple_bound": True, "act_fun": "scale_sigmoid_20"})
+    z = torch.randn(4, 100, 2)
+    codes, indices = q(z)
+    ref_codes, ref_indices = algorithm_1(z, [9, 9], alpha=2.0)
+    assert torch.equal(codes, ref_codes) and torch.equal(indices, ref_indices)
+
+
+def test_official_config_without_simple_bound_is_fsq():
+    q = iFSQ.from_official_config({"levels": [8, 5, 5, 5], "do_simple_bound": False})
+    z = torch.randn(2, 100, 4)
+    assert torch.equal(q(z)[0], FSQ([8, 5, 5, 5])(z)[0])
+
+
+@pytest.mark.parametrize("config,match", [
+    ({"levels": [8, 8], "do_simple_bound": True, "act_fun": "scale_sigmoid_16"}, "odd levels"),
+    ({"levels": [9], "do_simple_bound": True, "act_fun": "relu"}, "act_fun"),
+    ({"levels": [9], "bogus": 1}, "unknown keys"),
+    ({"dim": 4}, "levels"),
+])
+def test_official_config_errors(config, match):
+    with pytest.raises(ValueError, match=match):
+        iFSQ.from_official_config(config)
+
+
+def test_even_levels_work_with_ifsq():
+    q = iFSQ([8, 6, 4])
+    codes, indices = q(torch.randn(1000, 3) * 3)
+    assert torch.equal(q.indices_to_codes(indices), codes)
+    for i, level in enumerate([8, 6, 4]):
+        assert codes[:, i].unique().numel() == level  # every level reachable

@@ -1,0 +1,363 @@
+"""ResidualFSQ / GroupedResidualFSQ: parity with vector-quantize-pytorch, round trips, dropout, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ifsq_quant import FSQ, GroupedResidualFSQ, ResidualFSQ
+
+vqp = pytest.importorskip("vector_quantize_pytorch")
+
+LEVELS = [[8, 5, 5], [4, 4], [7, 5, 3], [2, 3], [16, 6, 6, 6]]
+
+
+def inputs(shape, seed=0):
+    """Gaussian features at several magnitudes plus exact zeros and grid points (bin edges)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g) * torch.tensor([0.3, 1.0, 3.0])[torch.randint(0, 3, shape, generator=g)]
+    flat = x.view(-1)
+    flat[: flat.numel() // 10] = 0.0
+    flat[flat.numel() // 10: flat.numel() // 5] = torch.linspace(-1.5, 1.5, flat.numel() // 5 - flat.numel() // 10)
+    return x
+
+
+def pair(seed=0, **kwargs):
+    """The anchor and ours, built with the same arguments (and the same projection weights)."""
+    torch.manual_seed(seed)
+    anchor = vqp.ResidualFSQ(**kwargs)
+    ours = ResidualFSQ(**kwargs)
+    if ours.has_projections:
+        ours.project_in.load_state_dict(anchor.project_in.state_dict())
+        ours.project_out.load_state_dict(anchor.project_out.state_dict())
+    return anchor, ours
+
+
+def assert_same(anchor_out, ours_out):
+    (qa, ia, *ca), (qb, ib, *cb) = anchor_out, ours_out
+    assert ib.dtype == torch.int64
+    assert qa.shape == qb.shape and ia.shape == ib.shape
+    assert torch.equal(qa, qb)
+    assert torch.equal(ia.long(), ib)
+    for a, b in zip(ca, cb):
+        assert torch.equal(a, b)
+
+
+# --- parity with vector-quantize-pytorch (eval) -------------------------------------------------
+
+@pytest.mark.parametrize("levels", LEVELS)
+@pytest.mark.parametrize("num_quantizers", [1, 2, 3, 4])
+def test_parity_sequence(levels, num_quantizers):
+    anchor, ours = pair(levels=levels, num_quantizers=num_quantizers)
+    anchor.eval(), ours.eval()
+    x = inputs((3, 200, len(levels)))
+    assert_same(anchor(x, return_all_codes=True), ours(x, return_all_codes=True))
+
+
+@pytest.mark.parametrize("levels", [[8, 5, 5], [4, 4]])
+@pytest.mark.parametrize("kwargs", [
+    dict(bound_hard_clamp=False),
+    dict(bound_hard_clamp=False, soft_clamp_input_value=2.0),
+    dict(bound_hard_clamp=False, soft_clamp_input_value=[1.5, 3.0]),
+    dict(dim=7),
+])
+def test_parity_options(levels, kwargs):
+    if isinstance(kwargs.get("soft_clamp_input_value"), list):
+        kwargs = dict(kwargs, soft_clamp_input_value=[1.5, 3.0, 2.0][: len(levels)])
+    anchor, ours = pair(levels=levels, num_quantizers=3, **kwargs)
+    anchor.eval(), ours.eval()
+    x = inputs((2, 100, kwargs.get("dim", len(levels))))
+    with torch.no_grad():
+        assert_same(anchor(x), ours(x))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 50), (2, 3, 6, 5), (1, 3, 2, 4, 5)])
+def test_parity_channel_first(shape):
+    anchor, ours = pair(levels=[8, 5, 5], num_quantizers=3, is_channel_first=True)
+    anchor.eval(), ours.eval()
+    x = inputs(shape)
+    qa, ia = anchor(x)
+    qb, ib = ours(x)
+    assert ib.shape == (shape[0], 3, *shape[2:])  # the anchor's layout: quantizer axis second
+    assert_same((qa, ia), (qb, ib))
+
+
+@pytest.mark.parametrize("accept_image_fmap", [False, True])
+def test_parity_grouped(accept_image_fmap):
+    kwargs = dict(dim=8, groups=2, levels=[5, 4], num_quantizers=3)
+    torch.manual_seed(0)
+    anchor = vqp.GroupedResidualFSQ(accept_image_fmap=accept_image_fmap, is_channel_first=accept_image_fmap, **kwargs).eval()
+    ours = GroupedResidualFSQ(accept_image_fmap=accept_image_fmap, **kwargs).eval()
+    for a, b in zip(anchor.rvqs, ours.rvqs):
+        b.project_in.load_state_dict(a.project_in.state_dict())
+        b.project_out.load_state_dict(a.project_out.state_dict())
+    x = inputs((2, 8, 4, 5) if accept_image_fmap else (2, 30, 8))
+    qa, ia = anchor(x)
+    qb, ib = ours(x)
+    assert_same((qa, ia), (qb, ib))
+    assert torch.equal(ours.get_output_from_indices(ib), qb)
+    if not accept_image_fmap:  # the anchor's code lookups assume channel-last indices
+        _, _, ca = anchor(x, return_all_codes=True)
+        _, _, cb = ours(x, return_all_codes=True)
+        assert isinstance(cb, tuple) and len(cb) == 2
+        for a, b in zip(ca, cb):
+            assert torch.equal(a, b)
+        assert torch.equal(anchor.get_codes_from_indices(ia), ours.get_codes_from_indices(ib))
+    assert torch.equal(anchor.codebooks, ours.codebooks)
+
+
+@pytest.mark.parametrize("kwargs", [dict(dim=7), dict(orthogonal_rotation=True)])
+def test_checkpoints_interchange(kwargs):
+    """Same state_dict keys as the anchor: its checkpoints load here and quantize the same."""
+    anchor = vqp.ResidualFSQ(levels=[5, 5, 5], num_quantizers=2, **kwargs).eval()
+    ours = ResidualFSQ(levels=[5, 5, 5], num_quantizers=2, **kwargs).eval()
+    assert sorted(anchor.state_dict()) == sorted(ours.state_dict())
+    ours.load_state_dict(anchor.state_dict())
+    x = inputs((2, 30, kwargs.get("dim", 3)))
+    assert_same(anchor(x), ours(x))
+
+
+def test_codebooks_and_attributes_match():
+    anchor, ours = pair(levels=[8, 5, 5], num_quantizers=3)
+    assert torch.equal(anchor.codebooks, ours.codebooks)
+    assert torch.equal(anchor.scales, ours.scales)
+    assert torch.equal(anchor.soft_clamp_input_value, ours.soft_clamp_input_value)
+    assert anchor.codebook_size == ours.codebook_size == 200
+    assert len(ours.layers) == 3 and all(isinstance(layer, FSQ) for layer in ours.layers)
+
+
+# --- round trips and ranges -----------------------------------------------------------------
+
+@pytest.mark.parametrize("activation", [None, "tanh", "sigmoid"])
+@pytest.mark.parametrize("levels", [[8, 5, 5], [4, 4], [17, 17]])
+@pytest.mark.parametrize("bins", ["symmetric", "round", "equal"])
+def test_round_trip_and_range(activation, levels, bins):
+    if bins == "round" and 2 in levels:
+        pytest.skip("L = 2 is refused by the round layout")
+    q = ResidualFSQ(levels=levels, num_quantizers=4, dim=6, activation=activation, bins=bins).eval()
+    x = inputs((3, 64, 6)) * 2
+    with torch.no_grad():
+        out, idx, codes = q(x, return_all_codes=True)
+    assert idx.shape == (3, 64, 4)
+    assert idx.min() >= 0 and idx.max() < q.codebook_size
+    assert torch.equal(q.get_output_from_indices(idx), out)
+    torch.testing.assert_close(q.project_out(codes.sum(0)), out)
+
+
+@pytest.mark.parametrize("shape,channel_first", [((2, 5), False), ((2, 4, 4, 5), False), ((2, 5, 4, 3), True), ((2, 5), True)])
+def test_round_trip_layouts(shape, channel_first):
+    q = ResidualFSQ(levels=[5, 5, 5, 5, 5], num_quantizers=2, activation="sigmoid", is_channel_first=channel_first).eval()
+    x = inputs(shape)
+    out, idx = q(x)
+    assert out.shape == x.shape
+    expected = (shape[0], 2, *shape[2:]) if channel_first else (*shape[:-1], 2)
+    assert idx.shape == expected
+    assert torch.equal(q.get_output_from_indices(idx), out)
+
+
+def test_all_codes_channel_first():
+    q = ResidualFSQ(levels=[5, 4], num_quantizers=3, is_channel_first=True).eval()
+    x = inputs((2, 2, 3, 4))
+    out, idx, codes = q(x, return_all_codes=True)
+    assert idx.shape == (2, 3, 3, 4) and codes.shape == (3, 2, 3, 4, 2)  # codes stay channel-last
+    assert torch.equal(codes, q.get_codes_from_indices(idx))
+    torch.testing.assert_close(codes.sum(0).movedim(-1, 1), out)
+
+
+def test_projection_has_bias():
+    q = ResidualFSQ(levels=[5, 5], num_quantizers=2, dim=6, projection_has_bias=False)
+    assert q.project_in.bias is None and q.project_out.bias is None
+    assert ResidualFSQ(levels=[5, 5], num_quantizers=2, dim=6).project_in.bias is not None
+
+
+@settings(max_examples=40, deadline=None)
+@given(levels=st.lists(st.integers(2, 16), min_size=1, max_size=4), num_quantizers=st.integers(1, 4),
+       scale=st.sampled_from([0.1, 1.0, 4.0]), hard_clamp=st.booleans(), seed=st.integers(0, 2**16))
+def test_parity_property(levels, num_quantizers, scale, hard_clamp, seed):
+    anchor, ours = pair(levels=levels, num_quantizers=num_quantizers, bound_hard_clamp=hard_clamp)
+    anchor.eval(), ours.eval()
+    x = torch.randn(2, 16, len(levels), generator=torch.Generator().manual_seed(seed)) * scale
+    with torch.no_grad():
+        assert_same(anchor(x, return_all_codes=True), ours(x, return_all_codes=True))
+        assert torch.equal(ours.get_output_from_indices(ours(x)[1]), ours(x)[0])
+
+
+def test_residual_refines():
+    """Each extra stage lowers the reconstruction error of a (soft-clamped) input."""
+    x = inputs((4, 256, 4)).clamp(-1, 1)
+    errors = []
+    for n in (1, 2, 3):
+        q = ResidualFSQ(levels=[5, 5, 5, 5], num_quantizers=n, activation="sigmoid").eval()
+        errors.append((q(x)[0] - x).abs().mean().item())
+    assert errors[0] > errors[1] > errors[2]
+
+
+def test_sigmoid_stages_are_ifsq():
+    q = ResidualFSQ(levels=[7, 7], num_quantizers=2, activation="sigmoid")
+    assert not q.bound_hard_clamp and q.soft_clamp_input_value is None
+    assert q.layers[0].activation.name == "sigmoid" and q.layers[0].bins == "symmetric"
+    x = inputs((2, 30, 2))
+    stage0 = FSQ(levels=[7, 7], activation="sigmoid", bins="symmetric").eval()
+    assert torch.equal(q.eval()(x)[1][..., 0], stage0(x)[1])
+
+
+# --- quantize dropout -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("cutoff,multiple_of", [(0, 1), (1, 1), (0, 2)])
+def test_quantize_dropout_matches_anchor(cutoff, multiple_of):
+    kwargs = dict(levels=[8, 5, 5], num_quantizers=4, quantize_dropout=True,
+                  quantize_dropout_cutoff_index=cutoff, quantize_dropout_multiple_of=multiple_of)
+    anchor, ours = pair(**kwargs)
+    anchor.train(), ours.train()
+    x = inputs((2, 40, 3))
+    kept = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        qa, ia = anchor(x)
+        torch.manual_seed(seed)
+        qb, ib = ours(x)
+        assert_same((qa, ia), (qb, ib))
+        dropped = (ib == -1)
+        # dropped stages are a suffix, identical across positions
+        assert (dropped == dropped[:1, :1]).all()
+        n_kept = int((~dropped[0, 0]).sum())
+        kept.add(n_kept)
+        assert torch.equal(ours.get_output_from_indices(ib), qb)
+        assert torch.equal(ours.get_output_from_indices(ib[..., :n_kept]), qb)
+        assert torch.equal(anchor.get_output_from_indices(ia), ours.get_output_from_indices(ib))
+    assert len(kept) > 1 and min(kept) >= cutoff + 1
+    assert all(k % multiple_of == 0 or k == 4 for k in kept)
+    # an explicit seed fixes the draw
+    assert_same(anchor(x, rand_quantize_dropout_fixed_seed=5), ours(x, rand_quantize_dropout_fixed_seed=5))
+
+
+def test_quantize_dropout_only_in_training_with_grad():
+    q = ResidualFSQ(levels=[5, 5], num_quantizers=3, quantize_dropout=True)
+    x = inputs((2, 30, 2))
+    assert (q.eval()(x)[1] >= 0).all()
+    with torch.no_grad():
+        assert (q.train()(x)[1] >= 0).all()
+    assert not ResidualFSQ(levels=[5, 5], num_quantizers=1, quantize_dropout=True).quantize_dropout
+
+
+def test_grouped_dropout_shared_and_matches_anchor():
+    kwargs = dict(dim=6, groups=3, levels=[5, 5], num_quantizers=4, quantize_dropout=True)
+    torch.manual_seed(0)
+    anchor = vqp.GroupedResidualFSQ(**kwargs).train()
+    ours = GroupedResidualFSQ(**kwargs).train()
+    x = inputs((2, 20, 6))
+    for seed in range(6):
+        torch.manual_seed(seed)
+        qa, ia = anchor(x)
+        torch.manual_seed(seed)
+        qb, ib = ours(x)
+        assert_same((qa, ia), (qb, ib))
+        assert ((ib == -1) == (ib[:1] == -1)).all()  # every group drops the same stages
+        assert torch.equal(ours.get_output_from_indices(ib), qb)
+
+
+# --- gradients ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(bound_hard_clamp=False), dict(dim=8)])
+def test_gradients_match_anchor(kwargs):
+    anchor, ours = pair(levels=[8, 5, 5], num_quantizers=3, **kwargs)
+    x = (inputs((2, 50, kwargs.get("dim", 3))) * 0.5).requires_grad_()
+    xa = x.detach().clone().requires_grad_()
+    w = torch.randn(x.shape)
+    (anchor(xa)[0] * w).sum().backward()
+    (ours(x)[0] * w).sum().backward()
+    assert x.grad.abs().sum() > 0 and torch.isfinite(x.grad).all()
+    torch.testing.assert_close(x.grad, xa.grad)
+    if ours.has_projections:
+        assert ours.project_in.weight.grad.abs().sum() > 0
+
+
+def test_gradient_sigmoid_stages():
+    q = ResidualFSQ(levels=[9, 9], num_quantizers=3, dim=4, activation="sigmoid")
+    x = inputs((2, 16, 4)).requires_grad_()
+    q(x)[0].square().sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+# --- dtypes and edge cases -------------------------------------------------------------------
+
+def test_bf16_and_empty():
+    q = ResidualFSQ(levels=[5, 5], num_quantizers=2).eval()
+    x = inputs((2, 10, 2))
+    out, idx = q(x.bfloat16())
+    assert out.dtype == torch.bfloat16 and torch.equal(idx, q(x.bfloat16().float())[1])
+    out, idx = q(torch.zeros(0, 4, 2))
+    assert out.shape == (0, 4, 2) and idx.shape == (0, 4, 2)
+    assert q.get_output_from_indices(idx).shape == (0, 4, 2)
+    special = torch.tensor([[[float("nan"), 0.0], [float("inf"), float("-inf")]]])
+    for activation in (None, "sigmoid"):
+        q = ResidualFSQ(levels=[5, 4], num_quantizers=3, activation=activation).eval()
+        idx = q(special)[1]
+        assert idx.min() >= 0 and idx.max() < q.codebook_size
+
+
+# --- errors --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(levels=[8, 1]), ValueError, "levels"),
+    (dict(levels="85"), TypeError, "levels"),
+    (dict(num_quantizers=0), ValueError, "num_quantizers"),
+    (dict(dim=0), ValueError, "dim"),
+    (dict(activation="sigmoid", bound_hard_clamp=True), ValueError, "bound_hard_clamp"),
+    (dict(soft_clamp_input_value=2.0), ValueError, "soft_clamp_input_value"),
+    (dict(bound_hard_clamp=False, soft_clamp_input_value=-1.0), ValueError, "soft_clamp_input_value"),
+    (dict(bound_hard_clamp=False, soft_clamp_input_value=[1.0, 2.0, 3.0]), ValueError, "soft_clamp_input_value"),
+    (dict(eps=1e-3), ValueError, "eps"),
+    (dict(channel_first=True), TypeError, "is_channel_first"),
+    (dict(preserve_symmetry=True), TypeError, "bins"),
+    (dict(num_codebooks=2), ValueError, "num_codebooks"),
+    (dict(index_groups=[1, 1]), ValueError, "index_groups"),
+    (dict(quantize_dropout=True, quantize_dropout_cutoff_index=3), ValueError, "quantize_dropout_cutoff_index"),
+    (dict(quantize_dropout_cutoff_index=-1), ValueError, "quantize_dropout_cutoff_index"),
+    (dict(quantize_dropout_multiple_of=0), ValueError, "quantize_dropout_multiple_of"),
+    (dict(bins="nope"), ValueError, "bins"),
+    (dict(not_an_argument=1), TypeError, "not_an_argument"),
+])
+def test_bad_constructor_arguments(kwargs, exc, match):
+    args = dict(levels=[8, 5], num_quantizers=3) | kwargs
+    with pytest.raises(exc, match=match):
+        ResidualFSQ(**args)
+
+
+def test_bad_inputs_and_indices():
+    q = ResidualFSQ(levels=[5, 5], num_quantizers=3)
+    with pytest.raises(ValueError, match="features"):
+        q(torch.randn(2, 10, 3))
+    with pytest.raises(TypeError, match="floating-point"):
+        q(torch.ones(2, 10, 2, dtype=torch.int64))
+    with pytest.raises(TypeError, match="Tensor"):
+        q([[1.0, 2.0]])
+    idx = torch.zeros(2, 10, 3, dtype=torch.int64)
+    with pytest.raises(TypeError, match="integer"):
+        q.get_output_from_indices(idx.float())
+    with pytest.raises(ValueError, match="out of range"):
+        q.get_output_from_indices(idx + 25)
+    with pytest.raises(ValueError, match="out of range"):
+        q.get_output_from_indices(idx - 2)
+    with pytest.raises(ValueError, match="num_quantizers"):
+        q.get_output_from_indices(torch.zeros(2, 10, 4, dtype=torch.int64))
+    with pytest.raises(ValueError, match="quantize_dropout"):
+        q.get_output_from_indices(idx[..., :2])
+    # -1 is read as a dropped stage, also without quantize dropout (as the anchor)
+    assert torch.equal(q.get_output_from_indices(idx.masked_fill(torch.ones_like(idx, dtype=torch.bool), -1)), torch.zeros(2, 10, 2))
+
+
+def test_grouped_bad_arguments():
+    with pytest.raises(ValueError, match="divisible"):
+        GroupedResidualFSQ(dim=7, groups=2, levels=[5], num_quantizers=2)
+    with pytest.raises(ValueError, match="groups"):
+        GroupedResidualFSQ(dim=8, groups=0, levels=[5], num_quantizers=2)
+    with pytest.raises(ValueError, match="is_channel_first"):
+        GroupedResidualFSQ(dim=8, groups=2, levels=[5], num_quantizers=2, accept_image_fmap=True, is_channel_first=False)
+    g = GroupedResidualFSQ(dim=8, groups=2, levels=[5, 5, 5, 5], num_quantizers=2)
+    with pytest.raises(ValueError, match="features"):
+        g(torch.randn(2, 3, 6))
+    with pytest.raises(ValueError, match="group axis"):
+        g.get_output_from_indices(torch.zeros(3, 2, 3, 2, dtype=torch.int64))

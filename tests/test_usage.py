@@ -1,0 +1,115 @@
+"""CodeUsage statistics, track_usage, and the all-reduce over torch.distributed ranks."""
+
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from ifsq_quant import FSQ, CodeUsage, iFSQ
+
+
+def test_entropy_utilization_and_usage_on_known_counts():
+    usage = CodeUsage([4, 2])
+    # dim 0 uses levels 0..3 equally (2 bits); dim 1 uses only level 1 (0 bits).
+    usage.update(torch.tensor([[0, 1], [1, 1], [2, 1], [3, 1]]))
+    torch.testing.assert_close(usage.bin_entropy(), torch.tensor([2.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(usage.utilization(), torch.tensor([1.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(usage.bins_used(), torch.tensor([1.0, 0.5], dtype=torch.float64))
+    assert usage.codebook_usage() == 4 / 8
+    assert usage.perplexity() == pytest.approx(4.0)
+    assert usage.perplexity_upper_bound() == pytest.approx(4.0)
+    summary = usage.summary()
+    assert summary["samples"] == 4 and summary["codebook_size"] == 8
+    assert summary["mean_bits_per_dim"] == pytest.approx(1.0)
+    usage.reset()
+    assert usage.num_samples == 0 and usage.codebook_usage() == 0
+
+
+def test_perplexity_of_dependent_dimensions_is_below_the_bound():
+    usage = CodeUsage([3, 3])
+    k = torch.randint(0, 3, (3000, 1))
+    usage.update(torch.cat([k, k], dim=1))  # perfectly correlated: 3 codes, not 9
+    assert usage.perplexity() == pytest.approx(3.0, rel=0.01)
+    assert usage.perplexity_upper_bound() == pytest.approx(9.0, rel=0.02)
+
+
+def test_large_codebooks_are_not_counted_jointly():
+    usage = CodeUsage([1000] * 4)
+    usage.update(torch.randint(0, 1000, (100, 4)))
+    assert usage.codebook_usage() is None and usage.perplexity() is None
+    assert usage.summary()["perplexity_upper_bound"] > 1
+    assert usage.code_counts.numel() == 0
+
+
+@pytest.mark.parametrize("bad,error", [
+    (torch.tensor([[0, 4]]), ValueError),
+    (torch.tensor([[-1, 0]]), ValueError),
+    (torch.tensor([[0.5, 1.0]]), ValueError),
+    (torch.tensor([[0, 1, 2]]), ValueError),
+    (torch.tensor([[True, False]]), TypeError),
+])
+def test_update_rejects_bad_level_indices(bad, error):
+    with pytest.raises(error):
+        CodeUsage([4, 4]).update(bad)
+
+
+def test_track_usage_counts_training_forwards_only():
+    q = iFSQ([5, 5, 5], track_usage=True, num_codebooks=2)
+    z = torch.randn(4, 10, 6)
+    q.train()(z)
+    assert q.usage.num_samples == 4 * 10 * 2
+    q.eval()(z)
+    assert q.usage.num_samples == 80
+    _, idx = q(z)
+    expected = CodeUsage([5, 5, 5])
+    expected.update(q.indices_to_level_indices(idx))
+    assert torch.equal(q.usage.bin_counts, expected.bin_counts)
+    assert "usage.bin_counts" in q.state_dict()
+
+
+def test_usage_matches_the_quantizer_levels():
+    q = FSQ([8, 5, 5, 5], track_usage=True).train()
+    _, idx = q(torch.randn(64, 4) * 0.01)  # all near zero: one level per dimension
+    assert q.usage.bins_used().tolist() == [1 / 8, 1 / 5, 1 / 5, 1 / 5]
+    assert q.usage.codebook_usage() == pytest.approx(1 / 1000)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _all_reduce_worker(rank, world_size, port, results):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        usage = CodeUsage([3, 3])
+        usage.update(torch.full((rank + 1, 2), rank, dtype=torch.long))  # rank r adds r+1 rows of level r
+        usage.all_reduce()
+        results[rank] = (usage.bin_counts.tolist(), usage.code_counts.tolist())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_all_reduce_sums_counts_over_two_gloo_processes():
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(_all_reduce_worker, args=(2, _free_port(), results), nprocs=2, join=True)
+    expected_bins = [[1, 2, 0], [1, 2, 0]]
+    for rank in range(2):
+        bins, codes = results[rank]
+        assert bins == expected_bins
+        assert codes[0] == 1 and codes[4] == 2 and sum(codes) == 3  # codes 0 and 1 + 3*1
+
+
+def test_all_reduce_without_distributed_is_a_no_op():
+    usage = CodeUsage([3])
+    usage.update(torch.tensor([[1]]))
+    usage.all_reduce()
+    assert usage.bin_counts.tolist() == [[0, 1, 0]]
+    assert math.isclose(usage.bin_entropy().item(), 0.0)
