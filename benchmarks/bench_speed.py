@@ -1,0 +1,150 @@
+"""Speed of FSQ / iFSQ against vector-quantize-pytorch's FSQ and one torch.sigmoid pass.
+
+Interleaved in one process (A B C A B C ...), median of ``--repeats`` runs (DESIGN §6). Writes
+``benchmarks/results/speed_<device>.md`` and ``.json``. Ratios are what carry over between
+machines; absolute times mean something only on a GPU.
+
+    python benchmarks/bench_speed.py                 # CPU, 1M/4M/16M elements
+    python benchmarks/bench_speed.py --quick         # 1M elements only, fewer repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from ifsq_quant import FSQ, iFSQ
+
+try:
+    from vector_quantize_pytorch import FSQ as VqpFSQ
+except ImportError:  # the comparison column is then reported as missing
+    VqpFSQ = None
+
+LEVELS = {"[8,5,5,5]": [8, 5, 5, 5], "[17]*4": [17] * 4, "[17]*8": [17] * 8}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timer(fn, device):
+    def run():
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        return time.perf_counter() - start
+    return run
+
+
+def candidates(levels, z, device, backward):
+    """name -> zero-argument callable doing one forward (or forward+backward)."""
+    mods = {"FSQ": FSQ(levels).to(device), "iFSQ": iFSQ(levels).to(device)}
+    if VqpFSQ is not None and math.prod(levels) < 2**24:  # theirs builds its whole codebook eagerly
+        mods["vqp FSQ"] = VqpFSQ(levels).to(device)
+    out = {}
+    for name, module in mods.items():
+        if backward:
+            x = z.detach().clone().requires_grad_(True)
+
+            def step(module=module, x=x):
+                module(x)[0].backward(torch.ones_like(x))
+                x.grad = None
+        else:
+            def step(module=module):
+                with torch.no_grad():
+                    module(z)
+        out[name] = step
+    if backward:
+        xs = z.detach().clone().requires_grad_(True)
+
+        def sigmoid_step():
+            torch.sigmoid(xs).backward(torch.ones_like(xs))
+            xs.grad = None
+        out["sigmoid"] = sigmoid_step
+    else:
+        out["sigmoid"] = lambda: torch.sigmoid(z)
+    return out
+
+
+def measure(levels, numel, device, backward, repeats, warmup=2):
+    d = len(levels)
+    z = torch.randn(16, numel // (16 * d), d, device=device)
+    fns = {name: _timer(fn, device) for name, fn in candidates(levels, z, device, backward).items()}
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(fn())
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2**20, 2**22, 2**24])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--quick", action="store_true", help="1M elements, 5 repeats")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.repeats = [2**20], 5
+    device = torch.device(args.device)
+    rows = []
+    for numel in args.sizes:
+        for label, levels in LEVELS.items():
+            for backward in (False, True):
+                t = measure(levels, numel, device, backward, args.repeats)
+                row = {"elements": numel, "levels": label, "pass": "fwd+bwd" if backward else "fwd", "seconds": t}
+                for ours in ("FSQ", "iFSQ"):
+                    row[f"vqp/{ours}"] = t["vqp FSQ"] / t[ours] if "vqp FSQ" in t else None
+                    row[f"{ours}/sigmoid"] = t[ours] / t["sigmoid"]
+                rows.append(row)
+                print(json.dumps(row))
+    meta = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "repeats": args.repeats,
+        "python": platform.python_version(),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"speed_{device.type}"
+    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (args.out / f"{stem}.md").write_text(to_markdown(rows, meta))
+    print(to_markdown(rows, meta))
+
+
+def to_markdown(rows, meta):
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.2f}x"
+    lines = [
+        f"Device: {meta['device']}, torch {meta['torch']}, {meta['threads']} threads, median of {meta['repeats']} interleaved runs.",
+        "Ratios: `vqp/ours` > 1 means ours is faster than vector-quantize-pytorch's FSQ; `ours/sigmoid` is our cost in",
+        "units of one `torch.sigmoid` pass over the same tensor (forward) or sigmoid forward+backward. n/a: vqp cannot",
+        "run this codebook (it materializes all 17^8 codes).",
+        "",
+        "| elements | levels | pass | vqp/FSQ | vqp/iFSQ | FSQ/sigmoid | iFSQ/sigmoid | FSQ ms | iFSQ ms | vqp ms |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        t = r["seconds"]
+        vqp_ms = f"{t['vqp FSQ'] * 1e3:.1f}" if "vqp FSQ" in t else "n/a"
+        lines.append(
+            f"| {r['elements'] / 2**20:.0f}M | {r['levels']} | {r['pass']} | {fmt(r['vqp/FSQ'])} | {fmt(r['vqp/iFSQ'])} | "
+            f"{fmt(r['FSQ/sigmoid'])} | {fmt(r['iFSQ/sigmoid'])} | {t['FSQ'] * 1e3:.1f} | {t['iFSQ'] * 1e3:.1f} | {vqp_ms} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
