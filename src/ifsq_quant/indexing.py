@@ -117,19 +117,21 @@ class IndexPlan:
         levels = self._tensor("levels", indices.device, torch.int64)
         return torch.div(per_dim, basis, rounding_mode="floor") % levels
 
-    def check_indices(self, indices: Tensor, name: str = "indices") -> None:
-        """Raises ``TypeError``/``ValueError`` unless ``indices (..., G)`` are valid integer indices."""
+    @staticmethod
+    def check_dtype(indices: Tensor, name: str = "indices") -> None:
+        """Raises ``TypeError`` unless ``indices`` is an integer tensor."""
         if not isinstance(indices, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(indices).__name__}")
         if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
             raise TypeError(f"{name} must be an integer tensor (torch.int64 or int32), got {indices.dtype}")
+
+    def check_range(self, indices: Tensor, name: str = "indices") -> None:
+        """Raises ``ValueError`` unless every index of ``indices (..., G)`` is in its group's range."""
         if indices.numel() == 0:
             return
         low = int(indices.min())
         if low < 0:
             raise ValueError(f"{name} must be >= 0, got {low}")
-        if indices.ndim == 0 or indices.shape[-1] != self.num_groups:
-            return  # no group axis yet: the caller checks again once it has one
         for gi in range(self.num_groups):
             high = int(indices[..., gi].max())
             if high >= self.group_sizes[gi]:

@@ -191,9 +191,9 @@ class FSQ(nn.Module):
 
     def indices_to_level_indices(self, indices: Tensor) -> Tensor:
         """Indices ``(...)`` (``(..., G)`` with index_groups) -> level indices ``(..., d)`` int64."""
-        self.index_plan.check_indices(indices)  # type and sign first, then the range per group
+        self.index_plan.check_dtype(indices)
         grouped = self._group_axis(indices)
-        self.index_plan.check_indices(grouped)
+        self.index_plan.check_range(grouped)
         return self.index_plan.unpack(grouped.to(torch.int64))
 
     def codes_to_indices(self, codes: Tensor) -> Tensor:
