@@ -16,11 +16,16 @@ TRITON_ACTIVATIONS = ("tanh", "sigmoid", "erf", "clamp")
 @functools.cache
 def available() -> bool:
     """True when the ``triton`` package is installed (it is imported lazily)."""
-    return importlib.util.find_spec("triton") is not None
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):  # a broken or stubbed-out installation
+        return False
 
 
 def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """Whether ``TRITON_INTERPRET`` asks for the Triton interpreter (read at every call, with
+    Triton's own spelling of true: ``1``, ``true``, ``on``, ``yes``)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes", "y")
 
 
 def supports(layout: BinLayout) -> bool:

@@ -1,0 +1,426 @@
+"""Triton kernels: the whole quantization in one pass over the input (CUDA; CPU under the interpreter).
+
+:func:`quantize` has the contract of :func:`.torch_fused.quantize`: ``z (M, d)`` float32 or
+float64 -> ``codes (M, d)`` in ``z``'s dtype with a straight-through gradient, ``indices (M, G)``
+int64 (``None`` without a plan) and, on request, level indices ``(M, d)`` as exact-integer floats.
+
+Forward: one kernel reads each row of ``z`` once and writes the codes, the level indices (when
+asked for) and the ``G`` packed indices. A program owns a ``[BLOCK_M, BLOCK_D]`` tile of whole
+rows (``BLOCK_D = next_pow2(d)``): shift, bound, bins, NaN -> level 0, codes, then the mixed-radix
+index ``sum_i k_i * B_i`` of each group, in int64 arithmetic (exact for every codebook that
+fits in int64; a group sum is a masked row reduction of ``k_i * B_i``).
+
+Backward: the derivative is recomputed from the saved input instead of being saved by the
+forward. Both cost the backward one extra read per element, but recomputing spares the forward
+a write per element (and the memory of a saved ``(M, d)`` tensor; ``z`` is kept alive instead).
+The gradient repeats the operations of autograd through :func:`.reference.quantize` in the same
+order (``grad * slope``, the ``nan_to_num`` mask, then the activation's backward formula), so it
+matches the reference to the last bit wherever the transcendental functions do.
+
+Exactness. The operations and their order are those of :class:`~ifsq_quant.bins.BinLayout` and
+:mod:`~ifsq_quant.activations` (``y * scale`` then ``+ bias``, ``2 * sigmoid(1.6 * x) - 1``,
+``erf(x * sqrt(0.5))``, fmax/fmin clamping that sends NaN to level 0, ...), with every constant
+in the compute dtype. Three things keep the compiled kernel from rounding differently:
+
+* every launch passes ``enable_fp_fusion=False``, so neither LLVM nor ptxas (``--fmad=false``)
+  contracts a multiply and an add into an FMA, which would round once where the reference
+  rounds twice (checked on the PTX for sm_90: with fusion on, ``(y + 1) * scale + bias`` and
+  ``k * step - 1`` become ``fma.rn.f32``; with it off, no FMA is left outside libdevice). The
+  one FMA written out on purpose is ``1 - y*y`` in the tanh backward, because PyTorch's own
+  ``tanh_backward`` kernels are compiled to one (measured on the CPU build);
+* float32 divisions are ``tl.math.fdiv(..., ieee_rounding=True)`` (``div.rn.f32``; Triton's
+  ``/`` may lower to the approximate ``div.full.f32``); float64 divisions are ``/``, which is
+  always ``div.rn.f64`` (Triton 3.9's precise division does not compile for float64);
+* ``tanh``, ``exp``, ``erf`` and ``rint`` are libdevice's ``__nv_tanhf``/``__nv_expf``/
+  ``__nv_erff``/``__nv_rintf`` (and the float64 versions): the CUDA math library that PyTorch's
+  own CUDA kernels call (``sigmoid`` is ``1 / (1 + exp(-t))`` as in PyTorch's CUDA kernel), not
+  Triton's approximate ``tl.exp`` (``ex2.approx`` after a scaling).
+
+Under ``TRITON_INTERPRET=1`` (the CPU tests) there is no libdevice; the transcendental calls
+are then evaluated by PyTorch's CPU functions on the tile (``torch.tanh``, ``torch.sigmoid``,
+``torch.erf``, ``torch.exp``, ``torch.round``) and everything else runs through the
+interpreter's IEEE numpy arithmetic, so codes and indices are bit-identical to the CPU
+reference (the tests check it, also for inputs a few ulp around every bin edge; PyTorch itself
+computes the last ``numel % 32`` elements of a CPU tensor with scalar code that may differ by an
+ulp from its vectorised code, so the tests use whole multiples of 32 elements). On a GPU,
+bit-identity with the reference *on the same GPU* rests on libdevice computing what PyTorch's
+CUDA kernels compute (same library, same operations); what can differ between devices or
+library versions is the last ulp of ``tanh``/``exp``/``erf``, which moves a code only for an
+input within about an ulp of a bin edge, and the straight-through gradient by a few ulp.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+from triton.language.extra import libdevice
+
+from ..bins import BinLayout
+from ..indexing import IndexPlan
+from . import reference, triton_support
+
+__all__ = ["quantize"]
+
+_ACTIVATIONS = {"tanh": 0, "sigmoid": 1, "erf": 2, "clamp": 3}
+_KINDS = {"round": 0, "symmetric": 1, "equal": 2}
+# Rows of the (8, d) constant table passed to the kernels.
+_CONSTANT_ROWS = ("scale", "bias", "shift", "slope", "top", "levels", "half_width", "code_step")
+_SCALE, _BIAS, _SHIFT, _SLOPE, _TOP, _LEVELS, _HALF_WIDTH, _CODE_STEP = (tl.constexpr(i) for i in range(8))
+
+TILE_ELEMENTS = 2048  # elements of z per forward program
+PACK_ELEMENTS = 8192  # bound on the [BLOCK_M, BLOCK_D, BLOCK_G] int64 temporary of the group sums
+BACKWARD_BLOCK = 2048
+NUM_WARPS = 4
+
+
+# --- the kernels -----------------------------------------------------------------------------
+# HOST is None when compiled. Under the interpreter it is a _HostMath object that evaluates the
+# transcendental functions with torch on the CPU; the INTERPRET branches are resolved at compile
+# time (constexpr), so the compiled kernel only ever sees libdevice.
+# The kernels call no @triton.jit function of Triton's standard library (tl.sum is one): those
+# are wrapped for the interpreter or for compilation once, when Triton is first imported, while
+# these kernels follow TRITON_INTERPRET at the time of the call. Sums are tl.reduce with
+# tl.standard._sum_combine, which the interpreter recognises by identity and runs as np.sum.
+
+
+def _quantize_forward_kernel(
+    z_ptr, const_ptr, pack_ptr, codes_ptr, levels_ptr, index_ptr, M,
+    D: tl.constexpr, G: tl.constexpr, ACT: tl.constexpr, KIND: tl.constexpr, HAS_SHIFT: tl.constexpr,
+    NEED_LEVELS: tl.constexpr, NEED_INDEX: tl.constexpr, FP64: tl.constexpr, WIDE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr,
+    INTERPRET: tl.constexpr, HOST: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    if WIDE:
+        pid = pid.to(tl.int64)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_D)
+    row_ok = rows < M
+    col_ok = cols < D
+    mask = row_ok[:, None] & col_ok[None, :]
+    offsets = rows[:, None] * D + cols[None, :]
+    x = tl.load(z_ptr + offsets, mask=mask, other=0.0)
+
+    # Bound: y = f(x + shift) (activations.py).
+    if HAS_SHIFT:
+        x = x + tl.load(const_ptr + _SHIFT * D + cols, mask=col_ok, other=0.0)[None, :]
+    if ACT == 0:
+        if INTERPRET:
+            y = HOST.tanh(x)
+        else:
+            y = libdevice.tanh(x)
+    elif ACT == 1:
+        t = x * 1.6
+        if INTERPRET:
+            s = HOST.sigmoid(t)
+        else:
+            e = 1.0 + libdevice.exp(-t)
+            if FP64:
+                s = 1.0 / e
+            else:
+                s = tl.math.fdiv(1.0, e, ieee_rounding=True)
+        y = 2.0 * s - 1.0
+    elif ACT == 2:
+        u = x * 0.7071067811865476  # math.sqrt(0.5)
+        if INTERPRET:
+            y = HOST.erf(u)
+        else:
+            y = libdevice.erf(u)
+    else:
+        y = tl.where(x < -1.0, -1.0, tl.where(x > 1.0, 1.0, x))  # clamp, NaN stays NaN
+
+    # Level index k (BinLayout.level_index).
+    scale = tl.load(const_ptr + _SCALE * D + cols, mask=col_ok, other=1.0)[None, :]
+    bias = tl.load(const_ptr + _BIAS * D + cols, mask=col_ok, other=0.0)[None, :]
+    top = tl.load(const_ptr + _TOP * D + cols, mask=col_ok, other=0.0)[None, :]
+    if KIND == 0:
+        half_width = tl.load(const_ptr + _HALF_WIDTH * D + cols, mask=col_ok, other=1.0)[None, :]
+        b = y * scale
+        b = b + bias
+        if INTERPRET:
+            r = HOST.rint(b)
+        else:
+            r = libdevice.rint(b)  # round half to even, as torch.round
+        k = r + half_width
+    else:
+        b = y + 1.0
+        b = b * scale
+        b = b + bias
+        k = tl.math.floor(b)
+    k = tl.where(k >= 0.0, k, 0.0)  # fmax(k, 0): NaN -> 0
+    k = tl.where(k <= top, k, top)  # fmin(k, L - 1)
+
+    # Code (BinLayout.code).
+    if KIND == 0:
+        if FP64:
+            code = (k - half_width) / half_width
+        else:
+            code = tl.math.fdiv(k - half_width, half_width, ieee_rounding=True)
+    elif KIND == 1:
+        step = tl.load(const_ptr + _CODE_STEP * D + cols, mask=col_ok, other=0.0)[None, :]
+        code = k * step
+        code = code - 1.0
+    else:
+        levels = tl.load(const_ptr + _LEVELS * D + cols, mask=col_ok, other=1.0)[None, :]
+        code = 2.0 * k + 1.0
+        if FP64:
+            code = code / levels
+        else:
+            code = tl.math.fdiv(code, levels, ieee_rounding=True)
+        code = code - 1.0
+    tl.store(codes_ptr + offsets, code, mask=mask)
+    if NEED_LEVELS:
+        tl.store(levels_ptr + offsets, k, mask=mask)
+
+    # Packed indices: sum_i k_i * B_i per group, in int64.
+    if NEED_INDEX:
+        basis = tl.load(pack_ptr + cols, mask=col_ok, other=0)
+        terms = k.to(tl.int64) * basis[None, :]
+        if G == 1:
+            tl.store(index_ptr + rows, tl.reduce(terms, 1, tl.standard._sum_combine), mask=row_ok)
+        else:
+            group_of = tl.load(pack_ptr + D + cols, mask=col_ok, other=-1)
+            groups = tl.arange(0, BLOCK_G)
+            member = group_of[:, None] == groups[None, :]  # [BLOCK_D, BLOCK_G]
+            per_group = tl.reduce(tl.where(member[None, :, :], terms[:, :, None], 0), 1, tl.standard._sum_combine)
+            out = index_ptr + rows[:, None] * G + groups[None, :]
+            tl.store(out, per_group, mask=row_ok[:, None] & (groups < G)[None, :])
+
+
+def _quantize_backward_kernel(
+    grad_ptr, z_ptr, const_ptr, out_ptr, N,
+    D: tl.constexpr, ACT: tl.constexpr, HAS_SHIFT: tl.constexpr, FP64: tl.constexpr, WIDE: tl.constexpr,
+    BLOCK: tl.constexpr, INTERPRET: tl.constexpr, HOST: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    if WIDE:
+        pid = pid.to(tl.int64)
+    offsets = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < N
+    col = offsets % D
+    grad = tl.load(grad_ptr + offsets, mask=mask, other=0.0)
+    x = tl.load(z_ptr + offsets, mask=mask, other=0.0)
+    if HAS_SHIFT:
+        x = x + tl.load(const_ptr + _SHIFT * D + col, mask=mask, other=0.0)
+    slope = tl.load(const_ptr + _SLOPE * D + col, mask=mask, other=0.0)
+    # soft = nan_to_num(y) * slope: mul backward, then nan_to_num's `grad * isfinite(y)`
+    # (y = f(x) is NaN exactly where x is, and finite elsewhere).
+    g = grad * slope
+    g = g * tl.where(x == x, 1.0, 0.0)
+    if ACT == 0:  # tanh_backward: g * (1 - y*y), whose `1 - y*y` PyTorch's kernels compile to an FMA
+        if INTERPRET:
+            y = HOST.tanh(x)
+        else:
+            y = libdevice.tanh(x)
+        g = g * tl.math.fma(-y, y, 1.0)
+    elif ACT == 1:  # 2*s - 1, s = sigmoid(1.6 x): ((g*2) * (1 - s)) * s, then * 1.6
+        t = x * 1.6
+        if INTERPRET:
+            s = HOST.sigmoid(t)
+        else:
+            e = 1.0 + libdevice.exp(-t)
+            if FP64:
+                s = 1.0 / e
+            else:
+                s = tl.math.fdiv(1.0, e, ieee_rounding=True)
+        g = g * 2.0
+        g = g * (1.0 - s)
+        g = g * s
+        g = g * 1.6
+    elif ACT == 2:  # erf(u), u = x*sqrt(0.5): (2/sqrt(pi) * exp(-(u*u))) * g, then * sqrt(0.5)
+        u = x * 0.7071067811865476
+        v = -(u * u)
+        if INTERPRET:
+            e = HOST.exp(v)
+        else:
+            e = libdevice.exp(v)
+        g = (1.1283791670955126 * e) * g
+        g = g * 0.7071067811865476
+    else:  # clamp_backward: where(-1 <= x <= 1, g, 0)
+        g = tl.where((x >= -1.0) & (x <= 1.0), g, 0.0)
+    tl.store(out_ptr + offsets, g, mask=mask)
+
+
+class _HostMath:
+    """The transcendental functions of the kernels under the Triton interpreter, where libdevice
+    does not exist: PyTorch's CPU implementations, applied to the tile's numpy array."""
+
+    @staticmethod
+    def _apply(x, fn):
+        from triton.runtime.interpreter import TensorHandle
+
+        data = torch.from_numpy(np.array(x.handle.data, copy=True))
+        result = fn(data).numpy()
+        return tl.core.tensor(TensorHandle(result, x.handle.dtype.scalar), x.type)
+
+    def tanh(self, x):
+        return self._apply(x, torch.tanh)
+
+    def sigmoid(self, x):
+        return self._apply(x, torch.sigmoid)
+
+    def erf(self, x):
+        return self._apply(x, torch.erf)
+
+    def exp(self, x):
+        return self._apply(x, torch.exp)
+
+    def rint(self, x):
+        return self._apply(x, torch.round)
+
+
+_HOST = _HostMath()
+_kernel_cache: dict[bool, tuple] = {}
+
+
+def _kernels(interpret: bool):
+    """The (forward, backward) kernels, compiled with ``triton.jit`` or wrapped for the
+    interpreter. Chosen per call from ``TRITON_INTERPRET`` rather than when Triton was first
+    imported, so the mode follows the environment variable at the time of the call."""
+    if interpret not in _kernel_cache:
+        if interpret:
+            from triton.runtime.interpreter import InterpretedFunction
+
+            wrap = InterpretedFunction
+        else:
+            from triton.runtime.jit import JITFunction
+
+            wrap = JITFunction
+        _kernel_cache[interpret] = (wrap(_quantize_forward_kernel), wrap(_quantize_backward_kernel))
+    return _kernel_cache[interpret]
+
+
+# --- per-layout and per-plan tables, cached on the device --------------------------------------
+
+_constant_tables: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_pack_tables: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _constant_table(layout: BinLayout, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``(8, d)`` table of the layout's per-dimension constants (rows ``_CONSTANT_ROWS``)."""
+    per_layout = _constant_tables.setdefault(layout, {})
+    key = (torch.device(device), dtype)
+    if key not in per_layout:
+        c = layout.constants(device, dtype)
+        zeros = torch.zeros_like(c["scale"])
+        per_layout[key] = torch.stack([c.get(name, zeros) for name in _CONSTANT_ROWS]).contiguous()
+    return per_layout[key]
+
+
+def _pack_table(plan: IndexPlan, device: torch.device) -> Tensor:
+    """``(2, d)`` int64: the basis ``B_i`` of each dimension and the number of its group."""
+    per_plan = _pack_tables.setdefault(plan, {})
+    key = torch.device(device)
+    if key not in per_plan:
+        group_of = [gi for gi, size in enumerate(plan.groups) for _ in range(size)]
+        per_plan[key] = torch.tensor([list(plan.basis), group_of], dtype=torch.int64).to(device)
+    return per_plan[key]
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _launch(kernel, grid, z: Tensor, *args, **kwargs) -> None:
+    if z.is_cuda:
+        with torch.cuda.device(z.device):
+            kernel[grid](*args, **kwargs)
+    else:
+        kernel[grid](*args, **kwargs)
+
+
+def _forward(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: bool):
+    m, d = z.shape
+    codes = torch.empty_like(z)
+    levels = torch.empty_like(z) if need_levels else None
+    groups = plan.num_groups if plan is not None else 1
+    indices = torch.empty(m, groups, dtype=torch.int64, device=z.device) if plan is not None else None
+    if m == 0:
+        return codes, indices, levels
+    interpret = triton_support.interpreting()
+    forward_kernel, _ = _kernels(interpret)
+    block_d, block_g = _next_pow2(d), _next_pow2(groups)
+    block_m = max(1, TILE_ELEMENTS // block_d)  # powers of two throughout
+    if groups > 1:
+        block_m = min(block_m, max(1, PACK_ELEMENTS // (block_d * block_g)))
+    block_m = min(block_m, _next_pow2(m))
+    constants = _constant_table(layout, z.device, z.dtype)
+    pack = _pack_table(plan, z.device) if plan is not None else constants
+    grid = (triton.cdiv(m, block_m),)
+    _launch(
+        forward_kernel, grid, z,
+        z, constants, pack, codes, levels if levels is not None else codes,
+        indices if indices is not None else codes, m,
+        D=d, G=groups, ACT=_ACTIVATIONS[layout.activation.name], KIND=_KINDS[layout.kind],
+        HAS_SHIFT=layout.has_shift, NEED_LEVELS=need_levels, NEED_INDEX=plan is not None,
+        FP64=z.dtype == torch.float64,
+        WIDE=(m + block_m) * max(d, groups) >= 2**31,
+        BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_G=block_g,
+        INTERPRET=interpret, HOST=_HOST if interpret else None,
+        num_warps=NUM_WARPS, enable_fp_fusion=False,
+    )
+    return codes, indices, levels
+
+
+def _backward(grad: Tensor, z: Tensor, layout: BinLayout) -> Tensor:
+    grad = grad.to(z.dtype).contiguous()
+    out = torch.empty_like(z)
+    n = z.numel()
+    if n == 0:
+        return out
+    interpret = triton_support.interpreting()
+    _, backward_kernel = _kernels(interpret)
+    block = min(BACKWARD_BLOCK, _next_pow2(n))
+    _launch(
+        backward_kernel, (triton.cdiv(n, block),), z,
+        grad, z, _constant_table(layout, z.device, z.dtype), out, n,
+        D=z.shape[1], ACT=_ACTIVATIONS[layout.activation.name], HAS_SHIFT=layout.has_shift,
+        FP64=z.dtype == torch.float64,
+        WIDE=n + block >= 2**31, BLOCK=block,
+        INTERPRET=interpret, HOST=_HOST if interpret else None,
+        num_warps=NUM_WARPS, enable_fp_fusion=False,
+    )
+    return out
+
+
+class _TritonQuantize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: bool):
+        codes, indices, levels = _forward(z, layout, plan, need_levels)
+        ctx.layout = layout
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(z)  # the derivative is recomputed in backward
+        for t in (indices, levels):
+            if t is not None:
+                ctx.mark_non_differentiable(t)
+        return codes, indices, levels
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_codes: Tensor, *_):
+        (z,) = ctx.saved_tensors
+        return _backward(grad_codes, z, ctx.layout), None, None, None
+
+
+def quantize(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: bool = False):
+    """``z (M, d)`` float32/float64 -> ``(codes (M, d), indices (M, G) | None, level indices | None)``.
+
+    Same contract and results as :func:`.torch_fused.quantize` (see the module docstring for
+    what "same" means on a GPU). Under ``torch.compile`` the reference path runs instead.
+    """
+    if z.ndim != 2:
+        raise ValueError(f"the Triton kernel takes (M, d) values, got shape {tuple(z.shape)}")
+    if z.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"the Triton kernel computes in float32 or float64, got {z.dtype}; upcast first")
+    triton_support.check_usable(z, layout)
+    if torch.compiler.is_compiling():
+        codes, level_indices = reference.quantize(z, layout)
+        return codes, plan.pack(level_indices) if plan is not None else None, level_indices if need_levels else None
+    return _TritonQuantize.apply(z.contiguous(), layout, plan, need_levels)
+

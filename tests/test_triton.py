@@ -1,0 +1,422 @@
+"""The Triton kernels against the reference, on the CPU under the Triton interpreter.
+
+Every test here runs with ``TRITON_INTERPRET=1`` set by an autouse fixture (through
+``monkeypatch``, so the variable never leaks into other test modules). That is enough even if
+Triton was imported earlier in the process: :mod:`ifsq_quant.kernels.triton_kernels` reads the
+variable at every call and wraps its kernels for the interpreter or for compilation
+accordingly. The checks without the interpreter run in a subprocess.
+
+Codes, level indices and indices must be bit-identical to :func:`reference.quantize` (``torch.equal``),
+gradients equal within 1e-5.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+# The interpreter's numpy arithmetic warns where +-inf inputs overflow on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+
+from ifsq_quant import FSQ, iFSQ, kernels  # noqa: E402
+from ifsq_quant.activations import get_activation  # noqa: E402
+from ifsq_quant.bins import BinLayout  # noqa: E402
+from ifsq_quant.indexing import IndexPlan  # noqa: E402
+from ifsq_quant.kernels import reference, triton_support  # noqa: E402
+
+ACTIVATIONS = ("tanh", "sigmoid", "erf", "clamp")
+KINDS = ("round", "symmetric", "equal")
+# (levels, index_groups): odd, even and mixed levels, with and without groups.
+CODEBOOKS = [
+    ([8, 5, 5, 5], None),
+    ([17, 17, 17, 17], [2, 2]),
+    ([7, 6, 4, 3], [1, 3]),
+    ([16, 9], None),
+]
+# Row counts are kept at multiples of 32. Under the interpreter the kernels evaluate tanh, exp,
+# erf and sigmoid with PyTorch's CPU functions, as the reference does, but PyTorch computes the
+# last `numel % 32` elements of a tensor with scalar libm code that can differ by an ulp from its
+# vectorised code; with whole multiples of 32 both sides use the vectorised code throughout.
+ROWS = 256
+
+
+@pytest.fixture(autouse=True)
+def triton_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def make_layout(levels, kind, activation, eps=None):
+    if eps is None:
+        eps = 1e-3 if activation == "tanh" else 0.0
+    return BinLayout(levels, kind, get_activation(activation), eps)
+
+
+def special_rows(d: int, dtype: torch.dtype) -> torch.Tensor:
+    """NaN, +-inf, huge, tiny and signed-zero inputs, (6, d)."""
+    values = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e30, -1e-30, -0.0], dtype=dtype)
+    return values[:, None].expand(-1, d).clone()
+
+
+def edge_inputs(layout: BinLayout, dtype: torch.dtype, ulps: int = 3) -> torch.Tensor:
+    """Inputs within ``ulps`` ulp of every bin edge of every dimension, ``(M, d)``.
+
+    Each edge is located by bisection on the reference (computing in ``dtype``) from an estimate
+    through the activation's inverse, so the ``2 * ulps + 1`` inputs around it fall on both sides.
+    """
+    c = layout.constants("cpu", torch.float64)
+    columns = []
+    for i, levels in enumerate(layout.levels):
+        one_dim = BinLayout([levels], layout.kind, layout.activation, layout.eps)
+        scale, bias = c["scale"][i], c["bias"][i]
+        if layout.kind == "round":  # round(y * scale + bias) changes at r + 0.5
+            half = levels // 2 + 1
+            y = (torch.arange(-half, half + 1, dtype=torch.float64) + 0.5 - bias) / scale
+        else:  # floor((y + 1) * scale + bias) changes at integers
+            y = (torch.arange(0, levels + 1, dtype=torch.float64) - bias) / scale - 1
+        y = y[(y > -0.999) & (y < 0.999)]
+        x = layout.activation.inverse(y) - one_dim.shift.to(torch.float64)
+
+        def level(v, one_dim=one_dim):
+            v = v.to(dtype)[:, None]
+            return one_dim.level_index(one_dim.bound(v))[:, 0]
+
+        lo, hi = x - 1e-3 * (1 + x.abs()), x + 1e-3 * (1 + x.abs())
+        visible = level(lo) < level(hi)  # edges past the ends (large eps) are clamped away
+        assert bool(visible.any())
+        lo, hi = lo[visible], hi[visible]
+        for _ in range(64):
+            mid = (lo + hi) / 2
+            below = level(mid) == level(lo)
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        edge = hi.to(dtype)
+        near, up, down = [edge], edge, edge
+        for _ in range(ulps):
+            up = torch.nextafter(up, up.new_tensor(float("inf")))
+            down = torch.nextafter(down, down.new_tensor(-float("inf")))
+            near += [up, down]
+        columns.append(torch.cat(near))
+    rows = max(len(col) for col in columns)
+    rows = -(-rows // 32) * 32
+    return torch.stack([col.repeat(-(-rows // len(col)))[:rows] for col in columns], dim=1)
+
+
+def random_inputs(d: int, dtype: torch.dtype, seed: int, rows: int = ROWS) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, d, generator=g, dtype=torch.float64).mul(2).to(dtype)
+
+
+def whole_rows(z: torch.Tensor) -> torch.Tensor:
+    """``z`` with its rows repeated up to a multiple of 32 (see ROWS)."""
+    rows = -(-z.shape[0] // 32) * 32
+    return z if rows == z.shape[0] else z.repeat(-(-rows // z.shape[0]), 1)[:rows]
+
+
+def check_kernel(z: torch.Tensor, layout: BinLayout, plan: IndexPlan | None, seed: int = 0) -> None:
+    """Triton vs reference on ``z (M, d)``: codes/levels/indices equal, gradients within 1e-5."""
+    if z.is_contiguous():
+        z = whole_rows(z)
+    assert z.numel() % 32 == 0
+    assert kernels.resolve_backend("triton", z, layout) == "triton"
+    z_ref = z.clone().requires_grad_(True)
+    z_tri = z.clone().requires_grad_(True)
+    codes_ref, levels_ref = reference.quantize(z_ref, layout)
+    out = kernels.quantize(z_tri, layout, plan, backend="triton", need_level_indices=True)
+    assert out.codes.dtype == z.dtype and out.codes.shape == z.shape
+    assert torch.equal(out.codes, codes_ref)
+    assert torch.equal(out.level_indices, levels_ref)
+    if plan is None:
+        assert out.indices is None
+    else:
+        indices_ref = plan.pack(levels_ref)
+        assert out.indices.dtype == torch.int64
+        assert torch.equal(out.indices, indices_ref)
+    g = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(z.dtype)
+    codes_ref.backward(g)
+    out.codes.backward(g)
+    torch.testing.assert_close(z_tri.grad, z_ref.grad, atol=1e-5, rtol=1e-5, equal_nan=True)
+
+
+# --- the kernel, every activation x layout ------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_kernel_matches_reference(activation, kind):
+    codebooks = CODEBOOKS + ([([2, 3, 2], [2, 1])] if kind != "round" else [])
+    for seed, (levels, groups) in enumerate(codebooks):
+        layout = make_layout(levels, kind, activation)
+        plan = IndexPlan(levels, groups)
+        d = len(levels)
+        z = torch.cat([random_inputs(d, torch.float32, seed), special_rows(d, torch.float32),
+                       edge_inputs(layout, torch.float32)])
+        check_kernel(z, layout, plan, seed)
+    # Without a plan (return_indices=False) and without level indices.
+    layout = make_layout([8, 5, 5, 5], kind, activation)
+    out = kernels.quantize(random_inputs(4, torch.float32, 9), layout, None, backend="triton")
+    assert out.indices is None and out.level_indices is None
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_kernel_float64(activation):
+    for kind in KINDS:
+        layout = make_layout([8, 5, 5, 5], kind, activation)
+        plan = IndexPlan(layout.levels, [3, 1])
+        z = torch.cat([random_inputs(4, torch.float64, 1), special_rows(4, torch.float64),
+                       edge_inputs(layout, torch.float64)])
+        check_kernel(z, layout, plan)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh"])
+def test_kernel_eps_and_wide_range(activation):
+    """Large eps (levels past the ends get clamped) and inputs far out in the tails."""
+    layout = make_layout([9, 6, 5], "round", activation, eps=0.3)
+    z = random_inputs(3, torch.float32, 3).mul(5)
+    check_kernel(torch.cat([z, edge_inputs(layout, torch.float32)]), layout, IndexPlan(layout.levels))
+
+
+def test_kernel_large_codebooks_exact_int64():
+    """Indices beyond 2**53 (int64 arithmetic in the kernel), d = 64, many and uneven groups."""
+    cases = [
+        ([5] * 27, None, "round"),  # 5**27 ~ 7.5e18: a single group near the int64 limit
+        ([2] * 64, [32, 32], "symmetric"),  # 2**64 codes in all, 2**32 per group
+        ([3] * 40, [8, 8, 8, 8, 8], "equal"),
+        ([7, 6, 5, 4, 3] * 4, [1, 2, 3, 4, 5, 5], "round"),
+    ]
+    for seed, (levels, groups, kind) in enumerate(cases):
+        layout = make_layout(levels, kind, "sigmoid")
+        plan = IndexPlan(levels, groups)
+        z = random_inputs(len(levels), torch.float32, seed, rows=64)
+        z[0] = 10.0  # every level at its top: the largest index of every group
+        check_kernel(z, layout, plan, seed)
+        out = kernels.quantize(z, layout, plan, backend="triton")
+        assert out.indices[0].tolist() == [size - 1 for size in plan.group_sizes]
+
+
+def test_kernel_empty_and_noncontiguous():
+    layout = make_layout([8, 5, 5, 5], "round", "sigmoid")
+    plan = IndexPlan(layout.levels, [2, 2])
+    out = kernels.quantize(torch.empty(0, 4), layout, plan, backend="triton", need_level_indices=True)
+    assert out.codes.shape == (0, 4) and out.indices.shape == (0, 2) and out.level_indices.shape == (0, 4)
+    z = torch.empty(0, 4, requires_grad=True)
+    kernels.quantize(z, layout, plan, backend="triton").codes.sum().backward()
+    assert z.grad.shape == (0, 4)
+    wide = random_inputs(8, torch.float32, 4)
+    check_kernel(wide[:, ::2], layout, plan)  # strided view
+    check_kernel(random_inputs(ROWS, torch.float32, 5, rows=4).t(), layout, plan)  # transposed
+
+
+# --- through the modules ---------------------------------------------------------------------
+
+
+def module_pair(cls, **kwargs):
+    torch.manual_seed(0)
+    ref = cls(backend="reference", **kwargs)
+    tri = cls(backend="triton", **kwargs)
+    tri.load_state_dict(ref.state_dict())
+    return ref, tri
+
+
+def check_modules(ref, tri, x: torch.Tensor, atol: float = 1e-5) -> None:
+    x_ref = x.clone().requires_grad_(True)
+    x_tri = x.clone().requires_grad_(True)
+    out_ref, idx_ref = ref(x_ref)
+    out_tri, idx_tri = tri(x_tri)
+    assert out_tri.dtype == x.dtype and out_tri.shape == x.shape
+    assert torch.equal(out_tri, out_ref)
+    assert (idx_ref is None and idx_tri is None) or torch.equal(idx_tri, idx_ref)
+    w = torch.randn(out_ref.shape, generator=torch.Generator().manual_seed(1)).to(x.dtype)
+    (out_ref.float() * w.float()).sum().backward()
+    (out_tri.float() * w.float()).sum().backward()
+    torch.testing.assert_close(x_tri.grad, x_ref.grad, atol=atol, rtol=atol, equal_nan=True)
+    for (name, p_ref), (_, p_tri) in zip(ref.named_parameters(), tri.named_parameters()):
+        torch.testing.assert_close(p_tri.grad, p_ref.grad, atol=atol, rtol=atol, equal_nan=True, msg=name)
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs",
+    [
+        (FSQ, dict(levels=[8, 5, 5, 5])),
+        (iFSQ, dict(levels=[17, 17, 17, 17], index_groups=[2, 2])),
+        (iFSQ, dict(levels=[7, 6, 4, 3], num_codebooks=2)),
+        (FSQ, dict(levels=[16, 9], dim=12, activation="erf", bins="equal")),
+        (FSQ, dict(levels=[8, 5, 5, 5], preserve_symmetry=True, bound_hard_clamp=True)),
+    ],
+)
+def test_modules_image_layout(cls, kwargs):
+    ref, tri = module_pair(cls, **kwargs)
+    channels = ref.dim
+    x = torch.randn(2, channels, 8, 8, generator=torch.Generator().manual_seed(2)) * 2
+    x[0, :, 0, 0] = float("nan")
+    x[1, :, 1, 1] = float("inf")
+    x[1, :, 2, 2] = -float("inf")
+    check_modules(ref, tri, x)
+
+
+def test_modules_sequence_layouts_and_float64():
+    ref, tri = module_pair(iFSQ, levels=[8, 5, 5, 5])
+    check_modules(ref, tri, torch.randn(3, 40, 4, generator=torch.Generator().manual_seed(3)) * 3)
+    check_modules(ref, tri, torch.randn(3, 40, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4)))
+    ref, tri = module_pair(FSQ, levels=[8, 6, 5], channel_first=True)
+    check_modules(ref, tri, torch.randn(2, 3, 64, generator=torch.Generator().manual_seed(5)))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_modules_half_precision_inputs(dtype):
+    ref, tri = module_pair(iFSQ, levels=[17, 17, 17, 17], index_groups=[2, 2])
+    x = (torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(6)) * 2).to(dtype)
+    check_modules(ref, tri, x, atol=1e-2)
+
+
+def test_modules_empty_batch_and_usage():
+    ref, tri = module_pair(iFSQ, levels=[8, 5, 5, 5], track_usage=True)
+    out, idx = tri(torch.empty(0, 4, 4, 4))
+    assert out.shape == (0, 4, 4, 4) and idx.shape == (0, 4, 4)
+    ref.train()
+    tri.train()
+    x = torch.randn(4, 64, 4, generator=torch.Generator().manual_seed(7))
+    ref(x)
+    tri(x)
+    assert ref.usage.summary() == tri.usage.summary()
+
+
+# --- the compiled CUDA path, without a GPU -----------------------------------------------------
+
+
+def compile_for_sm90(kernel_fn, pointers: dict, constants: dict, fp_fusion: bool = False) -> str:
+    """PTX of a kernel compiled for an H100/H200 (sm_90); needs Triton's bundled ptxas, no GPU."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    fn = JITFunction(kernel_fn)
+    signature = {name: pointers.get(name, "constexpr") for name in fn.arg_names}
+    source = ASTSource(fn, signature, constants)
+    options = {"num_warps": 4, "enable_fp_fusion": fp_fusion}
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+
+
+def forward_ptx(act: int, kind: int, groups: int, dtype: str, fp_fusion: bool = False) -> str:
+    import triton
+
+    from ifsq_quant.kernels import triton_kernels as tk
+
+    pointers = dict(z_ptr=f"*{dtype}", const_ptr=f"*{dtype}", codes_ptr=f"*{dtype}", levels_ptr=f"*{dtype}",
+                    pack_ptr="*i64", index_ptr="*i64", M="i32")
+    constants = dict(D=4, G=groups, ACT=act, KIND=kind, HAS_SHIFT=True, NEED_LEVELS=True, NEED_INDEX=True,
+                     FP64=dtype == "fp64", WIDE=act == 1, BLOCK_M=256, BLOCK_D=4, BLOCK_G=triton.next_power_of_2(groups),
+                     INTERPRET=False, HOST=None)
+    return compile_for_sm90(tk._quantize_forward_kernel, pointers, constants, fp_fusion)
+
+
+def backward_ptx(act: int, dtype: str) -> str:
+    from ifsq_quant.kernels import triton_kernels as tk
+
+    pointers = dict(grad_ptr=f"*{dtype}", z_ptr=f"*{dtype}", const_ptr=f"*{dtype}", out_ptr=f"*{dtype}", N="i32")
+    constants = dict(D=4, ACT=act, HAS_SHIFT=True, FP64=dtype == "fp64", WIDE=False, BLOCK=1024, INTERPRET=False, HOST=None)
+    return compile_for_sm90(tk._quantize_backward_kernel, pointers, constants)
+
+
+def test_compiles_for_cuda_without_fma_or_approximate_division(monkeypatch):
+    """Every activation and dtype compiles for sm_90; our own arithmetic keeps its two roundings
+    (no fma.rn outside libdevice) and divides with div.rn, never div.full/div.approx."""
+    import re
+
+    import triton
+    import triton.language as tl
+    from triton.runtime.jit import JITFunction
+
+    from ifsq_quant.kernels.triton_kernels import _ACTIVATIONS
+
+    if "nvidia" not in triton.backends.backends:
+        pytest.skip("Triton's NVIDIA backend is not installed")
+    if not isinstance(tl.standard._sum_combine, JITFunction):
+        pytest.skip("Triton was imported with TRITON_INTERPRET=1; it cannot compile in this process")
+    monkeypatch.delenv("TRITON_INTERPRET")
+    fused = re.compile(r"fma\.rn\.f(32|64)")
+    for name, act in _ACTIVATIONS.items():
+        for dtype in ("fp32", "fp64"):
+            kind = act % 3  # round, symmetric, equal, round
+            forward, backward = forward_ptx(act, kind, 1 + act % 3, dtype), backward_ptx(act, dtype)
+            for ptx in (forward, backward):
+                assert "div.full" not in ptx and "div.approx" not in ptx, (name, dtype)
+            if kind != 1:  # "round" and "equal" divide
+                assert f"div.rn.f{dtype[2:]}" in forward, (name, dtype)
+            if name == "clamp":  # no libdevice call: any fma would be ours
+                assert not fused.search(forward) and not fused.search(backward), dtype
+    # The check can see a contraction: with fusion allowed, (y + 1) * scale + bias becomes an fma.
+    assert not fused.search(forward_ptx(3, 1, 1, "fp32"))
+    assert fused.search(forward_ptx(3, 1, 1, "fp32", fp_fusion=True))
+
+
+# --- without the interpreter, without Triton ---------------------------------------------------
+
+
+def test_without_interpreter_or_triton_subprocess():
+    """On CPU tensors without TRITON_INTERPRET, backend="triton" is a clear RuntimeError; with
+    Triton missing (its import blocked), "auto" and "torch" still work."""
+    script = textwrap.dedent(
+        """
+        import sys
+        import torch
+        from ifsq_quant import iFSQ
+        from ifsq_quant.kernels import triton_kernels, triton_support
+        from ifsq_quant.bins import BinLayout
+        from ifsq_quant.activations import get_activation
+
+        x = torch.randn(2, 10, 4)
+        try:
+            iFSQ(levels=[8, 5, 5, 5], backend="triton")(x)
+        except RuntimeError as e:
+            assert "TRITON_INTERPRET" in str(e) and "CUDA" in str(e), e
+        else:
+            raise SystemExit("no error without the interpreter")
+        layout = BinLayout([8, 5, 5, 5], "round", get_activation("sigmoid"), 0.0)
+        try:
+            triton_kernels.quantize(x.view(-1, 4), layout, None)
+        except RuntimeError as e:
+            assert "TRITON_INTERPRET" in str(e), e
+        else:
+            raise SystemExit("no error from the kernel module without the interpreter")
+
+        sys.modules["triton"] = None  # the package is now impossible to import
+        triton_support.available.cache_clear()
+        assert not triton_support.available()
+        ref = iFSQ(levels=[8, 5, 5, 5], backend="reference")(x)
+        for backend in ("auto", "torch"):
+            out = iFSQ(levels=[8, 5, 5, 5], backend=backend)(x)
+            assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
+        try:
+            iFSQ(levels=[8, 5, 5, 5], backend="triton")(x)
+        except RuntimeError as e:
+            assert "pip install" in str(e), e
+        else:
+            raise SystemExit("no error without triton")
+        print("ok")
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr
+
+
+def test_auto_without_triton(monkeypatch):
+    monkeypatch.setattr(triton_support, "available", lambda: False)
+    x = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(8))
+    ref, _ = module_pair(FSQ, levels=[8, 5, 5, 5])
+    auto = FSQ(levels=[8, 5, 5, 5], backend="auto")
+    assert torch.equal(auto(x)[0], ref(x)[0]) and torch.equal(auto(x)[1], ref(x)[1])
+    with pytest.raises(RuntimeError, match="triton"):
+        FSQ(levels=[8, 5, 5, 5], backend="triton")(x)
+
+
+def test_interpreter_variable_spellings(monkeypatch):
+    for value, expected in [("1", True), ("true", True), ("ON", True), ("0", False), ("", False)]:
+        monkeypatch.setenv("TRITON_INTERPRET", value)
+        assert triton_support.interpreting() is expected
