@@ -147,13 +147,15 @@ class _Block:
 
 def _forward(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: bool, need_grad: bool):
     m, d = z.shape
-    rows = max(1, min(m, BLOCK_ELEMENTS // d))
-    block = _Block(layout, plan, z, rows)
+    # Whole multiples of 32 rows: PyTorch computes a tensor's last numel % 32 elements with scalar
+    # code that can differ from its vector code by an ulp, so blocks must not create new tails.
+    rows = max(32, BLOCK_ELEMENTS // d // 32 * 32)
+    block = _Block(layout, plan, z, min(rows, m))
     codes = torch.empty_like(z)
     indices = torch.empty(m, plan.num_groups, dtype=torch.int64, device=z.device) if plan is not None else None
     levels = torch.empty_like(z) if need_levels else None
     deriv = torch.empty_like(z) if need_grad else None
-    scratch = torch.empty(rows, d, dtype=z.dtype, device=z.device)
+    scratch = torch.empty(min(rows, m), d, dtype=z.dtype, device=z.device)
     name = layout.activation.name
     for start in range(0, m, rows):
         sl = slice(start, min(start + rows, m))
