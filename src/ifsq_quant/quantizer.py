@@ -24,6 +24,16 @@ from .usage import CodeUsage
 __all__ = ["FSQ", "iFSQ"]
 
 
+def check_float_input(x, name: str = "input") -> None:
+    """Raises ``TypeError``/``ValueError`` unless ``x`` is a floating-point tensor with a batch and a feature axis."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}; quantize features, not integers")
+    if x.ndim < 2:
+        raise ValueError(f"{name} must have a batch and a feature axis (2-D or more), got shape {tuple(x.shape)}")
+
+
 class FSQ(nn.Module):
     """Finite Scalar Quantization, a drop-in for vector-quantize-pytorch's ``FSQ``.
 
@@ -229,17 +239,9 @@ class FSQ(nn.Module):
 
     # --- forward ---------------------------------------------------------------------------
 
-    def _check_input(self, z: Tensor) -> None:
-        if not isinstance(z, Tensor):
-            raise TypeError(f"input must be a torch.Tensor, got {type(z).__name__}")
-        if not z.is_floating_point():
-            raise TypeError(f"input must be a floating-point tensor, got {z.dtype}; quantize features, not integers")
-        if z.ndim < 2:
-            raise ValueError(f"input must have a batch and a feature axis (2-D or more), got shape {tuple(z.shape)}")
-
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
         """Quantizes ``z``; returns ``(quantized, indices)`` (see the class docstring for shapes)."""
-        self._check_input(z)
+        check_float_input(z)
         channel_last_needed = z.ndim >= 4 or (z.ndim == 3 and self.channel_first)
         if channel_last_needed:
             z = rearrange(z, "b d ... -> b ... d")

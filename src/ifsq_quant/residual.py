@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from .activations import Activation, HardClamp, get_activation
 from .bins import check_levels
-from .quantizer import FSQ
+from .quantizer import FSQ, check_float_input
 
 __all__ = ["ResidualFSQ", "GroupedResidualFSQ"]
 
@@ -66,15 +66,6 @@ def _dropout_seed(device: torch.device) -> int:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(seed)
     return int(seed.item())
-
-
-def _check_float_input(x, name: str = "input") -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}; quantize features, not integers")
-    if x.ndim < 2:
-        raise ValueError(f"{name} must have a batch and a feature axis (2-D or more), got shape {tuple(x.shape)}")
 
 
 class ResidualFSQ(nn.Module):
@@ -326,7 +317,7 @@ class ResidualFSQ(nn.Module):
 
         ``rand_quantize_dropout_fixed_seed`` fixes the quantize dropout draw (training only).
         """
-        _check_float_input(x)
+        check_float_input(x)
         if self.is_channel_first:
             x = x.movedim(1, -1)
         # Positions flattened to (1, N, dim) with an explicit N: quantization is per position, and
@@ -447,7 +438,7 @@ class GroupedResidualFSQ(nn.Module):
 
     def forward(self, x: Tensor, return_all_codes: bool = False):
         """Returns ``(quantized, indices)`` or ``(quantized, indices, all_codes)`` (see the class docstring)."""
-        _check_float_input(x)
+        check_float_input(x)
         if x.shape[self.split_dim] != self.dim:
             where = "second" if self.accept_image_fmap else "last"
             raise ValueError(f"expected {self.dim} features in the {where} axis, got {x.shape[self.split_dim]}")
