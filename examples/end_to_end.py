@@ -27,9 +27,16 @@ Distributed: under ``torchrun`` every training stage runs with DistributedDataPa
 (gloo on CPU, nccl on CUDA) and a DistributedSampler; the global batch is split over the
 ranks; the tokenizers' usage counts are all-reduced; rank 0 evaluates and writes.
 
-Presets: ``smoke`` (< 1 min, checks the wiring), ``quick`` (the demo: ~8 min on a 2-core
-CPU), ``full`` (longer training, more samples, and FSQ/iFSQ tokenizers on 32x32 natural
-patches as well). Seeds are fixed: one command gives the same numbers on one machine.
+Presets: ``smoke`` (< 1 min, checks the wiring), ``quick`` (the demo: ~7 min on a 2-core
+CPU), ``full`` (longer training, bigger models, more samples, and FSQ/iFSQ tokenizers on
+32x32 natural patches as well). Seeds are fixed: one command gives the same numbers on one
+machine (with the same ``--threads``; the thread count changes float reduction order).
+
+Threads: one per process by default. These models are small, and two OpenMP threads on a
+2-core machine that something else is also using can be 20x slower than one (the threads
+spin waiting for each other); with one thread the worst case is 2x. On a dedicated machine
+``--threads 2`` (or ``--threads 0``: all cores) is about 1.5x faster, or use both cores with
+``torchrun --nproc_per_node=2``.
 """
 
 from __future__ import annotations
@@ -72,12 +79,12 @@ _BASE = dict(
     levels=[17, 17, 17, 17],  # ~4 bits per latent dimension, as in the paper
     index_groups=[2, 2],  # AR vocabularies: 17*17 = 289 per group
     n_val_per_class=30,
-    classifier=dict(steps=400, batch_size=128, lr=2e-3, width=32, feature_dim=64),
-    tokenizer=dict(steps=800, batch_size=64, lr=2e-3, channels=[16, 32, 64], blocks=1, l1_weight=0.0, l2_weight=1.0),
-    ar=dict(steps=1500, batch_size=64, lr=1e-3, dim=128, depth=4, heads=4, class_dropout=0.1, dropout=0.1,
+    classifier=dict(steps=300, batch_size=64, lr=2e-3, width=32, feature_dim=64),
+    tokenizer=dict(steps=600, batch_size=64, lr=2e-3, channels=[16, 32, 64], blocks=1, l1_weight=0.0, l2_weight=1.0),
+    ar=dict(steps=1200, batch_size=64, lr=1e-3, dim=128, depth=4, heads=4, class_dropout=0.1, dropout=0.1,
             cfg_scale=2.0, temperature=1.0, top_k=None, cfg_sweep=[1.0, 1.5, 3.0]),
-    diffusion=dict(steps=2000, batch_size=64, lr=1e-3, dim=128, depth=4, heads=4, patch_size=1, class_dropout=0.1,
-                   cfg_scale=1.25, sample_steps=24, sampler="heun", cfg_sweep=[1.0, 2.0]),
+    diffusion=dict(steps=1500, batch_size=64, lr=1e-3, dim=128, depth=4, heads=4, patch_size=1, class_dropout=0.1,
+                   cfg_scale=1.25, sample_steps=16, sampler="heun", cfg_sweep=[1.0, 2.0]),
     num_samples=300,  # generated images per generator (= validation size: FD bias depends on n)
     patches=None,  # natural-patch tokenizers (full only)
 )
@@ -102,13 +109,12 @@ PRESETS: dict[str, dict] = {
         num_samples=100,
     ),
     "quick": _preset(),
-    "full": _preset(
+    "full": _preset(  # about 2.5 h on one thread of the 2-core CPU; pass --threads 0 on a dedicated machine
         classifier=dict(steps=1000),
-        tokenizer=dict(steps=4000, channels=[32, 64, 128]),
-        ar=dict(steps=6000, dim=192, depth=6, heads=6, cfg_sweep=[1.0, 1.5, 2.5, 3.0, 4.0]),
-        diffusion=dict(steps=8000, dim=192, depth=6, heads=6, sample_steps=50, cfg_sweep=[1.0, 1.5, 2.0, 3.0]),
-        num_samples=1000,
-        patches=dict(steps=4000, batch_size=64, lr=2e-3, channels=[32, 64, 128], blocks=2, l1_weight=0.0, l2_weight=1.0),
+        tokenizer=dict(steps=3000, channels=[32, 64, 128]),
+        ar=dict(steps=5000, dim=192, depth=6, heads=6, cfg_sweep=[1.0, 1.5, 2.5, 3.0, 4.0]),
+        diffusion=dict(steps=6000, dim=192, depth=6, heads=6, sample_steps=32, cfg_sweep=[1.0, 1.5, 2.0, 3.0]),
+        patches=dict(steps=2000, batch_size=64, lr=2e-3, channels=[32, 64, 64], blocks=1, l1_weight=0.0, l2_weight=1.0),
     ),
 }
 
@@ -151,7 +157,7 @@ def setup_env(device: str, threads: int | None) -> Env:
     dev = torch.device(f"cuda:{local_rank}" if device == "cuda" else "cpu")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    torch.set_num_threads(threads if threads else max(1, (os.cpu_count() or 1) // world))
+    torch.set_num_threads(threads if threads else max(1, (os.cpu_count() or 1) // world))  # 0: all cores
     return Env(rank=rank, world=world, device=dev)
 
 
@@ -433,9 +439,14 @@ def save_curves_figure(path: Path, curves: dict[str, list[float]]) -> None:
 def evaluate_tokenizer(tok: Tokenizer, val: ImageSet, env: Env) -> tuple[dict, torch.Tensor, np.ndarray]:
     """Validation metrics of a tokenizer -> (metrics, reconstructions (n, c, s, s), bin counts (d, L))."""
     tok.eval()
-    recon, indices = batched(lambda x: (lambda r, c, i: (r.clamp(-1, 1), i))(*tok(x)), val.images, device=env.device)
+
+    def reconstruct(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        recon, _, indices = tok(images)
+        return recon.clamp(-1, 1), indices
+
+    recon, indices = batched(reconstruct, val.images, device=env.device)
     usage = CodeUsage(levels=tok.levels)
-    usage.update(tok.level_indices(indices))
+    usage.update(tok.level_indices(indices.to(env.device)))
     summary = usage.summary()
     metrics = dict(
         psnr=psnr(recon, val.images),
@@ -450,6 +461,16 @@ def evaluate_tokenizer(tok: Tokenizer, val: ImageSet, env: Env) -> tuple[dict, t
         tokens=summary["samples"],
     )
     return metrics, recon, usage.bin_counts.cpu().numpy()
+
+
+@torch.no_grad()
+def gaussian_utilization(quantizer: nn.Module, n: int = 65536, seed: int = 0) -> float:
+    """Mean utilization of ``quantizer``'s levels on N(0, 1) inputs (the paper's premise, without an encoder)."""
+    z = torch.randn(n, int(quantizer.codebook_dim), generator=torch.Generator().manual_seed(seed))
+    _, indices = quantizer.eval()(z)
+    usage = CodeUsage(levels=[int(v) for v in quantizer.levels])
+    usage.update(quantizer.indices_to_level_indices(indices))
+    return float(usage.utilization().mean())
 
 
 def generated_metrics(classifier: FeatureClassifier, images: torch.Tensor, labels: torch.Tensor, train_features: np.ndarray) -> dict:
@@ -510,6 +531,11 @@ def write_report(out: Path, metrics: dict, figures: dict[str, str]) -> None:
                          f"{fmt(m['perplexity'], 0)} | {fmt(m.get('fd_reconstruction'))} |")
         lines += ["", "Utilization is the entropy of each latent dimension's level occupancy over log2(L), averaged over "
                   "dimensions; codebook usage is the fraction of the L^d codes used on the validation set.", ""]
+        gauss = {k: m.get("gaussian_utilization") for k, m in metrics["tokenizers"].items()}
+        if all(v is not None for v in gauss.values()):
+            lines += ["Without an encoder, on N(0, 1) inputs, the bounds alone give utilization "
+                      + ", ".join(f"{'FSQ' if k == 'fsq' else 'iFSQ'} {fmt(v)}" for k, v in gauss.items())
+                      + " (for comparison: the trained encoders adapt their output distribution to the bound they are trained with).", ""]
     if "tokenizers_patches" in metrics:
         lines += ["## Tokenizers on natural 32x32 patches (held-out photographs)", "",
                   "| bottleneck | PSNR (dB) | SSIM | utilization |", "|---|---|---|---|"]
@@ -577,8 +603,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"comma-separated subset of {','.join(STAGES)} (default all); other needed models come from checkpoints")
     parser.add_argument("--resume", action="store_true", help="load a stage's checkpoint instead of training it when one exists")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per process (default: cores / processes)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per process (default 1: robust on a shared machine, see the module docstring)")
     args = parser.parse_args(argv)
+    if args.threads < 0:
+        parser.error(f"--threads must be >= 0 (0: all cores), got {args.threads}")
     stages = STAGES if args.stages == "all" else tuple(s.strip() for s in args.stages.split(",") if s.strip())
     unknown = [s for s in stages if s not in STAGES]
     if unknown or not stages:
@@ -709,6 +738,7 @@ def run(args: argparse.Namespace) -> dict:
                 m, recons[kind], bin_counts[kind] = evaluate_tokenizer(tok, val_set, env)
                 train_usage = tok.usage.summary()
                 m["train_usage"] = dict(samples=train_usage["samples"], utilization=train_usage["mean_utilization"])
+                m["gaussian_utilization"] = gaussian_utilization(make_quantizer(kind, cfg), seed=seed)
                 if classifier is not None:
                     m["fd_reconstruction"] = frechet_distance(extract_features(classifier, recons[kind]), train_features)
                 metrics.setdefault("tokenizers", {})[kind] = m

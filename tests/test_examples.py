@@ -251,6 +251,26 @@ def test_missing_and_mismatched_checkpoints(tmp_path):
 
 # ----------------------------------------------------------------------------- end to end
 
+
+def test_full_preset_patch_tokenizers_wiring(tmp_path, monkeypatch):
+    """The ``full`` preset's natural-patch tokenizers, with a few steps (in process)."""
+    tiny = end_to_end._preset(classifier=dict(steps=2), tokenizer=dict(steps=2),
+                              patches=dict(end_to_end.PRESETS["full"]["patches"], steps=2, channels=[8, 8, 16], blocks=1))
+    monkeypatch.setitem(end_to_end.PRESETS, "tiny", tiny)
+    args = end_to_end.parse_args(["--preset", "smoke", "--stages", "classifier,tokenizers", "--out", str(tmp_path)])
+    args.preset = "tiny"
+    threads = torch.get_num_threads()
+    try:
+        metrics = end_to_end.run(args)
+    finally:
+        torch.set_num_threads(threads)  # run() sets the thread count of this (pytest's) process
+    for kind in ("fsq", "ifsq"):
+        m = metrics["tokenizers_patches"][kind]
+        assert math.isfinite(m["psnr"]) and 0.0 < m["utilization"] <= 1.0
+    assert (tmp_path / "patch_reconstructions.png").is_file()
+    assert "natural 32x32 patches" in (tmp_path / "report.md").read_text()
+
+
 SMOKE_BUDGET_S = 180
 
 
