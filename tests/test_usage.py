@@ -107,6 +107,52 @@ def test_all_reduce_sums_counts_over_two_gloo_processes():
         assert codes[0] == 1 and codes[4] == 2 and sum(codes) == 3  # codes 0 and 1 + 3*1
 
 
+def _ddp_worker(rank, world_size, port, results):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 3), FSQ([5, 5, 5], preserve_symmetry=True, track_usage=True))
+        ddp = torch.nn.parallel.DistributedDataParallel(model)  # default broadcast_buffers=True
+        for _ in range(2):
+            out, _ = ddp(torch.randn(10 * (rank + 1), 3))  # rank r sees 10 (r + 1) vectors per step
+            out.sum().backward()
+        usage = model[1].usage
+        before = usage.num_samples
+        usage.all_reduce()
+        results[rank] = (before, usage.num_samples)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_usage_counts_survive_ddp_buffer_broadcast():
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(_ddp_worker, args=(2, _free_port(), results), nprocs=2, join=True)
+    assert results[0] == (20, 60) and results[1] == (40, 60)
+
+
+def test_counts_are_state_not_buffers():
+    q = iFSQ([5, 5], track_usage=True).train()
+    q(torch.randn(100, 2))
+    assert "usage.bin_counts" not in dict(q.named_buffers())
+    state = q.state_dict()
+    assert int(state["usage.bin_counts"].sum()) == 200
+    fresh = iFSQ([5, 5], track_usage=True)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.usage.bin_counts, q.usage.bin_counts)
+    assert torch.equal(fresh.usage.code_counts, q.usage.code_counts)
+    assert fresh.double().usage.bin_counts.dtype == torch.int64  # dtype casts leave counts alone
+    missing = iFSQ([5, 5], track_usage=True).load_state_dict({}, strict=False).missing_keys
+    assert "usage.bin_counts" in missing
+    try:
+        iFSQ([7, 5], track_usage=True).load_state_dict(state)
+    except RuntimeError as error:
+        assert "different levels" in str(error)
+    else:
+        raise AssertionError("a checkpoint with other levels must not load")
+
+
 def test_all_reduce_without_distributed_is_a_no_op():
     usage = CodeUsage([3])
     usage.update(torch.tensor([[1]]))

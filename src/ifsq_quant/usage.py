@@ -34,20 +34,52 @@ class CodeUsage(nn.Module):
             ``None`` and ``perplexity_upper_bound`` (``2**sum(H_i)``, exact for independent
             dimensions) is the figure to use.
 
-    Counts are int64 buffers (saved in the ``state_dict``); every statistic is float64.
+    Counts are int64 tensors, saved in the ``state_dict`` and moved by ``.to()``, but kept out of
+    ``named_buffers()``: they are per-rank state, and DistributedDataParallel broadcasts every
+    buffer from rank 0 before each forward, which would overwrite them. Sum them with
+    :meth:`all_reduce` when you want the global figures. Every statistic is float64.
     """
+
+    _COUNTS = ("bin_counts", "code_counts")
 
     def __init__(self, levels: Sequence[int], max_counted_codebook: int = DEFAULT_MAX_COUNTED_CODEBOOK):
         super().__init__()
         self.levels = check_levels(levels)
         self.plan = IndexPlan(self.levels, check_int64=False)
         d, widest = len(self.levels), max(self.levels)
-        self.register_buffer("bin_counts", torch.zeros(d, widest, dtype=torch.int64))
+        self.bin_counts = torch.zeros(d, widest, dtype=torch.int64)
         self.counts_codes = self.plan.max_group_size <= max_counted_codebook
         size = self.plan.max_group_size if self.counts_codes else 0
-        self.register_buffer("code_counts", torch.zeros(size, dtype=torch.int64))
+        self.code_counts = torch.zeros(size, dtype=torch.int64)
         self.register_buffer("_dim_offsets", torch.arange(d, dtype=torch.int64) * widest, persistent=False)
         self.register_buffer("_levels", torch.tensor(self.levels, dtype=torch.int64), persistent=False)
+
+    # --- the counts: state_dict and device moves without being buffers ----------------------
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for name in self._COUNTS:
+            setattr(self, name, fn(getattr(self, name)))
+        return self
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name in self._COUNTS:
+            destination[prefix + name] = getattr(self, name).detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        for name in self._COUNTS:
+            key = prefix + name
+            if key in unexpected_keys:
+                unexpected_keys.remove(key)
+            if key not in state_dict:
+                missing_keys.append(key)
+            elif state_dict[key].shape != getattr(self, name).shape:
+                error_msgs.append(f"size mismatch for {key}: {tuple(state_dict[key].shape)} in the checkpoint, "
+                                  f"{tuple(getattr(self, name).shape)} here (different levels?)")
+            else:
+                getattr(self, name).copy_(state_dict[key])
 
     @torch.no_grad()
     def update(self, level_indices: Tensor) -> None:

@@ -44,7 +44,8 @@ def _bound_into(name: str, x: Tensor, y: Tensor, deriv: Tensor | None, slope: Co
         torch.tanh(x, out=y)
     elif name == "sigmoid":
         torch.mul(x, 1.6, out=y)
-        y.sigmoid_().mul_(2).sub_(1)
+        y.sigmoid_()
+        torch.add(y.new_tensor(-1.0), y, alpha=2, out=y)  # 2s - 1 in one pass (2s is exact: same rounding)
     elif name == "erf":
         torch.mul(x, math.sqrt(0.5), out=y)
         y.erf_()
@@ -52,8 +53,12 @@ def _bound_into(name: str, x: Tensor, y: Tensor, deriv: Tensor | None, slope: Co
         torch.clamp(x, -1.0, 1.0, out=y)
     if name in ("tanh", "sigmoid") and deriv is not None:
         # tanh' = 1 - y^2 and (2 sigmoid(1.6 z) - 1)' = 0.8 (1 - y^2), from the output as autograd does.
-        torch.mul(y, y, out=deriv)
-        deriv.sub_(1).mul_(-1.0 if name == "tanh" else -0.8).mul_(slope)
+        c = 1.0 if name == "tanh" else 0.8
+        if isinstance(slope, float):
+            c *= slope
+        torch.addcmul(y.new_tensor(c), y, y, value=-c, out=deriv)  # c - c y^2 in one pass
+        if not isinstance(slope, float):
+            deriv.mul_(slope)
 
 
 class _Block:
