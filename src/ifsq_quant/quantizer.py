@@ -47,8 +47,10 @@ class FSQ(nn.Module):
         num_codebooks: split the features into this many codebooks of ``d`` dims each.
         keep_num_codebooks_dim: keep a codebook axis on the indices (default: ``num_codebooks > 1``).
         scale: accepted and ignored, as in vector-quantize-pytorch.
-        allowed_dtypes: dtypes quantized in their own precision; others are quantized in
-            float32 (see the dtype policy below).
+        allowed_dtypes: accepted for compatibility. In vector-quantize-pytorch the dtypes not
+            listed are upcast to float32, and the listed half-precision ones are promoted to
+            float32 by its float32 constants anyway; here every input is quantized in float32
+            (float64 for float64), which is the same result (see the dtype policy below).
         channel_first: a 3-D input is ``(batch, dim, seq)`` instead of ``(batch, seq, dim)``.
             4-D and 5-D inputs are always channel-first.
         projection_has_bias: bias of the projections.
