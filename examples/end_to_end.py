@@ -232,12 +232,17 @@ class LossModule(nn.Module):
         return self.loss_fn(self.model, *batch)
 
 
-def train(model: nn.Module, loss_fn, tensors: tuple[torch.Tensor, ...], cfg: dict, env: Env, seed: int, desc: str) -> list[float]:
+def train(model: nn.Module, loss_fn, tensors: tuple[torch.Tensor, ...], cfg: dict, env: Env, seed: int, desc: str,
+          callback=None, callback_every: int = 0) -> list[float]:
     """A plain training loop; returns the loss of every step (this rank's batch).
 
     tensors: the training set, each (n, ...); batches of ``cfg["batch_size"]`` (global;
     ``batch_size / world`` per rank) are drawn by a DistributedSampler (shuffled each epoch).
     AdamW, linear warm-up then cosine decay of the learning rate, gradient clipping at 1.
+
+    ``callback(step, model)``, if given, runs after every ``callback_every``-th step (and
+    after the last), with the model in eval mode and the global RNG state saved and
+    restored around it, so that evaluating along the way does not change the training.
     """
     steps, batch_size, lr = cfg["steps"], cfg["batch_size"], cfg["lr"]
     if batch_size % env.world:
@@ -278,6 +283,12 @@ def train(model: nn.Module, loss_fn, tensors: tuple[torch.Tensor, ...], cfg: dic
         losses.append(loss.item())
         if step % 50 == 0 or step == steps - 1:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if callback is not None and ((callback_every and (step + 1) % callback_every == 0) or step == steps - 1):
+            rng = torch.get_rng_state()
+            model.eval()
+            callback(step + 1, model)
+            model.train()
+            torch.set_rng_state(rng)
     model.eval()
     return losses
 

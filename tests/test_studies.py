@@ -19,3 +19,49 @@ def test_utilization_study_smallest_configuration(tmp_path):
     assert by_key[(1.0, 17, "equal", "erf")]["bits"] > by_key[(1.0, 17, "round", "erf")]["bits"]
     assert abs(by_key[(1.0, 17, "equal", "erf")]["bits"] - by_key[(1.0, 17, "equal", "erf")]["max_bits"]) < 0.01
     assert all(0 <= r["bits"] <= r["max_bits"] + 1e-9 and 0 <= r["ks"] <= 1 for r in rows)
+
+
+def test_tokenizer_study_smallest_configuration(tmp_path):
+    import study_tokenizers
+
+    study_tokenizers.main(["--steps", "4", "--seeds", "1", "--levels", "5", "--datasets", "digits", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "tokenizers.json").read_text())
+    assert set(result) == {"meta", "summary", "rows"}
+    variants = {r["variant"] for r in result["summary"]}
+    assert {"fsq", "ifsq", "erf_equal", "fsq_scale"} <= variants
+    assert ("fsp" in variants) == result["meta"]["fsp_available"]
+    for s in result["summary"]:
+        assert {"dataset", "L", "variant", "psnr", "psnr_std", "ssim", "utilization", "codebook_usage"} <= set(s)
+        assert 0 <= s["utilization"] <= 1 and 0 < s["codebook_usage"] <= 1
+    assert all(r["curve"] and r["curve"][-1][0] == 4 for r in result["rows"])
+    assert "learned_scale" in next(r for r in result["rows"] if r["variant"] == "fsq_scale")
+    assert (tmp_path / "tokenizers.png").stat().st_size > 1000 and (tmp_path / "tokenizers.md").read_text()
+
+
+def test_bits_study_smallest_configuration(tmp_path):
+    import study_bits
+
+    study_bits.main(["--quick", "--steps", "4", "--levels", "3", "5", "--num-samples", "50", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "bits.json").read_text())
+    assert set(result) == {"meta", "summary", "rows"}
+    assert [s["L"] for s in result["summary"]] == [3, 5]
+    for s in result["summary"]:
+        assert {"bits_per_dim", "psnr", "ar_fd", "diffusion_fd", "diffusion_fd_snapped", "fd_reconstruction", "ar_vocab_sizes"} <= set(s)
+        assert s["ar_fd"] >= 0 and s["diffusion_fd"] >= 0
+    assert result["summary"][0]["ar_vocab_sizes"] == [9, 9]
+    assert (tmp_path / "bits.png").stat().st_size > 1000
+
+
+def test_ar_vs_diffusion_study_smallest_configuration(tmp_path):
+    import study_ar_vs_diffusion
+
+    study_ar_vs_diffusion.main(["--quick", "--steps", "4", "--eval-every", "2", "--num-samples", "50", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "ar_vs_diffusion.json").read_text())
+    assert set(result) == {"meta", "rows"}
+    row = result["rows"][0]
+    assert {"ar_params", "diffusion_params", "step_flops", "curves", "crossings_flops"} <= set(row)
+    assert abs(row["diffusion_params"] - row["ar_params"]) / row["ar_params"] < 0.1  # matched parameter count
+    for name in ("ar", "diffusion"):
+        assert [p["step"] for p in row["curves"][name]] == [2, 4]
+        assert row["curves"][name][1]["flops"] == 4 * row["step_flops"][name] > 0
+    assert (tmp_path / "ar_vs_diffusion.png").stat().st_size > 1000

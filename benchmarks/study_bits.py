@@ -1,0 +1,257 @@
+"""Study 3 of the paper's findings: the bits sweep.
+
+iFSQ tokenizers with L in {3, 5, 9, 17, 33} levels per dimension and the same latent shape
+(4 x 4 positions x d = 4 channels on 16x16 digits), so bits per latent dimension = log2 L.
+For each L: validation reconstruction PSNR, the Fréchet distance (FD, in the feature space
+of the examples' small CNN) of the reconstructions, of a class-conditional DiT (flow matching
+on the continuous codes; also with its samples snapped to the grid) and of a class-conditional
+AR transformer on the indices (``index_groups = [2, 2]``: two vocabularies of L^2 per position,
+9 ... 1,089). The paper reports an optimum near 4 bits/dim (L = 17) for generation.
+Writes ``bits.{json,md,png}`` to ``--out``.
+
+    python benchmarks/study_bits.py            # full: 3 seeds, longer training, bigger generators
+    python benchmarks/study_bits.py --quick    # 1 seed, tokenizer / AR / DiT 300 / 500 / 1000 steps, small generators
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from examples.ar import ARTransformer  # noqa: E402
+from examples.data import load_digits_split  # noqa: E402
+from examples.diffusion import DiT, LatentNormalizer, snap_to_grid  # noqa: E402
+from examples.end_to_end import (  # noqa: E402
+    PRESETS,
+    Env,
+    ar_loss,
+    balanced_labels,
+    batched,
+    classifier_loss,
+    diffusion_loss,
+    evaluate_tokenizer,
+    generated_metrics,
+    group_vocab_sizes,
+    make_tokenizer,
+    tokenizer_loss,
+    train,
+)
+from examples.metrics import FeatureClassifier, extract_features, frechet_distance  # noqa: E402
+
+LEVELS = (3, 5, 9, 17, 33)
+RESULTS = Path(__file__).resolve().parent / "results"
+ENV = Env(rank=0, world=1, device=torch.device("cpu"))
+
+# Every number that changes the result; the generators' sizes and sampling settings come from examples/end_to_end.py.
+CONFIGS = {
+    "quick": dict(seeds=1, classifier=dict(PRESETS["quick"]["classifier"]), tokenizer=dict(PRESETS["quick"]["tokenizer"], steps=300),
+                  ar=dict(PRESETS["quick"]["ar"], steps=500, dim=64, depth=2),
+                  diffusion=dict(PRESETS["quick"]["diffusion"], steps=1000, dim=64, depth=2),
+                  num_samples=300, index_groups=[2, 2]),
+    "full": dict(seeds=3, classifier=dict(PRESETS["full"]["classifier"]), tokenizer=dict(PRESETS["quick"]["tokenizer"], steps=2000),
+                 ar=dict(PRESETS["quick"]["ar"], steps=3000), diffusion=dict(PRESETS["quick"]["diffusion"], steps=3000),
+                 num_samples=300, index_groups=[2, 2]),
+}
+
+
+# ----------------------------------------------------------------------------- shared with study_ar_vs_diffusion.py
+
+
+def train_classifier(cfg: dict, train_set, seed: int) -> tuple[FeatureClassifier, np.ndarray]:
+    """The FD feature network of examples/end_to_end.py, trained on the real training digits -> (classifier, train features)."""
+    torch.manual_seed(seed)
+    size = train_set.image_shape[1]
+    classifier = FeatureClassifier(in_channels=train_set.image_shape[0], image_size=size, num_classes=10, width=cfg["width"],
+                                   feature_dim=cfg["feature_dim"])
+    train(classifier, classifier_loss, (train_set.images, train_set.labels), cfg, ENV, seed, "classifier")
+    classifier.eval()
+    return classifier, extract_features(classifier, train_set.images)
+
+
+def train_tokenizer(levels: list[int], index_groups: list[int], tok_cfg: dict, train_set, seed: int):
+    """An iFSQ tokenizer (examples/tokenizer.py) trained on ``train_set``."""
+    torch.manual_seed(seed)
+    tok = make_tokenizer("ifsq", dict(levels=levels, index_groups=index_groups), tok_cfg, train_set.image_shape[0])
+    train(tok, tokenizer_loss, (train_set.images,), tok_cfg, ENV, seed, f"tokenizer L={levels[0]}")
+    return tok.eval()
+
+
+def make_ar(tok, ar_cfg: dict, latent: int) -> ARTransformer:
+    vocab = group_vocab_sizes(tok.levels, list(tok.quantizer.index_groups))
+    return ARTransformer(vocab_sizes=vocab, seq_len=latent * latent, num_classes=10,
+                         **{k: ar_cfg[k] for k in ("dim", "depth", "heads", "class_dropout", "dropout")})
+
+
+def make_dit(tok, dit_cfg: dict, latent: int) -> DiT:
+    return DiT(in_channels=tok.latent_dim, input_size=latent, num_classes=10,
+               **{k: dit_cfg[k] for k in ("dim", "depth", "heads", "patch_size", "class_dropout")})
+
+
+def ar_data(tok, train_set) -> torch.Tensor:
+    """Training sequences (n, h*w, G) of the tokenizer's group indices, raster order."""
+    indices = batched(lambda x: tok.encode(x)[1], train_set.images)
+    return indices.reshape(len(train_set), -1, indices.shape[-1])
+
+
+def ar_images(ar: ARTransformer, tok, labels: torch.Tensor, ar_cfg: dict, seed: int) -> torch.Tensor:
+    latent = int(math.isqrt(ar.seq_len))
+    sampled = ar.sample(labels, cfg_scale=ar_cfg["cfg_scale"], temperature=ar_cfg["temperature"], top_k=ar_cfg["top_k"],
+                        generator=torch.Generator().manual_seed(seed + 2))
+    return batched(lambda i: tok.decode_indices(i).clamp(-1, 1), sampled.reshape(len(labels), latent, latent, -1))
+
+
+def dit_codes(dit: DiT, normalizer: LatentNormalizer, labels: torch.Tensor, dit_cfg: dict, seed: int) -> torch.Tensor:
+    x = dit.sample(labels, steps=dit_cfg["sample_steps"], cfg_scale=dit_cfg["cfg_scale"], method=dit_cfg["sampler"],
+                   generator=torch.Generator().manual_seed(seed + 3))
+    return normalizer.denormalize(x)
+
+
+def decode_codes(tok, codes: torch.Tensor) -> torch.Tensor:
+    return batched(lambda c: tok.decode(c).clamp(-1, 1), codes)
+
+
+# ----------------------------------------------------------------------------- the study
+
+
+def run_level(L: int, seed: int, cfg: dict, data, classifier, train_features) -> dict:
+    train_set, val_set = data
+    latent = train_set.image_shape[1] // 4
+    t0 = time.perf_counter()
+    tok = train_tokenizer([L] * 4, cfg["index_groups"], cfg["tokenizer"], train_set, seed)
+    m, recon, _ = evaluate_tokenizer(tok, val_set, ENV)
+    row = dict(L=L, seed=seed, bits_per_dim=math.log2(L), psnr=m["psnr"], ssim=m["ssim"], utilization=m["utilization"],
+               fd_reconstruction=frechet_distance(extract_features(classifier, recon), train_features),
+               ar_vocab_sizes=group_vocab_sizes([L] * 4, cfg["index_groups"]))
+    labels = balanced_labels(cfg["num_samples"], 10)
+
+    torch.manual_seed(seed)
+    ar = make_ar(tok, cfg["ar"], latent)
+    train(ar, ar_loss, (train_set.labels, ar_data(tok, train_set)), cfg["ar"], ENV, seed, f"ar L={L}")
+    g = generated_metrics(classifier, ar_images(ar, tok, labels, cfg["ar"], seed), labels, train_features)
+    row.update(ar_fd=g["fd"], ar_accuracy=g["accuracy"], ar_params=sum(p.numel() for p in ar.parameters()))
+
+    codes = batched(lambda x: tok.encode(x)[0], train_set.images)
+    torch.manual_seed(seed)
+    dit = make_dit(tok, cfg["diffusion"], latent)
+    normalizer = LatentNormalizer(codes.shape[1]).fit(codes)
+    train(dit, diffusion_loss, (normalizer.normalize(codes), train_set.labels), cfg["diffusion"], ENV, seed, f"diffusion L={L}")
+    sample_codes = dit_codes(dit, normalizer, labels, cfg["diffusion"], seed)
+    g = generated_metrics(classifier, decode_codes(tok, sample_codes), labels, train_features)
+    gs = generated_metrics(classifier, decode_codes(tok, snap_to_grid(sample_codes, tok.quantizer)), labels, train_features)
+    row.update(diffusion_fd=g["fd"], diffusion_accuracy=g["accuracy"], diffusion_fd_snapped=gs["fd"],
+               diffusion_accuracy_snapped=gs["accuracy"], diffusion_params=sum(p.numel() for p in dit.parameters()),
+               seconds=round(time.perf_counter() - t0, 1))
+    return row
+
+
+METRICS = ("psnr", "ssim", "utilization", "fd_reconstruction", "ar_fd", "ar_accuracy", "diffusion_fd", "diffusion_fd_snapped",
+           "diffusion_accuracy")
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    out = []
+    for L in sorted({r["L"] for r in rows}):
+        group = [r for r in rows if r["L"] == L]
+        s = dict(L=L, bits_per_dim=math.log2(L), seeds=len(group), ar_vocab_sizes=group[0]["ar_vocab_sizes"])
+        for k in METRICS:
+            vals = [r[k] for r in group]
+            s[k], s[k + "_std"] = float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+        out.append(s)
+    return out
+
+
+def to_markdown(summary: list[dict], meta: dict) -> str:
+    lines = [f"Bits sweep ({meta['mode']} mode), iFSQ tokenizers, latents 4x4x4, seeds {meta['seeds']}. FD against the training "
+             f"digits in the small CNN's feature space ({meta['num_samples']} samples each; real validation images: "
+             f"{meta['fd_real']:.3f}). Mean ± std over seeds (std 0 with one seed).", "",
+             "| L | bits/dim | AR vocab | PSNR (dB) | utilization | FD recon | AR FD | AR acc | DiT FD | DiT FD snapped | DiT acc |",
+             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in summary:
+        lines.append(f"| {s['L']} | {s['bits_per_dim']:.2f} | {'x'.join(map(str, s['ar_vocab_sizes']))} | "
+                     f"{s['psnr']:.2f} ± {s['psnr_std']:.2f} | {s['utilization']:.3f} | {s['fd_reconstruction']:.3f} | "
+                     f"{s['ar_fd']:.3f} ± {s['ar_fd_std']:.3f} | {s['ar_accuracy']:.3f} | {s['diffusion_fd']:.3f} ± {s['diffusion_fd_std']:.3f} | "
+                     f"{s['diffusion_fd_snapped']:.3f} | {s['diffusion_accuracy']:.3f} |")
+    best = {k: min(summary, key=lambda s: s[k])["L"] for k in ("ar_fd", "diffusion_fd")}
+    lines += ["", f"Lowest FD: AR at L = {best['ar_fd']}, DiT at L = {best['diffusion_fd']}."]
+    return "\n".join(lines) + "\n"
+
+
+def figure(summary: list[dict], meta: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [s["bits_per_dim"] for s in summary]
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2))
+    for key, label in (("ar_fd", "AR"), ("diffusion_fd", "DiT"), ("diffusion_fd_snapped", "DiT, snapped"), ("fd_reconstruction", "reconstruction")):
+        axes[0].errorbar(x, [s[key] for s in summary], yerr=[s[key + "_std"] for s in summary], marker="o", lw=1, capsize=2, label=label)
+    axes[0].axhline(meta["fd_real"], color="gray", lw=0.6, ls="--", label="real validation")
+    axes[0].set_yscale("log")
+    axes[0].yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axes[0].set_title("FD vs bits/dim", fontsize=9)
+    axes[0].legend(fontsize=6)
+    axes[1].errorbar(x, [s["psnr"] for s in summary], yerr=[s["psnr_std"] for s in summary], marker="o", lw=1, capsize=2)
+    axes[1].set_title("reconstruction PSNR (dB) vs bits/dim", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("bits per latent dimension (log2 L)", fontsize=8)
+        ax.set_xticks(x, [f"{v:.1f}\nL={s['L']}" for v, s in zip(x, summary)], fontsize=7)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=70)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1 seed, short training, small generators (minutes)")
+    parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
+    parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None, help="override the steps of every model (tests)")
+    parser.add_argument("--num-samples", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    mode = "quick" if args.quick else "full"
+    cfg = copy.deepcopy(CONFIGS[mode])
+    if args.steps:
+        for k in ("classifier", "tokenizer", "ar", "diffusion"):
+            cfg[k]["steps"] = args.steps
+    if args.num_samples:
+        cfg["num_samples"] = args.num_samples
+    seeds = list(range(args.seeds or cfg["seeds"]))
+    t0 = time.perf_counter()
+    data = load_digits_split(n_val_per_class=PRESETS["quick"]["n_val_per_class"], seed=0)
+    classifier, train_features = train_classifier(cfg["classifier"], data[0], seed=0)
+    fd_real = frechet_distance(extract_features(classifier, data[1].images), train_features)
+    rows = []
+    for seed in seeds:
+        for L in args.levels:
+            row = run_level(L, seed, cfg, data, classifier, train_features)
+            rows.append(row)
+            print(f"L={L} seed={seed}: PSNR {row['psnr']:.2f}, AR FD {row['ar_fd']:.3f}, DiT FD {row['diffusion_fd']:.3f} "
+                  f"(snapped {row['diffusion_fd_snapped']:.3f}), {row['seconds']} s", flush=True)
+    summary = summarize(rows)
+    meta = dict(mode=mode, seeds=seeds, levels=args.levels, num_samples=cfg["num_samples"], fd_real=fd_real, config=cfg,
+                seconds=round(time.perf_counter() - t0, 1), command="python benchmarks/study_bits.py" + (" --quick" if args.quick else ""))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bits.json").write_text(json.dumps(dict(meta=meta, summary=summary, rows=rows), indent=1))
+    md = to_markdown(summary, meta)
+    (args.out / "bits.md").write_text(md)
+    figure(summary, meta, args.out / "bits.png")
+    print(md)
+    return dict(meta=meta, summary=summary, rows=rows)
+
+
+if __name__ == "__main__":
+    main()
