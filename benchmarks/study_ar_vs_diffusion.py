@@ -21,7 +21,6 @@ Writes ``ar_vs_diffusion.{json,md,png}`` to ``--out``.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -34,12 +33,21 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from study_bits import ENV, ar_data, ar_images, decode_codes, dit_codes, make_ar, make_dit, train_classifier, train_tokenizer  # noqa: E402
+from study_bits import (  # noqa: E402
+    ENV,
+    ar_data,
+    ar_images,
+    configure,
+    decode_codes,
+    dit_codes,
+    load_evaluation,
+    make_ar,
+    make_dit,
+    train_tokenizer,
+)
 
-from examples.data import load_digits_split  # noqa: E402
 from examples.diffusion import LatentNormalizer  # noqa: E402
 from examples.end_to_end import PRESETS, ar_loss, balanced_labels, batched, diffusion_loss, generated_metrics, train  # noqa: E402
-from examples.metrics import extract_features, frechet_distance  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONFIGS = {
@@ -193,18 +201,10 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    mode = "quick" if args.quick else "full"
-    cfg = copy.deepcopy(CONFIGS[mode])
-    if args.steps:
-        for k in ("classifier", "tokenizer", "ar", "diffusion"):
-            cfg[k]["steps"] = args.steps
+    mode, cfg, seeds = configure(CONFIGS, args)
     cfg["eval_every"] = args.eval_every or cfg["eval_every"]
-    cfg["num_samples"] = args.num_samples or cfg["num_samples"]
-    seeds = list(range(args.seeds or cfg["seeds"]))
     t0 = time.perf_counter()
-    data = load_digits_split(n_val_per_class=PRESETS["quick"]["n_val_per_class"], seed=0)
-    classifier, train_features = train_classifier(cfg["classifier"], data[0], seed=0)
-    fd_real = frechet_distance(extract_features(classifier, data[1].images), train_features)
+    data, classifier, train_features, fd_real = load_evaluation(cfg)
     rows = []
     for seed in seeds:
         rows.append(run_seed(seed, cfg, data, classifier, train_features))

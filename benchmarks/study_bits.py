@@ -123,6 +123,26 @@ def decode_codes(tok, codes: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- the study
 
 
+def configure(configs: dict, args) -> tuple[str, dict, list[int]]:
+    """The mode's config with the command-line overrides (``--steps``, ``--num-samples``) applied, and the seeds."""
+    mode = "quick" if args.quick else "full"
+    cfg = copy.deepcopy(configs[mode])
+    if args.steps:
+        for k in ("classifier", "tokenizer", "ar", "diffusion"):
+            cfg[k]["steps"] = args.steps
+    if args.num_samples:
+        cfg["num_samples"] = args.num_samples
+    return mode, cfg, list(range(args.seeds or cfg["seeds"]))
+
+
+def load_evaluation(cfg: dict):
+    """The digits split, the FD classifier trained on it, its training features and the real-vs-real FD."""
+    data = load_digits_split(n_val_per_class=PRESETS["quick"]["n_val_per_class"], seed=0)
+    classifier, train_features = train_classifier(cfg["classifier"], data[0], seed=0)
+    fd_real = frechet_distance(extract_features(classifier, data[1].images), train_features)
+    return data, classifier, train_features, fd_real
+
+
 def run_level(L: int, seed: int, cfg: dict, data, classifier, train_features) -> dict:
     train_set, val_set = data
     latent = train_set.image_shape[1] // 4
@@ -222,18 +242,9 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    mode = "quick" if args.quick else "full"
-    cfg = copy.deepcopy(CONFIGS[mode])
-    if args.steps:
-        for k in ("classifier", "tokenizer", "ar", "diffusion"):
-            cfg[k]["steps"] = args.steps
-    if args.num_samples:
-        cfg["num_samples"] = args.num_samples
-    seeds = list(range(args.seeds or cfg["seeds"]))
+    mode, cfg, seeds = configure(CONFIGS, args)
     t0 = time.perf_counter()
-    data = load_digits_split(n_val_per_class=PRESETS["quick"]["n_val_per_class"], seed=0)
-    classifier, train_features = train_classifier(cfg["classifier"], data[0], seed=0)
-    fd_real = frechet_distance(extract_features(classifier, data[1].images), train_features)
+    data, classifier, train_features, fd_real = load_evaluation(cfg)
     rows = []
     for seed in seeds:
         for L in args.levels:

@@ -1,5 +1,6 @@
 """CodeUsage statistics, track_usage, and the all-reduce over torch.distributed ranks."""
 
+import contextlib
 import math
 import os
 import socket
@@ -84,22 +85,33 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _all_reduce_worker(rank, world_size, port, results):
+@contextlib.contextmanager
+def _gloo_group(rank, world_size, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
-        usage = CodeUsage([3, 3])
-        usage.update(torch.full((rank + 1, 2), rank, dtype=torch.long))  # rank r adds r+1 rows of level r
-        usage.all_reduce()
-        results[rank] = (usage.bin_counts.tolist(), usage.code_counts.tolist())
+        yield
     finally:
         dist.destroy_process_group()
 
 
+def _spawn(worker, world_size=2):
+    """Runs ``worker(rank, world_size, port, results)`` in ``world_size`` processes; returns ``results``."""
+    results = mp.Manager().dict()
+    mp.spawn(worker, args=(world_size, _free_port(), results), nprocs=world_size, join=True)
+    return results
+
+
+def _all_reduce_worker(rank, world_size, port, results):
+    with _gloo_group(rank, world_size, port):
+        usage = CodeUsage([3, 3])
+        usage.update(torch.full((rank + 1, 2), rank, dtype=torch.long))  # rank r adds r+1 rows of level r
+        usage.all_reduce()
+        results[rank] = (usage.bin_counts.tolist(), usage.code_counts.tolist())
+
+
 def test_all_reduce_sums_counts_over_two_gloo_processes():
-    manager = mp.Manager()
-    results = manager.dict()
-    mp.spawn(_all_reduce_worker, args=(2, _free_port(), results), nprocs=2, join=True)
+    results = _spawn(_all_reduce_worker)
     expected_bins = [[1, 2, 0], [1, 2, 0]]
     for rank in range(2):
         bins, codes = results[rank]
@@ -108,9 +120,7 @@ def test_all_reduce_sums_counts_over_two_gloo_processes():
 
 
 def _ddp_worker(rank, world_size, port, results):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
+    with _gloo_group(rank, world_size, port):
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(3, 3), FSQ([5, 5, 5], preserve_symmetry=True, track_usage=True))
         ddp = torch.nn.parallel.DistributedDataParallel(model)  # default broadcast_buffers=True
@@ -121,14 +131,10 @@ def _ddp_worker(rank, world_size, port, results):
         before = usage.num_samples
         usage.all_reduce()
         results[rank] = (before, usage.num_samples)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_usage_counts_survive_ddp_buffer_broadcast():
-    manager = mp.Manager()
-    results = manager.dict()
-    mp.spawn(_ddp_worker, args=(2, _free_port(), results), nprocs=2, join=True)
+    results = _spawn(_ddp_worker)
     assert results[0] == (20, 60) and results[1] == (40, 60)
 
 
