@@ -14,7 +14,7 @@ at 17 positions; analytic estimate in the JSON). Sampling compute is not include
 The paper's claim: AR leads early, diffusion ends better; where do they cross?
 Writes ``ar_vs_diffusion.{json,md,png}`` to ``--out``.
 
-    python benchmarks/study_ar_vs_diffusion.py            # full: 2 seeds, 6000 steps, width 128 / 4 blocks
+    python benchmarks/study_ar_vs_diffusion.py            # full: 2 seeds, 3000 steps, AR width 128 / 4 blocks, DiT matched (~25 min)
     python benchmarks/study_ar_vs_diffusion.py --quick    # 1 seed, 1000 steps, width 64 / 2 blocks
 """
 
@@ -54,9 +54,9 @@ CONFIGS = {
     "quick": dict(seeds=1, levels=[17] * 4, index_groups=[2, 2], eval_every=100, num_samples=300,
                   classifier=dict(PRESETS["quick"]["classifier"]), tokenizer=dict(PRESETS["quick"]["tokenizer"], steps=400),
                   ar=dict(PRESETS["quick"]["ar"], steps=1000, dim=64, depth=2), diffusion=dict(PRESETS["quick"]["diffusion"], steps=1000, depth=2)),
-    "full": dict(seeds=2, levels=[17] * 4, index_groups=[2, 2], eval_every=250, num_samples=300,
-                 classifier=dict(PRESETS["full"]["classifier"]), tokenizer=dict(PRESETS["quick"]["tokenizer"], steps=2000),
-                 ar=dict(PRESETS["quick"]["ar"], steps=6000), diffusion=dict(PRESETS["quick"]["diffusion"], steps=6000)),
+    "full": dict(seeds=2, levels=[17] * 4, index_groups=[2, 2], eval_every=300, num_samples=300,
+                 classifier=dict(PRESETS["full"]["classifier"]), tokenizer=dict(PRESETS["quick"]["tokenizer"]),
+                 ar=dict(PRESETS["quick"]["ar"], steps=3000), diffusion=dict(PRESETS["quick"]["diffusion"], steps=3000)),
 }
 
 
