@@ -258,7 +258,8 @@ def main(argv=None):
                     print(f"{dataset} L={L} seed={seed} {variant}: PSNR {row['psnr']:.2f}, utilization {row['utilization']:.3f}"
                           + (f", scale {row['learned_scale']:.3f}" if "learned_scale" in row else ""), flush=True)
     summary = summarize(rows)
-    meta = dict(mode=mode, training={d: {k: c[k] for k in ("steps", "batch_size", "lr", "channels")} for d, c in training.items()}, seeds=seeds, levels=args.levels,
+    shown = ("steps", "batch_size", "lr", "channels")
+    meta = dict(mode=mode, training={d: {k: c[k] for k in shown} for d, c in training.items()}, seeds=seeds, levels=args.levels,
                 datasets=datasets, variants=variants, fsp_available=fsp_available, eval_every=EVAL_EVERY,
                 seconds=round(time.perf_counter() - t0, 1), command="python benchmarks/study_tokenizers.py" + (" --quick" if args.quick else ""))
     args.out.mkdir(parents=True, exist_ok=True)

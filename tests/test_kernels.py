@@ -85,3 +85,55 @@ def test_torch_compile_fullgraph(cls, kwargs):
     out, idx = compiled(z)
     out_eager, idx_eager = q(z)
     assert torch.equal(out, out_eager) and torch.equal(idx, idx_eager)
+
+
+def test_fast_tanh_is_within_the_bound_the_margin_assumes():
+    x = torch.cat([torch.linspace(-12, 12, 4_000_001), torch.randn(1_000_000) * 3, torch.randn(200_000) * 1e-3])
+    fast = torch.add(torch.tensor(-1.0), torch.sigmoid(2 * x), alpha=2)
+    assert float((fast - torch.tanh(x)).abs().max()) < 1e-6  # TANH_MARGIN (1e-5) assumes this
+
+
+def _near_tanh_boundaries(layout: BinLayout) -> torch.Tensor:
+    """``(N, d)`` float32 inputs within 12 ulp of every rounding boundary of every dimension."""
+    c = layout.constants(torch.device("cpu"), torch.float64)
+    blocks = []
+    for i, L in enumerate(layout.levels):
+        scale, bias, shift = float(c["scale"][i]), float(c["bias"][i]), float(c["shift"][i])
+        if layout.kind == "round":  # u = t * scale + bias, boundaries at half-integers
+            u = torch.arange(-L, L + 1, dtype=torch.float64) + 0.5
+            t = (u - bias) / scale
+        else:  # u = (t + 1) * scale (+ 0.5), boundaries at integers
+            u = torch.arange(0, L + 1, dtype=torch.float64)
+            t = (u - (0.5 if layout.kind == "symmetric" else 0.0)) / scale - 1
+        x = (torch.atanh(t[t.abs() < 1]) - shift).float()
+        near = [x]
+        for direction in (float("inf"), -float("inf")):
+            y = x
+            for _ in range(12):
+                y = torch.nextafter(y, torch.full_like(y, direction))
+                near.append(y)
+        column = torch.cat(near)
+        z = torch.randn(len(column), len(layout.levels))
+        z[:, i] = column
+        blocks.append(z)
+    return torch.cat(blocks)
+
+
+@pytest.mark.parametrize("bins", ["round", "symmetric", "equal"])
+@pytest.mark.parametrize("levels", [[3, 5, 9, 17], [4, 6, 8, 16], [33, 1000]])
+def test_fast_tanh_is_exact_at_rounding_boundaries(bins, levels):
+    layout = BinLayout(levels, bins, get_activation("tanh"), 1e-3)
+    plan = IndexPlan(levels)
+    z = _near_tanh_boundaries(layout)
+    codes_ref, levels_ref = reference.quantize(z, layout)
+    codes, indices, level_indices = torch_fused.quantize(z, layout, plan, need_levels=True)
+    assert torch.equal(codes, codes_ref) and torch.equal(level_indices, levels_ref)
+    assert torch.equal(indices, plan.pack(levels_ref))
+
+
+def test_fast_tanh_needs_its_correction(monkeypatch):
+    """Without the margin the fast tanh rounds some boundary inputs differently: the test above can fail."""
+    monkeypatch.setattr(torch_fused, "TANH_MARGIN", 0.0)
+    layout = BinLayout([17, 16, 9, 8], "round", get_activation("tanh"), 1e-3)
+    z = _near_tanh_boundaries(layout)
+    assert not torch.equal(torch_fused.quantize(z, layout, None, need_levels=True)[2], reference.quantize(z, layout)[1])
