@@ -70,6 +70,14 @@ def _bound_into(name: str, x: Tensor, y: Tensor, deriv: Tensor | None, slope: Co
             deriv.mul_(slope)
 
 
+def _true_positions(flags: Tensor) -> Tensor:
+    """Flat positions of the True entries of a 1-D bool tensor of length divisible by 8. The
+    entries are rare, so ``nonzero`` runs over int64 words (8 flags each: 8 times fewer)."""
+    words = flags.view(torch.int64).nonzero().squeeze(1)
+    candidates = (words.unsqueeze(1) * 8 + torch.arange(8, device=flags.device)).view(-1)
+    return candidates[flags[candidates]]
+
+
 class _Block:
     """The constants of one call, shaped for fast in-place arithmetic on ``(rows, d)`` blocks.
 
@@ -95,6 +103,7 @@ class _Block:
         if self.fast_tanh:
             self.margin = TANH_MARGIN * float(c["scale"].abs().max())
             self.rounded = torch.empty(rows, c["scale"].shape[0], dtype=z.dtype, device=z.device)
+            self.near = torch.zeros(-(-self.rounded.numel() // 8) * 8, dtype=torch.bool, device=z.device)
         if plan is not None:
             self.pack_dtype = plan.pack_dtype(z.device)
             if self.pack_dtype != torch.int64:
@@ -108,10 +117,11 @@ class _Block:
         value = self.const[name]
         if isinstance(value, float):
             return value
-        return value[:n] if where is None else value[:n][where]
+        return value[:n] if where is None else value[:n].reshape(-1)[where]
 
     def scaled(self, y: Tensor, n: int, where: Tensor | None = None) -> None:
-        """Bounded values -> values before rounding, in place (``where``: ``y`` holds only those elements of the block)."""
+        """Bounded values -> values before rounding, in place (``where``: ``y`` holds only the
+        block's elements at these flat positions)."""
         if self.kind == "round":
             y.mul_(self.get("scale", n, where))
             if self.has_bias:
@@ -142,19 +152,22 @@ class _Block:
     def _rounded_exactly(self, u: Tensor, x: Tensor) -> Tensor:
         """Rounds values ``u`` computed with the fast tanh; those within the margin of a rounding
         boundary are recomputed from ``torch.tanh(x)``. Returns the buffer holding the result."""
-        n = u.shape[0]
+        n, numel = u.shape[0], u.numel()
         r = torch.round(u, out=self.rounded[:n])
+        near = self.near[:numel]
         if self.kind == "round":  # boundaries at half-integers: |u - round(u)| near 1/2
-            near = u.sub_(r).abs_().gt_(0.5 - self.margin)
+            torch.gt(u.sub_(r).abs_().view(-1), 0.5 - self.margin, out=near)
         else:  # boundaries at integers (floor): |u - round(u)| near 0
-            near = r.sub_(u).abs_().lt_(self.margin)
+            torch.lt(r.sub_(u).abs_().view(-1), self.margin, out=near)
             r = u.floor_()
-        if bool(near.any()):
-            where = near.bool()
-            exact = torch.tanh(x[where])
+        self.near[numel:].zero_()  # a short last block leaves stale flags behind it
+        where = _true_positions(self.near[:-(-numel // 8) * 8])
+        if where.numel():
+            exact = torch.tanh(x.reshape(-1)[where])
             self.scaled(exact, n, where)
-            r[where] = self.rounded_(exact)
+            r.view(-1)[where] = self.rounded_(exact)
         return r
+
     @staticmethod
     def _fmax(y: Tensor, bound: Const) -> None:
         torch.fmax(y, bound if isinstance(bound, Tensor) else torch.tensor(bound, dtype=y.dtype, device=y.device), out=y)
