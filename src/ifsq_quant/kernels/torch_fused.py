@@ -10,6 +10,8 @@ path runs instead (Inductor fuses it by itself).
 computed as ``2 * sigmoid(2x) - 1`` (within 1.5 ulp of 1 of ``torch.tanh``; the tests check a
 bound of 1e-6) and only the values that land within :data:`TANH_MARGIN` of a rounding boundary
 are recomputed with ``torch.tanh``: the codes and indices stay those of the reference exactly.
+Where it is exact (or corrected anyway), ``2s - 1`` and the scale before rounding are folded
+into one pass (:meth:`_Block.prerounded`).
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from . import reference
 __all__ = ["quantize", "supports"]
 
 FUSED_ACTIVATIONS = ("tanh", "sigmoid", "erf", "clamp")
-BLOCK_ELEMENTS = 1 << 18  # elements per block: 1 MiB of float32; a few blocks stay in L2/L3 at once
+BLOCK_ELEMENTS = 1 << 19  # elements per block: 2 MiB of float32, half of it per thread in L2 (2 MiB per core here)
 # |2 sigmoid(2x) - 1 - torch.tanh(x)| < 1.8e-7 (measured); values before rounding move by at most
 # scale times that plus two roundings, so a margin of 1e-5 * scale leaves a factor of 25.
 TANH_MARGIN = 1e-5
+CHUNK = 128  # elements per chunk in the search for values near a boundary (1 in 6000 is, for L = 17)
 
 
 def supports(layout: BinLayout) -> bool:
@@ -39,20 +42,19 @@ def supports(layout: BinLayout) -> bool:
 Const = "float | Tensor"  # a per-dimension constant: a Python float when uniform, else a block
 
 
-def _bound_into(name: str, x: Tensor, y: Tensor, deriv: Tensor | None, slope: Const, fast_tanh: bool) -> None:
+def _bound_into(name: str, x: Tensor, y: Tensor, deriv: Tensor | None, slope: Const) -> None:
     """``y = f(x)`` (``x`` may be ``y``); ``deriv = slope * f'(x)`` when given. Same operations
-    as :mod:`..activations`, so that the values match the reference bit for bit, except
-    tanh with ``fast_tanh`` (``2 sigmoid(2x) - 1``, which :meth:`_Block.levels` corrects)."""
+    as :mod:`..activations`, so that the values match the reference bit for bit."""
     if name == "erf" and deriv is not None:
         torch.mul(x, x, out=deriv)
         deriv.mul_(-0.5).exp_().mul_(math.sqrt(2 / math.pi)).mul_(slope)
     if name == "clamp" and deriv is not None:
         torch.abs(x, out=deriv)
         deriv.le_(1).mul_(slope)
-    if name == "tanh" and not fast_tanh:
+    if name == "tanh":
         torch.tanh(x, out=y)
-    elif name in ("sigmoid", "tanh"):
-        torch.mul(x, 1.6 if name == "sigmoid" else 2.0, out=y)
+    elif name == "sigmoid":
+        torch.mul(x, 1.6, out=y)
         y.sigmoid_()
         torch.add(y.new_tensor(-1.0), y, alpha=2, out=y)  # 2s - 1 in one pass (2s is exact: same rounding)
     elif name == "erf":
@@ -68,14 +70,6 @@ def _bound_into(name: str, x: Tensor, y: Tensor, deriv: Tensor | None, slope: Co
         torch.addcmul(y.new_tensor(c), y, y, value=-c, out=deriv)  # c - c y^2 in one pass
         if not isinstance(slope, float):
             deriv.mul_(slope)
-
-
-def _true_positions(flags: Tensor) -> Tensor:
-    """Flat positions of the True entries of a 1-D bool tensor of length divisible by 8. The
-    entries are rare, so ``nonzero`` runs over int64 words (8 flags each: 8 times fewer)."""
-    words = flags.view(torch.int64).nonzero().squeeze(1)
-    candidates = (words.unsqueeze(1) * 8 + torch.arange(8, device=flags.device)).view(-1)
-    return candidates[flags[candidates]]
 
 
 class _Block:
@@ -99,11 +93,14 @@ class _Block:
         # On the CPU a NaN test is cheap and usually spares the clamp; elsewhere it would sync.
         self.always_clamp = layout.needs_clamp or z.device.type != "cpu"
         # Same reason: the fast tanh needs a data-dependent test, so it is a CPU float32 path.
+        # Its values before rounding go to a flat buffer padded to whole chunks for that test.
         self.fast_tanh = layout.activation.name == "tanh" and z.device.type == "cpu" and z.dtype == torch.float32
         if self.fast_tanh:
             self.margin = TANH_MARGIN * float(c["scale"].abs().max())
             self.rounded = torch.empty(rows, c["scale"].shape[0], dtype=z.dtype, device=z.device)
-            self.near = torch.zeros(-(-self.rounded.numel() // 8) * 8, dtype=torch.bool, device=z.device)
+        self.affine = self._sigmoid_affine(layout.activation.name)
+        self.d = c["scale"].shape[0]
+        self.work = torch.empty(-(-rows * self.d // CHUNK) * CHUNK, dtype=z.dtype, device=z.device)
         if plan is not None:
             self.pack_dtype = plan.pack_dtype(z.device)
             if self.pack_dtype != torch.int64:
@@ -112,6 +109,51 @@ class _Block:
                 self.pack_offset = (c["half_width"].to(self.pack_dtype) @ self.weights
                                     if layout.kind == "round" else None)
             self.half_width = c["half_width"].to(torch.int64) if layout.kind == "round" else None
+
+    def buffer(self, n: int) -> Tensor:
+        """``(n, d)`` scratch for the bounded values of ``n`` rows: a view of :attr:`work`."""
+        return self.work[: n * self.d].view(n, self.d)
+
+    def _sigmoid_affine(self, name: str) -> tuple[float, Const, Const] | None:
+        """``(alpha, a, b)`` such that the value before rounding is ``u = a * sigmoid(alpha x) + b``,
+        computed in one pass instead of two (``2s - 1``, then the scale), or None.
+
+        Exact for iFSQ's sigmoid when the scale is one power of two and there is no bias (then
+        ``scale * (2s - 1)`` is rounded once either way): L = 3, 5, 9, 17, 33... in "round".
+        Always used by the fast tanh (``tanh x = 2 sigmoid(2x) - 1``), which is corrected anyway.
+        """
+        scale = self.const["scale"]
+        if self.fast_tanh:
+            if self.kind == "round":
+                return 2.0, 2 * scale, self.const["bias"] - scale
+            # floor layouts: u + 1/2, so that the level boundaries sit at half-integers as in "round"
+            return 2.0, 2 * scale, 1.0 if self.kind == "symmetric" else 0.5
+        exact = (name == "sigmoid" and self.kind == "round" and not self.has_bias and isinstance(scale, float)
+                 and isinstance(self.const["slope"], float) and scale > 0 and math.frexp(scale)[0] == 0.5)
+        return (1.6, 2 * scale, -scale) if exact else None
+
+    def prerounded(self, x: Tensor, y: Tensor, deriv: Tensor | None) -> None:
+        """``y =`` the values before rounding of inputs ``x`` (``x`` may be ``y``); ``deriv = slope * f'(x)`` when given."""
+        n = y.shape[0]
+        slope = self.get("slope", n)
+        if self.affine is None:
+            _bound_into(self.layout.activation.name, x, y, deriv, slope)
+            self.scaled(y, n)
+            return
+        alpha, a, b = self.affine
+        torch.mul(x, alpha, out=y)
+        y.sigmoid_()
+        if deriv is not None and self.fast_tanh:  # tanh' = 4 s (1 - s) with s = sigmoid(2x)
+            torch.addcmul(y, y, y, value=-1, out=deriv)
+            deriv.mul_(4.0).mul_(slope)
+        if isinstance(a, float):
+            torch.add(y.new_tensor(b), y, alpha=a, out=y)
+        else:
+            torch.addcmul(y.new_tensor(b) if isinstance(b, float) else b[:n], y, a[:n], out=y)
+        if deriv is not None and not self.fast_tanh:
+            # 0.8 slope (1 - y^2) with y = u / scale: the same bits as from y (powers of two)
+            c = 0.8 * slope
+            torch.addcmul(y.new_tensor(c), y, y, value=-c / self.const["scale"] ** 2, out=deriv)
 
     def get(self, name: str, n: int, where: Tensor | None = None) -> Const:
         value = self.const[name]
@@ -135,10 +177,9 @@ class _Block:
         return u.round_() if self.kind == "round" else u.floor_()
 
     def levels(self, y: Tensor, x: Tensor | None = None) -> Tensor:
-        """Bounded values -> level values (``r = k - L//2`` for "round", else ``k``), in ``y`` or
-        in another buffer, which is returned. With the fast tanh, ``x`` is the tanh's input."""
+        """Values before rounding -> level values (``r = k - L//2`` for "round", else ``k``), in ``y``
+        or in another buffer, which is returned. With the fast tanh, ``x`` is the tanh's input."""
         n = y.shape[0]
-        self.scaled(y, n)
         if self.fast_tanh:
             y = self._rounded_exactly(y, x)
         else:
@@ -149,20 +190,23 @@ class _Block:
             self._fmin(y, self.get("highest", n))
         return y
 
-    def _rounded_exactly(self, u: Tensor, x: Tensor) -> Tensor:
-        """Rounds values ``u`` computed with the fast tanh; those within the margin of a rounding
-        boundary are recomputed from ``torch.tanh(x)``. Returns the buffer holding the result."""
-        n, numel = u.shape[0], u.numel()
-        r = torch.round(u, out=self.rounded[:n])
-        near = self.near[:numel]
-        if self.kind == "round":  # boundaries at half-integers: |u - round(u)| near 1/2
-            torch.gt(u.sub_(r).abs_().view(-1), 0.5 - self.margin, out=near)
-        else:  # boundaries at integers (floor): |u - round(u)| near 0
-            torch.lt(r.sub_(u).abs_().view(-1), self.margin, out=near)
-            r = u.floor_()
-        self.near[numel:].zero_()  # a short last block leaves stale flags behind it
-        where = _true_positions(self.near[:-(-numel // 8) * 8])
-        if where.numel():
+    def _rounded_exactly(self, v: Tensor, x: Tensor) -> Tensor:
+        """Levels from values ``v`` computed with the fast tanh (``v = u`` for "round", ``u + 1/2``
+        for the floor layouts). Those within the margin of a rounding boundary (a half-integer
+        of ``v``) are recomputed from ``torch.tanh(x)``. Returns the buffer holding the result."""
+        n, numel = v.shape[0], v.numel()
+        r = torch.round(v, out=self.rounded[:n])
+        v.sub_(r).abs_()  # distance to the nearest integer: near 1/2 means near a boundary
+        padded = -(-numel // CHUNK) * CHUNK
+        self.work[numel:padded].zero_()
+        distance, threshold = self.work[:padded], 0.5 - self.margin
+        # Chunk maxima first (one cheap reduction); "not <=" also flags chunks holding a NaN.
+        chunks = distance.view(-1, CHUNK).amax(1).le(threshold).logical_not_().nonzero().squeeze(1)
+        if self.kind != "round":
+            r.sub_(1)  # round(u + 1/2) = floor(u) + 1 away from the boundaries
+        if chunks.numel():
+            candidates = (chunks.unsqueeze(1) * CHUNK + torch.arange(CHUNK, device=v.device)).view(-1)
+            where = candidates[distance[candidates] > threshold]
             exact = torch.tanh(x.reshape(-1)[where])
             self.scaled(exact, n, where)
             r.view(-1)[where] = self.rounded_(exact)
@@ -216,18 +260,16 @@ def _forward(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: 
     indices = torch.empty(m, plan.num_groups, dtype=torch.int64, device=z.device) if plan is not None else None
     levels = torch.empty_like(z) if need_levels else None
     deriv = torch.empty_like(z) if need_grad else None
-    scratch = torch.empty(min(rows, m), d, dtype=z.dtype, device=z.device)
     # the fast tanh keeps its input for the exact recomputation: shift into a buffer of its own
-    shifted = torch.empty_like(scratch) if layout.has_shift and block.fast_tanh else scratch
-    name = layout.activation.name
+    shifted = torch.empty(min(rows, m), d, dtype=z.dtype, device=z.device) if layout.has_shift and block.fast_tanh else None
     for start in range(0, m, rows):
         sl = slice(start, min(start + rows, m))
         x = z[sl]
         n = x.shape[0]
-        y = scratch[:n]
+        y = block.buffer(n)
         if layout.has_shift:
-            x = torch.add(x, block.get("shift", n), out=shifted[:n])
-        _bound_into(name, x, y, deriv[sl] if deriv is not None else None, block.get("slope", n), block.fast_tanh)
+            x = torch.add(x, block.get("shift", n), out=y if shifted is None else shifted[:n])
+        block.prerounded(x, y, deriv[sl] if deriv is not None else None)
         y = block.levels(y, x)
         block.codes(y, codes[sl])
         if levels is not None:
