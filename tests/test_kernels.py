@@ -139,3 +139,14 @@ def test_fast_tanh_needs_its_correction(monkeypatch):
     layout = BinLayout([17, 16, 9, 8], "round", get_activation("tanh"), 1e-3)
     z = _near_tanh_boundaries(layout)
     assert not torch.equal(torch_fused.quantize(z, layout, None, need_levels=True)[2], reference.quantize(z, layout)[1])
+
+
+def test_constant_blocks_are_cached_and_bounded():
+    z = _inputs(3, rows=500)
+    for L in range(3, 3 + 2 * torch_fused.CONSTANT_CACHE_SIZE):
+        layout = BinLayout([L, 5, 4], "round", get_activation("sigmoid"), 0.0)
+        codes_ref, levels_ref = reference.quantize(z, layout)
+        for _ in range(2):  # the second call reads the cached blocks
+            codes, _, level_indices = torch_fused.quantize(z, layout, None, need_levels=True)
+            assert torch.equal(codes, codes_ref) and torch.equal(level_indices, levels_ref)
+    assert len(torch_fused._CONSTANT_BLOCKS) <= torch_fused.CONSTANT_CACHE_SIZE

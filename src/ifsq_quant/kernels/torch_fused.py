@@ -17,6 +17,7 @@ into one pass (:meth:`_Block.prerounded`).
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import torch
 from torch import Tensor
@@ -72,12 +73,29 @@ def _bound_into(name: str, x: Tensor, y: Tensor, deriv: Tensor | None, slope: Co
             deriv.mul_(slope)
 
 
+_CONSTANT_BLOCKS: OrderedDict[tuple, Tensor] = OrderedDict()
+CONSTANT_CACHE_SIZE = 16  # blocks of at most BLOCK_ELEMENTS elements each
+
+
+def _constant_block(vector: Tensor, rows: int) -> Tensor:
+    """``vector (d,)`` repeated over ``rows`` rows, contiguous. Kept in a small LRU cache: writing
+    it costs as much as a pass over the data, and it depends only on the values and the size."""
+    key = (tuple(vector.tolist()), vector.dtype, vector.device, rows)
+    block = _CONSTANT_BLOCKS.pop(key, None)
+    if block is None:
+        block = vector.expand(rows, -1).contiguous()
+    _CONSTANT_BLOCKS[key] = block
+    while len(_CONSTANT_BLOCKS) > CONSTANT_CACHE_SIZE:
+        _CONSTANT_BLOCKS.popitem(last=False)
+    return block
+
+
 class _Block:
     """The constants of one call, shaped for fast in-place arithmetic on ``(rows, d)`` blocks.
 
     A constant that is the same for every dimension is a Python float (a scalar operand is
-    the fastest); otherwise it is materialized as a contiguous ``(rows, d)`` block, because
-    broadcasting a ``(d,)`` vector over a short last axis is several times slower.
+    the fastest); otherwise it is materialized, when first used, as a contiguous ``(rows, d)``
+    block, because broadcasting a ``(d,)`` vector over a short last axis is several times slower.
     """
 
     def __init__(self, layout: BinLayout, plan: IndexPlan | None, z: Tensor, rows: int):
@@ -86,9 +104,9 @@ class _Block:
         zero = torch.zeros_like(c["top"])
         lowest = -c["half_width"] if layout.kind == "round" else zero
         highest = c["top"] - c["half_width"] if layout.kind == "round" else c["top"]
-        named = dict(c, lowest=lowest, highest=highest)
-        self.const = {k: v[0].item() if bool((v == v[0]).all()) else v.expand(rows, -1).contiguous()
-                      for k, v in named.items()}
+        self.vectors = dict(c, lowest=lowest, highest=highest)
+        self.const: dict[str, Const] = {}
+        self.const_rows = 1 << (rows - 1).bit_length()  # few distinct sizes for the cache
         self.has_bias = bool(c["bias"].ne(0).any())
         # On the CPU a NaN test is cheap and usually spares the clamp; elsewhere it would sync.
         self.always_clamp = layout.needs_clamp or z.device.type != "cpu"
@@ -122,14 +140,15 @@ class _Block:
         ``scale * (2s - 1)`` is rounded once either way): L = 3, 5, 9, 17, 33... in "round".
         Always used by the fast tanh (``tanh x = 2 sigmoid(2x) - 1``), which is corrected anyway.
         """
-        scale = self.const["scale"]
+        v = self.vectors
         if self.fast_tanh:
             if self.kind == "round":
-                return 2.0, 2 * scale, self.const["bias"] - scale
+                return 2.0, self.constant(2 * v["scale"]), self.constant(v["bias"] - v["scale"])
             # floor layouts: u + 1/2, so that the level boundaries sit at half-integers as in "round"
-            return 2.0, 2 * scale, 1.0 if self.kind == "symmetric" else 0.5
+            return 2.0, self.constant(2 * v["scale"]), 1.0 if self.kind == "symmetric" else 0.5
+        scale = self.constant(v["scale"])
         exact = (name == "sigmoid" and self.kind == "round" and not self.has_bias and isinstance(scale, float)
-                 and isinstance(self.const["slope"], float) and scale > 0 and math.frexp(scale)[0] == 0.5)
+                 and isinstance(self.get("slope", 0), float) and scale > 0 and math.frexp(scale)[0] == 0.5)
         return (1.6, 2 * scale, -scale) if exact else None
 
     def prerounded(self, x: Tensor, y: Tensor, deriv: Tensor | None) -> None:
@@ -153,9 +172,18 @@ class _Block:
         if deriv is not None and not self.fast_tanh:
             # 0.8 slope (1 - y^2) with y = u / scale: the same bits as from y (powers of two)
             c = 0.8 * slope
-            torch.addcmul(y.new_tensor(c), y, y, value=-c / self.const["scale"] ** 2, out=deriv)
+            torch.addcmul(y.new_tensor(c), y, y, value=-c / self.get("scale", n) ** 2, out=deriv)
+
+    def constant(self, vector: Tensor) -> Const:
+        """A ``(d,)`` constant as a float when uniform, else as a cached ``(rows, d)`` block."""
+        if bool((vector == vector[0]).all()):
+            return vector[0].item()
+        return _constant_block(vector, self.const_rows)
 
     def get(self, name: str, n: int, where: Tensor | None = None) -> Const:
+        """The named constant for the first ``n`` rows of a block (or the flat positions ``where``)."""
+        if name not in self.const:
+            self.const[name] = self.constant(self.vectors[name])
         value = self.const[name]
         if isinstance(value, float):
             return value
