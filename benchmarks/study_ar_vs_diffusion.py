@@ -150,11 +150,10 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
              f"AR: {r0['ar_params']:,} parameters, {r0['step_flops']['ar'] / 1e9:.2f} GFLOP per training step; "
              f"DiT (width {r0['diffusion_dim']}): {r0['diffusion_params']:,} parameters, {r0['step_flops']['diffusion'] / 1e9:.2f} GFLOP "
              f"per step (batch {meta['batch_size']}, forward + backward, FlopCounterMode). FD of {meta['num_samples']} samples "
-             f"(real validation images: {meta['fd_real']:.3f}).", "",
-             "| step | AR GFLOP | AR FD | AR acc | DiT GFLOP | DiT FD | DiT acc |", "|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        if len(rows) > 1:
-            lines.append(f"| seed {r['seed']} | | | | | | |")
+             f"(real validation images: {meta['fd_real']:.3f})."]
+    for r in rows:  # one table per seed
+        lines += ["", f"Seed {r['seed']}:", "", "| step | AR GFLOP | AR FD | AR acc | DiT GFLOP | DiT FD | DiT acc |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
         for a, d in zip(r["curves"]["ar"], r["curves"]["diffusion"]):
             lines.append(f"| {a['step']} | {a['flops'] / 1e9:.0f} | {a['fd']:.3f} | {a['accuracy']:.3f} | "
                          f"{d['flops'] / 1e9:.0f} | {d['fd']:.3f} | {d['accuracy']:.3f} |")
