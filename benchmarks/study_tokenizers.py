@@ -50,7 +50,7 @@ LABELS = {"fsq": "FSQ (tanh)", "ifsq": "iFSQ (sigmoid 1.6)", "erf_equal": "erf +
           "fsq_scale": "FSQ, learnable input scale (init 0.8)", "fsp": "FSP (vector-quantize-pytorch)"}
 RESULTS = Path(__file__).resolve().parent / "results"
 EVAL_EVERY = 50
-# Training per dataset and mode: the examples' quick tokenizer (channels 16/32/64, Adam 2e-3).
+# Training per dataset and mode: the examples' quick tokenizer (channels 16/32/64, AdamW 2e-3).
 TRAINING = {
     "quick": {"digits": dict(PRESETS["quick"]["tokenizer"], steps=250)},
     "full": {"digits": dict(PRESETS["quick"]["tokenizer"], steps=800),
