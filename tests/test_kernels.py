@@ -7,6 +7,7 @@ from ifsq_quant import FSQ, iFSQ
 from ifsq_quant.activations import get_activation
 from ifsq_quant.bins import BinLayout
 from ifsq_quant.indexing import IndexPlan
+from ifsq_quant import kernels
 from ifsq_quant.kernels import reference, resolve_backend, torch_fused
 
 LEVELS = [[8, 5, 5, 5], [17, 17, 17, 17], [7, 6, 4, 3], [16, 9], [3], [2, 4, 6]]
@@ -31,7 +32,7 @@ def test_fused_equals_reference(activation, bins, levels, dtype):
     plan = IndexPlan(levels, [1, len(levels) - 1] if len(levels) > 1 else None)
     z = _inputs(len(levels), dtype).requires_grad_(True)
     codes_ref, levels_ref = reference.quantize(z, layout)
-    codes, indices, level_indices = torch_fused.quantize(z, layout, plan, need_levels=True)
+    codes, indices, level_indices = kernels.quantize(z, layout, plan, "torch", need_level_indices=True)
     assert torch.equal(codes, codes_ref)
     assert torch.equal(level_indices, levels_ref)
     assert torch.equal(indices, plan.pack(levels_ref))
@@ -47,7 +48,7 @@ def test_fused_blocks_cover_every_row(monkeypatch):
     layout = BinLayout([7, 6, 5], "round", get_activation("sigmoid"), 0.0)
     z = _inputs(3, rows=1001)
     codes_ref, levels_ref = reference.quantize(z, layout)
-    codes, _, level_indices = torch_fused.quantize(z, layout, None, need_levels=True)
+    codes, _, level_indices = kernels.quantize(z, layout, None, "torch", need_level_indices=True)
     assert torch.equal(codes, codes_ref) and torch.equal(level_indices, levels_ref)
 
 
@@ -128,7 +129,7 @@ def test_fast_tanh_is_exact_at_rounding_boundaries(bins, levels):
     plan = IndexPlan(levels)
     z = _near_tanh_boundaries(layout)
     codes_ref, levels_ref = reference.quantize(z, layout)
-    codes, indices, level_indices = torch_fused.quantize(z, layout, plan, need_levels=True)
+    codes, indices, level_indices = kernels.quantize(z, layout, plan, "torch", need_level_indices=True)
     assert torch.equal(codes, codes_ref) and torch.equal(level_indices, levels_ref)
     assert torch.equal(indices, plan.pack(levels_ref))
 
@@ -138,7 +139,7 @@ def test_fast_tanh_needs_its_correction(monkeypatch):
     monkeypatch.setattr(torch_fused, "TANH_MARGIN", 0.0)
     layout = BinLayout([17, 16, 9, 8], "round", get_activation("tanh"), 1e-3)
     z = _near_tanh_boundaries(layout)
-    assert not torch.equal(torch_fused.quantize(z, layout, None, need_levels=True)[2], reference.quantize(z, layout)[1])
+    assert not torch.equal(kernels.quantize(z, layout, None, "torch", need_level_indices=True)[2], reference.quantize(z, layout)[1])
 
 
 def test_constant_blocks_are_cached_and_bounded():
@@ -147,6 +148,6 @@ def test_constant_blocks_are_cached_and_bounded():
         layout = BinLayout([L, 5, 4], "round", get_activation("sigmoid"), 0.0)
         codes_ref, levels_ref = reference.quantize(z, layout)
         for _ in range(2):  # the second call reads the cached blocks
-            codes, _, level_indices = torch_fused.quantize(z, layout, None, need_levels=True)
+            codes, _, level_indices = kernels.quantize(z, layout, None, "torch", need_level_indices=True)
             assert torch.equal(codes, codes_ref) and torch.equal(level_indices, levels_ref)
     assert len(torch_fused._CONSTANT_BLOCKS) <= torch_fused.CONSTANT_CACHE_SIZE

@@ -10,17 +10,21 @@ compute dtype (float32, or float64 for float64 inputs) when used.
 ``"equal"``      ``k = min(floor((f(z) + 1) * L / 2), L - 1)``,          ``code = (2k + 1) / L - 1``
 
 Level indices are carried as floats holding exact integers (cheaper than integer tensors on
-the hot path); ``[0, L)`` is enforced with ``fmax/fmin``, which also sends NaN to level 0.
+the hot path); ``[0, L)`` is enforced with a clamp, and NaN goes to level 0.
 """
 
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from .activations import Activation
+from .contexts import cached
+from .indexing import FLOAT32_EXACT_INTEGERS, FLOAT64_EXACT_INTEGERS
 
 __all__ = ["LAYOUTS", "BinLayout", "check_levels"]
 
@@ -29,7 +33,7 @@ LAYOUTS = ("round", "symmetric", "equal")
 
 def check_levels(levels: Sequence[int], name: str = "levels") -> tuple[int, ...]:
     """Validates a list of level counts and returns it as a tuple of ints."""
-    if isinstance(levels, torch.Tensor):
+    if hasattr(levels, "tolist") and not isinstance(levels, (list, tuple)):  # a tensor or a numpy array
         levels = levels.tolist()
     if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence):
         raise TypeError(f"{name} must be a list of integers >= 2, got {type(levels).__name__}")
@@ -37,8 +41,9 @@ def check_levels(levels: Sequence[int], name: str = "levels") -> tuple[int, ...]
         raise ValueError(f"{name} must be a non-empty list of integers >= 2, got {list(levels)}")
     out = []
     for level in levels:
-        if isinstance(level, bool) or not isinstance(level, int):
+        if isinstance(level, bool) or not hasattr(level, "__index__"):  # int, numpy integers
             raise TypeError(f"{name} must hold integers, got {level!r} ({type(level).__name__})")
+        level = operator.index(level)
         if level < 2:
             raise ValueError(f"every entry of {name} must be >= 2, got {list(levels)}")
         out.append(int(level))
@@ -66,56 +71,61 @@ class BinLayout:
             raise ValueError(f"bins must be one of {LAYOUTS}, got {kind!r}")
         if not isinstance(eps, (int, float)) or not eps >= 0:
             raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+        if not math.isfinite(float(eps)) or (max(self.levels) - 1) * (1 + float(eps)) / 2 >= FLOAT64_EXACT_INTEGERS:
+            raise ValueError(f"eps={eps!r} with levels up to {max(self.levels)} puts the values before rounding beyond "
+                             "2**53, where even float64 has no integer resolution; use a smaller eps")
         self.kind, self.activation, self.eps = kind, activation, float(eps)
-        L = torch.tensor(self.levels, dtype=torch.int32)
-        self.num_levels = L
-        zeros = torch.zeros(len(self.levels))
-        if kind == "round":
-            if 2 in self.levels:
-                raise ValueError(
-                    f'levels={list(self.levels)}: L = 2 is degenerate in the "round" layout (its codes would '
-                    'be {-1, 0}); use bins="symmetric" (preserve_symmetry=True) or bins="equal", or L >= 3'
-                )
-            half_l = (L - 1) * (1 + self.eps) / 2
-            offset = torch.where(L % 2 == 0, 0.5, 0.0)
-            self.pre_add = 0.0
-            self.scale, self.bias = half_l, -offset
-            self.shift = activation.inverse(offset / half_l).to(torch.float32)
-            self.half_width = L // 2
-            self.slope = half_l / self.half_width
-            # First and last index before clamping, at y = -1 and y = +1 (the value is monotone in y).
-            ends = torch.round(torch.stack([-half_l, half_l]) - offset) + self.half_width
-        elif kind == "symmetric":
-            self.pre_add = 1.0
-            self.scale, self.bias = (L - 1) / 2, torch.full_like(zeros, 0.5)
-            self.shift = zeros
-            self.code_step = 2.0 / (L - 1)
-            self.slope = self.code_step * (L - 1) / 2
-            ends = torch.floor(torch.stack([zeros, 2 * self.scale]) + self.bias)
-        else:
-            self.pre_add = 1.0
-            self.scale, self.bias = L / 2, zeros
-            self.shift = zeros
-            self.slope = torch.ones_like(zeros)
-            ends = None  # y = 1 lands on L itself: this layout always clamps its top end.
+        if kind == "round" and 2 in self.levels:
+            raise ValueError(
+                f'levels={list(self.levels)}: L = 2 is degenerate in the "round" layout (its codes would '
+                'be {-1, 0}); use bins="symmetric" (preserve_symmetry=True) or bins="equal", or L >= 3'
+            )
+        self.num_levels = torch.tensor(self.levels, dtype=torch.int64)
+        # float32 constants, computed with vector-quantize-pytorch's operations (so codes match it
+        # bit for bit, in float64 too); float64 ones only where float32 cannot hold every level.
+        geometry = self._geometry(torch.float32)
+        self._tables = {torch.float32: geometry}
+        if max(self.levels) > FLOAT32_EXACT_INTEGERS:
+            self._tables[torch.float64] = self._geometry(torch.float64)
+        for name, value in geometry.items():
+            setattr(self, name, value)
+        self.pre_add = 0.0 if kind == "round" else 1.0
         self.has_shift = bool(self.shift.ne(0).any())
         # Whether k can leave [0, L) for |y| <= 1 (a large eps, a custom activation, or "equal").
+        L = self.num_levels
+        if kind == "round":  # first and last index before clamping, at y = -1 and y = +1
+            ends = torch.round(torch.stack([-self.scale, self.scale]) + self.bias) + self.half_width
+        elif kind == "symmetric":
+            ends = torch.floor(torch.stack([torch.zeros_like(self.scale), 2 * self.scale]) + self.bias)
+        else:
+            ends = None  # y = 1 lands on L itself: this layout always clamps its top end.
         in_range = ends is not None and bool((ends[0] >= 0).all() and (ends[1] <= L - 1).all())
         self.needs_clamp = not in_range or activation.name is None
         self._cache: dict[tuple[torch.device, torch.dtype], dict[str, Tensor]] = {}
 
+    def _geometry(self, dtype: torch.dtype) -> dict[str, Tensor]:
+        """``scale``, ``bias``, ``shift``, ``slope`` (and ``half_width`` / ``code_step``) as ``(d,)``
+        tensors of ``dtype``, computed in ``dtype``."""
+        L = self.num_levels.to(dtype)
+        zeros = torch.zeros_like(L)
+        if self.kind == "round":
+            half_l = (L - 1) * (1 + self.eps) / 2
+            offset = torch.where(self.num_levels % 2 == 0, 0.5, 0.0).to(dtype)
+            half_width = (self.num_levels // 2).to(dtype)
+            return {"scale": half_l, "bias": -offset, "shift": self.activation.inverse(offset / half_l).to(dtype),
+                    "half_width": half_width, "slope": half_l / half_width}
+        if self.kind == "symmetric":
+            code_step = 2.0 / (L - 1)
+            return {"scale": (L - 1) / 2, "bias": torch.full_like(zeros, 0.5), "shift": zeros,
+                    "code_step": code_step, "slope": code_step * (L - 1) / 2}
+        return {"scale": L / 2, "bias": zeros, "shift": zeros, "slope": torch.ones_like(zeros)}
+
     def constants(self, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
         """The per-dimension constants as ``(d,)`` tensors of ``dtype`` on ``device`` (cached)."""
-        key = (torch.device(device), dtype)
-        if key not in self._cache:
-            names = {"scale": self.scale, "bias": self.bias, "shift": self.shift, "slope": self.slope,
-                     "top": self.num_levels - 1, "levels": self.num_levels}
-            if self.kind == "round":
-                names["half_width"] = self.half_width
-            if self.kind == "symmetric":
-                names["code_step"] = self.code_step
-            self._cache[key] = {k: v.to(device=device, dtype=dtype) for k, v in names.items()}
-        return self._cache[key]
+        table = self._tables.get(dtype, self._tables[torch.float32])
+        names = dict(table, top=self.num_levels - 1, levels=self.num_levels)
+        return cached(self._cache, (torch.device(device), dtype),
+                      lambda: {k: v.to(device=device, dtype=dtype) for k, v in names.items()})
 
     # --- the reference semantics, one readable function each -------------------------------
 
@@ -132,7 +142,8 @@ class BinLayout:
             k = torch.round(y * c["scale"] + c["bias"]) + c["half_width"]
         else:
             k = torch.floor((y + 1) * c["scale"] + c["bias"])
-        return torch.fmin(torch.fmax(k, torch.zeros_like(k)), c["top"])
+        # clamp + where rather than fmax/fmin (same result, NaN -> 0): exportable to ONNX.
+        return torch.where(torch.isnan(k), 0.0, torch.clamp(k, torch.zeros_like(c["top"]), c["top"]))
 
     def code(self, k: Tensor) -> Tensor:
         """Level index (exact-integer float) -> code in ``[-1, 1]``, ``(..., d)``."""

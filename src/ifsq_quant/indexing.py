@@ -17,11 +17,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .contexts import cached, functorch_active, tracing
+
 __all__ = ["IndexPlan", "INT64_MAX"]
 
 INT64_MAX = 2**63 - 1
-_FLOAT32_EXACT = 2**24
-_FLOAT64_EXACT = 2**53
+# Index dtypes accepted by decoding (unsigned types wider than uint8 lack the integer ops decoding needs).
+INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+FLOAT32_EXACT_INTEGERS = 2**24  # float32 holds every integer up to this
+FLOAT64_EXACT_INTEGERS = 2**53
 
 
 class IndexPlan:
@@ -79,26 +83,25 @@ class IndexPlan:
 
     def pack_dtype(self, device: torch.device) -> torch.dtype:
         """The narrowest dtype in which packing is exact on ``device``."""
-        # TF32/bf16 matmul modes would round float32; they never apply to float64. (The mode
-        # query is not traceable, so compiled graphs take float64.)
-        if (self.max_group_size <= _FLOAT32_EXACT and torch.device(device).type == "cpu"
+        # TF32/bf16 matmul modes and autocast would round a float32 matmul; they never apply to
+        # float64. (The mode query is not traceable, so compiled graphs take float64.)
+        if (self.max_group_size <= FLOAT32_EXACT_INTEGERS and torch.device(device).type == "cpu"
+                and not torch.is_autocast_enabled("cpu")
                 and not torch.compiler.is_compiling() and torch.get_float32_matmul_precision() == "highest"):
             return torch.float32
-        if self.max_group_size <= _FLOAT64_EXACT:
+        if self.max_group_size <= FLOAT64_EXACT_INTEGERS:
             return torch.float64
         return torch.int64
 
     def _tensor(self, what: str, device: torch.device, dtype: torch.dtype) -> Tensor:
-        key = (what, torch.device(device), dtype)
-        if key not in self._cache:
+        def make() -> Tensor:
             if what == "weights":
                 value = self._weights
-            elif what == "basis":
-                value = torch.tensor(self.basis, dtype=torch.int64)
             else:
-                value = torch.tensor(self.levels, dtype=torch.int64)
-            self._cache[key] = value.to(device=device, dtype=dtype)
-        return self._cache[key]
+                value = torch.tensor(self.basis if what == "basis" else self.levels, dtype=torch.int64)
+            return value.to(device=device, dtype=dtype)
+
+        return cached(self._cache, (what, torch.device(device), dtype), make)
 
     def pack(self, level_indices: Tensor) -> Tensor:
         """``(..., d)`` level indices (integers, or floats holding exact integers) -> ``(..., G)`` int64."""
@@ -122,12 +125,12 @@ class IndexPlan:
         """Raises ``TypeError`` unless ``indices`` is an integer tensor."""
         if not isinstance(indices, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(indices).__name__}")
-        if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
-            raise TypeError(f"{name} must be an integer tensor (torch.int64 or int32), got {indices.dtype}")
+        if indices.dtype not in INDEX_DTYPES:
+            raise TypeError(f"{name} must be an integer tensor ({', '.join(map(str, INDEX_DTYPES))}), got {indices.dtype}")
 
     def check_range(self, indices: Tensor, name: str = "indices") -> None:
         """Raises ``ValueError`` unless every index of ``indices (..., G)`` is in its group's range."""
-        if indices.numel() == 0:
+        if indices.numel() == 0 or tracing() or functorch_active():  # no values to check while tracing
             return
         low = int(indices.min())
         if low < 0:

@@ -7,6 +7,7 @@ packed indices) -> usage -> noise dropout -> projection out -> the input's layou
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -18,16 +19,27 @@ from torch import Tensor, nn
 from . import kernels
 from .activations import Activation, HardClamp, ScaledSigmoid, get_activation
 from .bins import LAYOUTS, BinLayout, check_levels
+from .contexts import functorch_active, tracing
 from .indexing import IndexPlan
 from .usage import CodeUsage
 
 __all__ = ["FSQ", "iFSQ"]
 
 
+def _as_int(value):
+    """``value`` as a Python int when it is an integer (numpy integers included, as
+    vector-quantize-pytorch accepts them), else unchanged for the caller's own error."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        return value
+    return operator.index(value)
+
+
 def check_float_input(x, name: str = "input") -> None:
     """Raises ``TypeError``/``ValueError`` unless ``x`` is a floating-point tensor with a batch and a feature axis."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.is_meta:
+        raise ValueError(f"{name} is a meta tensor: it has no values to quantize; use FakeTensorMode to trace shapes")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}; quantize features, not integers")
     if x.ndim < 2:
@@ -78,7 +90,10 @@ class FSQ(nn.Module):
     a group axis ``G`` with ``index_groups``, int64 in ``[0, codebook_size)``.
 
     Dtype policy: the quantization runs in float32 (float64 for float64 inputs); bf16/fp16
-    outputs come back in the input dtype. NaN inputs quantize to level 0 of their dimension
+    outputs come back in the input dtype. Decoding (``indices_to_codes``,
+    ``implicit_codebook``) returns the module's dtype (``.half()``, ``.double()``...): codes are
+    computed in float32 (float64 for a float64 module, which then decodes exactly what its
+    forward produced) and cast. NaN inputs quantize to level 0 of their dimension
     (code ``-1`` except in ``"equal"``): a defined, in-range result; ``+-inf`` saturate.
     """
 
@@ -112,12 +127,15 @@ class FSQ(nn.Module):
         super().__init__()
         levels = check_levels(levels)
         self.levels = list(levels)
+        dim, num_codebooks = _as_int(dim), _as_int(num_codebooks)
         if isinstance(num_codebooks, bool) or not isinstance(num_codebooks, int) or num_codebooks < 1:
             raise ValueError(f"num_codebooks must be a positive integer, got {num_codebooks!r}")
         if keep_num_codebooks_dim is None:
             keep_num_codebooks_dim = num_codebooks > 1
         if num_codebooks > 1 and not keep_num_codebooks_dim:
             raise ValueError("keep_num_codebooks_dim=False needs num_codebooks=1: several codebooks need their own index axis")
+        if isinstance(noise_dropout, bool) or not isinstance(noise_dropout, (int, float)):
+            raise TypeError(f"noise_dropout must be a number in [0, 1], got {noise_dropout!r} ({type(noise_dropout).__name__})")
         if not 0.0 <= noise_dropout <= 1.0:
             raise ValueError(f"noise_dropout must be in [0, 1], got {noise_dropout!r}")
         if backend not in kernels.BACKENDS:
@@ -159,11 +177,18 @@ class FSQ(nn.Module):
         self.project_out = nn.Linear(self.effective_codebook_dim, self.dim, bias=projection_has_bias) if self.has_projections else nn.Identity()
 
         self.return_indices = return_indices
-        self.index_groups = None if index_groups is None else list(index_groups)
+        if index_groups is not None:
+            if isinstance(index_groups, (str, bytes)) or not hasattr(index_groups, "__iter__"):
+                raise TypeError(f"index_groups must be a list of positive integers, got {index_groups!r}")
+            index_groups = [_as_int(g) for g in index_groups]
+        self.index_groups = index_groups
         # Built even without return_indices, for indices_to_codes and the codebook size.
         self.index_plan = IndexPlan(levels, index_groups, check_int64=return_indices)
         self.codebook_size = math.prod(levels)
         self.register_buffer("_levels", torch.tensor(levels, dtype=torch.int64), persistent=False)
+        self.register_buffer("_basis", torch.tensor(self.index_plan.basis, dtype=torch.int64), persistent=False)
+        # Empty; follows .to()/.half()/.double(), so decoding knows the module's dtype and device.
+        self.register_buffer("_decode_like", torch.empty(0), persistent=False)
 
         self.orthogonal_rotation = orthogonal_rotation
         if orthogonal_rotation:
@@ -185,13 +210,29 @@ class FSQ(nn.Module):
         if self.codebook_size > 2**26:
             raise ValueError(f"implicit_codebook would hold {self.codebook_size} codes; enumerate a range with indices_to_codes instead")
         indices = torch.arange(self.codebook_size, device=self._levels.device)
-        return self._level_indices_to_codes(self.index_plan.unpack(indices[:, None]))
+        return self._level_indices_to_codes(self.index_plan.unpack(indices[:, None])).to(self._decode_like.dtype)
+
+    @property
+    def _decode_dtype(self) -> torch.dtype:
+        """The dtype decoded codes are computed in: float64 for a float64 module, else float32."""
+        return torch.float64 if self._decode_like.dtype == torch.float64 else torch.float32
 
     def _level_indices_to_codes(self, level_indices: Tensor) -> Tensor:
-        return self.layout.code(level_indices.to(torch.float32))
+        """Level indices ``(..., d)`` -> codes ``(..., d)`` in the decode dtype."""
+        return self.layout.code(level_indices.to(self._decode_dtype))
+
+    def _rotate_back(self, codes: Tensor) -> Tensor:
+        """Undoes the orthogonal rotation in ``codes``' dtype."""
+        return codes @ self.orthogonal_rot.to(codes.dtype).t()
 
     def _group_axis(self, indices: Tensor) -> Tensor:
-        """Indices without/with a trailing group axis -> ``(..., G)``."""
+        """Indices without/with a trailing group axis -> ``(..., G)``; checks the codebook axis."""
+        codebook_axis = -2 if self.index_groups is not None else -1
+        if self.keep_num_codebooks_dim and (indices.ndim < -codebook_axis or indices.shape[codebook_axis] != self.num_codebooks):
+            raise ValueError(
+                f"indices need a codebook axis of size {self.num_codebooks} (num_codebooks) "
+                f"{'before the group axis' if self.index_groups is not None else 'last'}, got shape {tuple(indices.shape)}"
+            )
         if self.index_groups is None:
             return indices[..., None]
         if indices.shape[-1:] != (self.index_plan.num_groups,):
@@ -217,9 +258,9 @@ class FSQ(nn.Module):
             raise TypeError(f"codes must be a floating-point tensor, got {getattr(codes, 'dtype', type(codes).__name__)}")
         if codes.shape[-1:] != (self.codebook_dim,):
             raise ValueError(f"codes must have last dimension {self.codebook_dim} (len(levels)), got shape {tuple(codes.shape)}")
-        if not bool(torch.isfinite(codes).all()):
+        if not tracing() and not functorch_active() and not bool(torch.isfinite(codes).all()):
             raise ValueError("codes must be finite")
-        indices = self.index_plan.pack(self.layout.code_to_level(codes.float()))
+        indices = self.index_plan.pack(self.layout.code_to_level(codes.to(torch.float64 if codes.dtype == torch.float64 else torch.float32)))
         return indices if self.index_groups is not None else indices[..., 0]
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
@@ -230,14 +271,63 @@ class FSQ(nn.Module):
         """
         codes = self._level_indices_to_codes(self.indices_to_level_indices(indices))
         if self.orthogonal_rotation:
-            codes = codes @ self.orthogonal_rot.t()
+            codes = self._rotate_back(codes)
         if self.keep_num_codebooks_dim:
             codes = rearrange(codes, "... c d -> ... (c d)")
-        codes = self.project_out(codes)
+        codes = self.project_out(codes.to(self._decode_like.dtype))
         axes = indices.ndim - (self.index_groups is not None) - self.keep_num_codebooks_dim
         if axes >= 3 or (self.channel_first and axes == 2):
             codes = rearrange(codes, "b ... d -> b d ...")
         return codes
+
+    # --- vector-quantize-pytorch's other method names, for code that calls them --------------
+
+    def quantize(self, z: Tensor) -> Tensor:
+        """Codes ``(..., d)`` of ``z (..., d)`` (already projected in): bound and round with the
+        straight-through gradient; no projection, rotation or noise."""
+        return self._quantize_with(self.layout, z)
+
+    def bound(self, z: Tensor, eps: float | None = None, hard_clamp: bool | None = None) -> Tensor:
+        """Codes of ``z (..., d)`` in the ``"round"`` layout (vector-quantize-pytorch's ``bound``);
+        ``eps`` and ``hard_clamp`` default to this module's."""
+        return self._quantize_with(self._layout_like("round", eps, hard_clamp), z)
+
+    def symmetry_preserving_bound(self, z: Tensor, hard_clamp: bool | None = None) -> Tensor:
+        """Codes of ``z (..., d)`` in the ``"symmetric"`` layout (``preserve_symmetry=True``)."""
+        return self._quantize_with(self._layout_like("symmetric", None, hard_clamp), z)
+
+    def _layout_like(self, kind: str, eps: float | None, hard_clamp: bool | None) -> BinLayout:
+        """This module's layout, or one that differs in ``kind``, ``eps`` or the hard clamp."""
+        eps = self.eps if eps is None else eps
+        clamp = self.bound_hard_clamp if hard_clamp is None else hard_clamp
+        if (kind, eps, clamp) == (self.layout.kind, self.eps, self.bound_hard_clamp):
+            return self.layout
+        return BinLayout(self.levels, kind, HardClamp() if clamp else self.activation, eps)
+
+    def _quantize_with(self, layout: BinLayout, z: Tensor) -> Tensor:
+        if not isinstance(z, Tensor) or not z.is_floating_point():
+            raise TypeError(f"z must be a floating-point tensor, got {getattr(z, 'dtype', type(z).__name__)}")
+        if z.shape[-1:] != (self.codebook_dim,):
+            raise ValueError(f"z must have last dimension {self.codebook_dim} (len(levels)), got shape {tuple(z.shape)}")
+        flat = z.to(torch.float64 if z.dtype == torch.float64 else torch.float32).reshape(-1, self.codebook_dim)
+        return kernels.quantize(flat, layout, None, self.backend).codes.view(z.shape)
+
+    def _indices_to_codes(self, indices: Tensor) -> Tensor:
+        """Indices -> codes ``(..., d)`` before rotation and projection."""
+        return self._level_indices_to_codes(self.indices_to_level_indices(indices))
+
+    def _scale_and_shift(self, codes: Tensor) -> Tensor:
+        """Codes -> level indices as unrounded floats, ``(..., d)`` (inverse of :meth:`_scale_and_shift_inverse`)."""
+        c = self.layout.constants(codes.device, codes.dtype)
+        if self.layout.kind == "round":
+            return codes * c["half_width"] + c["half_width"]
+        if self.layout.kind == "symmetric":
+            return (codes + 1.0) / c["code_step"]
+        return ((codes + 1.0) * c["levels"] - 1.0) / 2
+
+    def _scale_and_shift_inverse(self, level_indices: Tensor) -> Tensor:
+        """Level indices ``(..., d)`` -> codes ``(..., d)``."""
+        return self.layout.code(level_indices.to(self._decode_dtype if not level_indices.is_floating_point() else level_indices.dtype))
 
     # --- forward ---------------------------------------------------------------------------
 
@@ -255,10 +345,10 @@ class FSQ(nn.Module):
         z = self.project_in(z)
         z = rearrange(z, "b n (c d) -> b n c d", c=self.num_codebooks)
         if self.orthogonal_rotation:
-            z = z @ self.orthogonal_rot
+            z = z @ self.orthogonal_rot.to(z.dtype)
 
         autocast_off = (torch.autocast(z.device.type, enabled=False) if self.force_quantization_f32
-                        and z.device.type in ("cuda", "cpu") else nullcontext())
+                        and z.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(z.device.type) else nullcontext())
         with autocast_off:
             orig_dtype = z.dtype
             compute_dtype = torch.float64 if orig_dtype == torch.float64 else torch.float32
@@ -269,9 +359,9 @@ class FSQ(nn.Module):
             if track:
                 self.usage._add(result.level_indices.to(torch.int64))
             codes = result.codes.view(z.shape)
-            codes = self._maybe_apply_noise(codes)
+            codes = self.maybe_apply_noise(codes)
             if self.orthogonal_rotation:
-                codes = codes @ self.orthogonal_rot.t()
+                codes = self._rotate_back(codes)
             codes = rearrange(codes, "b n c d -> b n (c d)").to(orig_dtype)
 
         out = self.project_out(codes)
@@ -289,8 +379,8 @@ class FSQ(nn.Module):
                 indices = indices.squeeze(-1 if self.index_groups is None else -2)
         return out, indices
 
-    def _maybe_apply_noise(self, codes: Tensor) -> Tensor:
-        """Noise dropout (training only): codes ``(b, n, c, d)`` -> same shape."""
+    def maybe_apply_noise(self, codes: Tensor) -> Tensor:
+        """Noise dropout (training only): codes ``(..., d)`` -> same shape."""
         if not self.training or self.noise_dropout == 0:
             return codes
         # The same random draws, in the same order, as vector-quantize-pytorch (equal under one seed).

@@ -5,6 +5,12 @@ codes with a straight-through gradient, packed indices and (on request) level in
 ``backend``: ``"torch"`` (fused PyTorch path, or the reference for custom activations),
 ``"triton"`` (CUDA; CPU only under ``TRITON_INTERPRET=1``), ``"auto"`` (Triton for CUDA tensors
 when it imports, else torch), ``"reference"`` (the oracle, for tests).
+
+The fused paths run inside the registered op ``torch.ops.ifsq_quant.quantize``
+(:mod:`.registered`), which eager code, ``torch.compile``, ``torch.export`` and
+``FakeTensorMode`` all see as one node. Under ``torch.func`` transforms, ``torch.jit.trace`` and
+ONNX export the reference runs instead: plain PyTorch operations that every transform
+understands and that a traced or ONNX graph can hold without this package.
 """
 
 from __future__ import annotations
@@ -14,8 +20,9 @@ from typing import NamedTuple
 from torch import Tensor
 
 from ..bins import BinLayout
+from ..contexts import exporting_to_portable_graph, functorch_active
 from ..indexing import IndexPlan
-from . import reference, torch_fused
+from . import reference, registered, torch_fused
 
 __all__ = ["quantize", "QuantizeOutput", "BACKENDS", "resolve_backend"]
 
@@ -48,12 +55,10 @@ def quantize(z: Tensor, layout: BinLayout, plan: IndexPlan | None, backend: str 
              need_level_indices: bool = False) -> QuantizeOutput:
     """Quantizes ``z (M, d)``; see the module docstring."""
     impl = resolve_backend(backend, z, layout)
+    if functorch_active() or exporting_to_portable_graph():
+        impl = "reference"
     if impl == "reference":
         codes, level_indices = reference.quantize(z, layout)
         indices = plan.pack(level_indices) if plan is not None else None
         return QuantizeOutput(codes, indices, level_indices if need_level_indices else None)
-    if impl == "triton":
-        from . import triton_kernels
-
-        return QuantizeOutput(*triton_kernels.quantize(z, layout, plan, need_level_indices))
-    return QuantizeOutput(*torch_fused.quantize(z, layout, plan, need_level_indices))
+    return QuantizeOutput(*registered.quantize(z, layout, plan, impl, need_level_indices))

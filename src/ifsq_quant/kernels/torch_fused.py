@@ -3,8 +3,8 @@
 Same results as :mod:`.reference`, computed with in-place operations on blocks of rows that
 stay in cache, so that the input is read once and codes, indices and (when a gradient is
 needed) the straight-through derivative are each written once. The backward is one multiply.
-The block loop and its NaN test are not traceable, so under ``torch.compile`` the reference
-path runs instead (Inductor fuses it by itself).
+The block loop and its NaN test are not traceable: the kernel runs inside the registered op
+(:mod:`.registered`), which graphs see as one node.
 
 ``torch.tanh`` is about seven times slower than ``torch.sigmoid`` on the CPU, so float32 tanh is
 computed as ``2 * sigmoid(2x) - 1`` (within 1.5 ulp of 1 of ``torch.tanh``; the tests check a
@@ -24,15 +24,15 @@ from torch import Tensor
 
 from ..bins import BinLayout
 from ..indexing import IndexPlan
-from . import reference
 
-__all__ = ["quantize", "supports"]
+__all__ = ["forward", "supports"]
 
 FUSED_ACTIVATIONS = ("tanh", "sigmoid", "erf", "clamp")
 BLOCK_ELEMENTS = 1 << 19  # elements per block: 2 MiB of float32, half of it per thread in L2 (2 MiB per core here)
 # |2 sigmoid(2x) - 1 - torch.tanh(x)| < 1.8e-7 (measured); values before rounding move by at most
 # scale times that plus two roundings, so a margin of 1e-5 * scale leaves a factor of 25.
 TANH_MARGIN = 1e-5
+MAX_TANH_MARGIN = 0.25  # in units of a bin
 CHUNK = 128  # elements per chunk in the search for values near a boundary (1 in 6000 is, for L = 17)
 
 
@@ -112,9 +112,11 @@ class _Block:
         self.always_clamp = layout.needs_clamp or z.device.type != "cpu"
         # Same reason: the fast tanh needs a data-dependent test, so it is a CPU float32 path.
         # Its values before rounding go to a flat buffer padded to whole chunks for that test.
-        self.fast_tanh = layout.activation.name == "tanh" and z.device.type == "cpu" and z.dtype == torch.float32
+        self.margin = TANH_MARGIN * float(c["scale"].abs().max())
+        # (a margin of half a bin or more would flag everything: large scales take torch.tanh)
+        self.fast_tanh = (layout.activation.name == "tanh" and z.device.type == "cpu" and z.dtype == torch.float32
+                          and self.margin < MAX_TANH_MARGIN)
         if self.fast_tanh:
-            self.margin = TANH_MARGIN * float(c["scale"].abs().max())
             self.rounded = torch.empty(rows, c["scale"].shape[0], dtype=z.dtype, device=z.device)
         self.affine = self._sigmoid_affine(layout.activation.name)
         self.d = c["scale"].shape[0]
@@ -252,6 +254,7 @@ class _Block:
         n = r.shape[0]
         if self.kind == "round":
             torch.div(r, self.get("half_width", n), out=out)
+            out.add_(0.0)  # r may be -0.0 after rounding; the reference's (k - L//2) / (L//2) is +0.0
         elif self.kind == "symmetric":
             torch.mul(r, self.get("code_step", n), out=out)
             out.sub_(1)
@@ -278,7 +281,9 @@ class _Block:
         out.copy_(packed)
 
 
-def _forward(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: bool, need_grad: bool):
+def forward(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: bool, need_grad: bool):
+    """``z (M, d)`` contiguous float32/float64 -> ``codes (M, d)``, ``indices (M, G) | None``, ``level
+    indices (M, d) | None`` and ``deriv = slope * f'(z + shift) (M, d) | None`` (when ``need_grad``)."""
     m, d = z.shape
     # Whole multiples of 32 rows: PyTorch computes a tensor's last numel % 32 elements with scalar
     # code that can differ from its vector code by an ulp, so blocks must not create new tails.
@@ -305,27 +310,3 @@ def _forward(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: 
         if indices is not None:
             block.pack(y, indices[sl])
     return codes, indices, levels, deriv
-
-
-class _FusedQuantize(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: bool):
-        codes, indices, levels, deriv = _forward(z, layout, plan, need_levels, ctx.needs_input_grad[0])
-        ctx.save_for_backward(deriv)
-        for t in (indices, levels):
-            if t is not None:
-                ctx.mark_non_differentiable(t)
-        return codes, indices, levels
-
-    @staticmethod
-    def backward(ctx, grad_codes: Tensor, *_):
-        (deriv,) = ctx.saved_tensors
-        return grad_codes * deriv, None, None, None
-
-
-def quantize(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: bool = False):
-    """``z (M, d)`` float32/float64 -> ``(codes (M, d), indices (M, G) | None, level indices | None)``."""
-    if torch.compiler.is_compiling():
-        codes, level_indices = reference.quantize(z, layout)
-        return codes, plan.pack(level_indices) if plan is not None else None, level_indices if need_levels else None
-    return _FusedQuantize.apply(z.contiguous(), layout, plan, need_levels)

@@ -1,8 +1,9 @@
 """Triton kernels: the whole quantization in one pass over the input (CUDA; CPU under the interpreter).
 
-:func:`quantize` has the contract of :func:`.torch_fused.quantize`: ``z (M, d)`` float32 or
-float64 -> ``codes (M, d)`` in ``z``'s dtype with a straight-through gradient, ``indices (M, G)``
-int64 (``None`` without a plan) and, on request, level indices ``(M, d)`` as exact-integer floats.
+:func:`forward` has the contract of :func:`.torch_fused.forward`: ``z (M, d)`` float32 or
+float64 -> ``codes (M, d)`` in ``z``'s dtype, ``indices (M, G)`` int64 (``None`` without a plan)
+and, on request, level indices ``(M, d)`` as exact-integer floats; :func:`backward` gives the
+straight-through gradient. Both run inside the registered op (:mod:`.registered`).
 
 Forward: one kernel reads each row of ``z`` once and writes the codes, the level indices (when
 asked for) and the ``G`` packed indices. A program owns a ``[BLOCK_M, BLOCK_D]`` tile of whole
@@ -58,14 +59,13 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 from triton.language.extra import libdevice
 
 from ..bins import BinLayout
 from ..indexing import IndexPlan
-from . import reference, triton_support
+from . import triton_support
 
-__all__ = ["quantize"]
+__all__ = ["forward", "backward"]
 
 _ACTIVATIONS = {"tanh": 0, "sigmoid": 1, "erf": 2, "clamp": 3}
 _KINDS = {"round": 0, "symmetric": 1, "equal": 2}
@@ -335,7 +335,8 @@ def _launch(kernel, grid, z: Tensor, *args, **kwargs) -> None:
         kernel[grid](*args, **kwargs)
 
 
-def _forward(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: bool):
+def forward(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: bool):
+    """``z (M, d)`` contiguous float32/float64 -> ``codes (M, d)``, ``indices (M, G) | None``, level indices ``(M, d) | None``."""
     m, d = z.shape
     codes = torch.empty_like(z)
     levels = torch.empty_like(z) if need_levels else None
@@ -368,7 +369,8 @@ def _forward(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: 
     return codes, indices, levels
 
 
-def _backward(grad: Tensor, z: Tensor, layout: BinLayout) -> Tensor:
+def backward(grad: Tensor, z: Tensor, layout: BinLayout) -> Tensor:
+    """The straight-through gradient ``grad * slope * f'(z + shift)``, ``(M, d)``, recomputed from ``z``."""
     grad = grad.to(z.dtype).contiguous()
     out = torch.empty_like(z)
     n = z.numel()
@@ -387,40 +389,3 @@ def _backward(grad: Tensor, z: Tensor, layout: BinLayout) -> Tensor:
         num_warps=NUM_WARPS, enable_fp_fusion=False,
     )
     return out
-
-
-class _TritonQuantize(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: bool):
-        codes, indices, levels = _forward(z, layout, plan, need_levels)
-        ctx.layout = layout
-        if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(z)  # the derivative is recomputed in backward
-        for t in (indices, levels):
-            if t is not None:
-                ctx.mark_non_differentiable(t)
-        return codes, indices, levels
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_codes: Tensor, *_):
-        (z,) = ctx.saved_tensors
-        return _backward(grad_codes, z, ctx.layout), None, None, None
-
-
-def quantize(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: bool = False):
-    """``z (M, d)`` float32/float64 -> ``(codes (M, d), indices (M, G) | None, level indices | None)``.
-
-    Same contract and results as :func:`.torch_fused.quantize` (see the module docstring for
-    what "same" means on a GPU). Under ``torch.compile`` the reference path runs instead.
-    """
-    if z.ndim != 2:
-        raise ValueError(f"the Triton kernel takes (M, d) values, got shape {tuple(z.shape)}")
-    if z.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"the Triton kernel computes in float32 or float64, got {z.dtype}; upcast first")
-    triton_support.check_usable(z, layout)
-    if torch.compiler.is_compiling():
-        codes, level_indices = reference.quantize(z, layout)
-        return codes, plan.pack(level_indices) if plan is not None else None, level_indices if need_levels else None
-    return _TritonQuantize.apply(z.contiguous(), layout, plan, need_levels)
-
