@@ -1,11 +1,17 @@
 """Speed of FSQ / iFSQ against vector-quantize-pytorch's FSQ and one torch.sigmoid pass.
 
-Interleaved in one process (A B C A B C ...), median of ``--repeats`` runs (DESIGN §6). Writes
+Interleaved in one process (A B C A B C ...), median of ``--repeats`` runs. Writes
 ``benchmarks/results/speed_<device>.md`` and ``.json``. Ratios are what carry over between
 machines; absolute times mean something only on a GPU.
 
     python benchmarks/bench_speed.py                 # CPU, 1M/4M/16M elements
     python benchmarks/bench_speed.py --quick         # 1M elements only, fewer repeats
+    python benchmarks/bench_speed.py --sizes 4194304 --levels '[17]*4' --compiled --load 2
+        # also ours and vqp under torch.compile, with two busy background processes
+
+``--compiled`` adds ``torch.compile`` (inductor) columns: our modules (the registered fused op
+inside the compiled graph) and vector-quantize-pytorch's FSQ. ``--load N`` runs the
+measurements while N processes spin on the other cores (a loaded machine).
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import json
 import math
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -46,11 +54,14 @@ def _timer(fn, device):
     return run
 
 
-def candidates(levels, z, device, backward):
+def candidates(levels, z, device, backward, compiled=False):
     """name -> zero-argument callable doing one forward (or forward+backward)."""
     mods = {"FSQ": FSQ(levels).to(device), "iFSQ": iFSQ(levels).to(device)}
     if VqpFSQ is not None and math.prod(levels) < 2**24:  # theirs builds its whole codebook eagerly
         mods["vqp FSQ"] = VqpFSQ(levels).to(device)
+    if compiled:
+        for name in list(mods):
+            mods[f"{name} compiled"] = torch.compile(mods[name])
     out = {}
     for name, module in mods.items():
         if backward:
@@ -76,10 +87,10 @@ def candidates(levels, z, device, backward):
     return out
 
 
-def measure(levels, numel, device, backward, repeats, warmup=2):
+def measure(levels, numel, device, backward, repeats, warmup=2, compiled=False):
     d = len(levels)
     z = torch.randn(16, numel // (16 * d), d, device=device)
-    fns = {name: _timer(fn, device) for name, fn in candidates(levels, z, device, backward).items()}
+    fns = {name: _timer(fn, device) for name, fn in candidates(levels, z, device, backward, compiled).items()}
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -96,32 +107,50 @@ def main(argv=None):
     parser.add_argument("--sizes", type=int, nargs="+", default=[2**20, 2**22, 2**24])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="1M elements, 5 repeats")
+    parser.add_argument("--levels", nargs="+", choices=list(LEVELS), default=list(LEVELS))
+    parser.add_argument("--compiled", action="store_true", help="add torch.compile columns (ours and vqp)")
+    parser.add_argument("--load", type=int, default=0, help="busy background processes during the runs")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--stem", default=None, help="output file name stem (default speed_<device>)")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.repeats = [2**20], 5
     device = torch.device(args.device)
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.load)]
     rows = []
-    for numel in args.sizes:
-        for label, levels in LEVELS.items():
-            for backward in (False, True):
-                t = measure(levels, numel, device, backward, args.repeats)
-                row = {"elements": numel, "levels": label, "pass": "fwd+bwd" if backward else "fwd", "seconds": t}
-                for ours in ("FSQ", "iFSQ"):
-                    row[f"vqp/{ours}"] = t["vqp FSQ"] / t[ours] if "vqp FSQ" in t else None
-                    row[f"{ours}/sigmoid"] = t[ours] / t["sigmoid"]
-                rows.append(row)
-                print(json.dumps(row))
+    try:
+        for numel in args.sizes:
+            for label in args.levels:
+                for backward in (False, True):
+                    t = measure(LEVELS[label], numel, device, backward, args.repeats, compiled=args.compiled)
+                    rows.append(_ratios({"elements": numel, "levels": label, "pass": "fwd+bwd" if backward else "fwd", "seconds": t}))
+                    print(json.dumps(rows[-1]))
+    finally:
+        for process in busy:
+            process.kill()
     meta = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "repeats": args.repeats,
-        "python": platform.python_version(),
+        "python": platform.python_version(), "busy_background_processes": args.load,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"speed_{device.type}"
+    stem = args.stem or f"speed_{device.type}"
     (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     (args.out / f"{stem}.md").write_text(to_markdown(rows, meta))
     print(to_markdown(rows, meta))
+
+
+def _ratios(row):
+    """Adds the ratios of a row's median times (``a/b`` > 1: ``b`` is faster)."""
+    t = row["seconds"]
+    for ours in ("FSQ", "iFSQ"):
+        row[f"vqp/{ours}"] = t["vqp FSQ"] / t[ours] if "vqp FSQ" in t else None
+        row[f"{ours}/sigmoid"] = t[ours] / t["sigmoid"]
+        if f"{ours} compiled" in t:
+            row[f"{ours} compiled/eager"] = t[f"{ours} compiled"] / t[ours]
+            if "vqp FSQ compiled" in t:
+                row[f"vqp compiled/{ours} compiled"] = t["vqp FSQ compiled"] / t[f"{ours} compiled"]
+    return row
 
 
 def to_markdown(rows, meta):
@@ -136,6 +165,12 @@ def to_markdown(rows, meta):
         "| elements | levels | pass | vqp/FSQ | vqp/iFSQ | FSQ/sigmoid | iFSQ/sigmoid | FSQ ms | iFSQ ms | vqp ms |",
         "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    compiled = [r for r in rows if "iFSQ compiled/eager" in r]
+    if compiled:
+        lines[-2:-2] = [
+            "Compiled columns (`torch.compile`, inductor): `compiled/eager` is our compiled module's time over our eager",
+            "module's (the target is <= 1.25); `vqpC/oursC` > 1 means ours compiled is faster than vqp compiled.", "",
+        ]
     for r in rows:
         t = r["seconds"]
         vqp_ms = f"{t['vqp FSQ'] * 1e3:.1f}" if "vqp FSQ" in t else "n/a"
@@ -143,6 +178,15 @@ def to_markdown(rows, meta):
             f"| {r['elements'] / 2**20:.0f}M | {r['levels']} | {r['pass']} | {fmt(r['vqp/FSQ'])} | {fmt(r['vqp/iFSQ'])} | "
             f"{fmt(r['FSQ/sigmoid'])} | {fmt(r['iFSQ/sigmoid'])} | {t['FSQ'] * 1e3:.1f} | {t['iFSQ'] * 1e3:.1f} | {vqp_ms} |"
         )
+    if compiled:
+        lines += ["", "| elements | levels | pass | FSQ compiled/eager | iFSQ compiled/eager | vqpC/FSQC | vqpC/iFSQC | vqp compiled ms |",
+                  "|---:|---|---|---:|---:|---:|---:|---:|"]
+        for r in compiled:
+            vqp_c = r["seconds"].get("vqp FSQ compiled")
+            lines.append(
+                f"| {r['elements'] / 2**20:.0f}M | {r['levels']} | {r['pass']} | {fmt(r['FSQ compiled/eager'])} | "
+                f"{fmt(r['iFSQ compiled/eager'])} | {fmt(r.get('vqp compiled/FSQ compiled'))} | "
+                f"{fmt(r.get('vqp compiled/iFSQ compiled'))} | {'n/a' if vqp_c is None else f'{vqp_c * 1e3:.1f}'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -26,6 +26,11 @@ from .usage import CodeUsage
 __all__ = ["FSQ", "iFSQ"]
 
 
+class CodebookUnavailableError(ValueError, AttributeError):
+    """``implicit_codebook`` is not defined here. Also an ``AttributeError``, so that tools that
+    probe attributes with ``hasattr`` (``torch.jit.trace`` does) pass over it."""
+
+
 def _as_int(value):
     """``value`` as a Python int when it is an integer (numpy integers included, as
     vector-quantize-pytorch accepts them), else unchanged for the caller's own error."""
@@ -204,13 +209,24 @@ class FSQ(nn.Module):
 
     @property
     def implicit_codebook(self) -> Tensor:
-        """``(codebook_size, d)`` every code in index order, built on first access (not stored)."""
-        if self.index_plan.num_groups != 1:
-            raise ValueError("implicit_codebook enumerates one index per code; it is not defined with index_groups")
-        if self.codebook_size > 2**26:
-            raise ValueError(f"implicit_codebook would hold {self.codebook_size} codes; enumerate a range with indices_to_codes instead")
+        """``(codebook_size, d)`` every code in index order, in the module's dtype, built on each
+        access (not stored). Not defined with ``index_groups`` or above ``2**26`` codes."""
+        self._check_codebook_enumerable()
         indices = torch.arange(self.codebook_size, device=self._levels.device)
         return self._level_indices_to_codes(self.index_plan.unpack(indices[:, None])).to(self._decode_like.dtype)
+
+    def _check_codebook_enumerable(self) -> None:
+        if self.index_plan.num_groups != 1:
+            raise CodebookUnavailableError("implicit_codebook enumerates one index per code; it is not defined with index_groups")
+        if self.codebook_size > 2**26:
+            raise CodebookUnavailableError(
+                f"implicit_codebook would hold {self.codebook_size} codes; enumerate a range with indices_to_codes instead")
+
+    def __getattr__(self, name: str):
+        # A property that raises AttributeError falls through to here: re-raise its own message.
+        if name == "implicit_codebook":
+            self._check_codebook_enumerable()
+        return super().__getattr__(name)
 
     @property
     def _decode_dtype(self) -> torch.dtype:

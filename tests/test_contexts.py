@@ -1,0 +1,302 @@
+"""One test matrix: every PyTorch context x FSQ, iFSQ and ResidualFSQ, against the reference
+backend (plain PyTorch) in plain eager code, and against vector-quantize-pytorch where it has
+the same module.
+
+Each context runs the module with the default backend (the registered fused op, or the
+reference where the context needs plain operations) and must give the reference's codes and
+indices bit for bit, and its gradients up to rounding.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+
+import pytest
+import torch
+
+from ifsq_quant import FSQ, ResidualFSQ, iFSQ
+
+MODULES = {
+    "FSQ": lambda backend: FSQ([8, 5, 5, 5], dim=6, backend=backend),
+    "iFSQ": lambda backend: iFSQ([17, 9, 6], dim=6, index_groups=[2, 1], backend=backend),
+    "ResidualFSQ": lambda backend: ResidualFSQ(levels=[7, 5, 5], num_quantizers=2, dim=6, backend=backend),
+}
+
+
+def _pair(name):
+    """The module under test (default backend) and its reference twin with the same weights."""
+    torch.manual_seed(0)
+    fast = MODULES[name]("auto").eval()
+    ref = MODULES[name]("reference").eval()
+    ref.load_state_dict(fast.state_dict())
+    return fast, ref
+
+
+def _input(name, batch=2, dtype=torch.float32):
+    g = torch.Generator().manual_seed(1)
+    return (torch.randn(batch, 5, 6, generator=g) * 2).to(dtype)
+
+
+def _assert_same_outputs(got, expected):
+    out, idx = got[:2]
+    ref_out, ref_idx = expected[:2]
+    assert out.dtype == ref_out.dtype and idx.dtype == ref_idx.dtype == torch.int64
+    assert torch.equal(idx, ref_idx)
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=0)
+
+
+def _grad(module, z, create_graph=False):
+    x = z.clone().requires_grad_(True)
+    loss = module(x)[0].pow(2).sum()
+    (g,) = torch.autograd.grad(loss, x, create_graph=create_graph)
+    return x, g
+
+
+NAMES = list(MODULES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_eager(name):
+    fast, ref = _pair(name)
+    z = _input(name)
+    _assert_same_outputs(fast(z), ref(z))
+    torch.testing.assert_close(_grad(fast, z)[1], _grad(ref, z)[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_compile_fullgraph(name):
+    fast, ref = _pair(name)
+    z = _input(name)
+    torch._dynamo.reset()
+    compiled = torch.compile(fast, fullgraph=True, backend="aot_eager")
+    _assert_same_outputs(compiled(z), ref(z))
+    torch.testing.assert_close(_grad(compiled, z)[1], _grad(ref, z)[1], rtol=1e-5, atol=1e-6)
+
+
+def test_compile_keeps_the_fused_op_in_the_graph():
+    """The compiled graph calls torch.ops.ifsq_quant.quantize: the fused kernel is kept."""
+    fast, ref = _pair("iFSQ")
+    z = _input("iFSQ")
+    torch._dynamo.reset()
+    graphs = []
+
+    def backend(gm, inputs):
+        graphs.append(gm)
+        return gm
+
+    _assert_same_outputs(torch.compile(fast, fullgraph=True, backend=backend)(z), ref(z))
+    assert len(graphs) == 1 and "ifsq_quant.quantize" in graphs[0].code
+
+
+def test_compile_inductor():
+    fast, ref = _pair("FSQ")
+    torch._dynamo.reset()
+    z = _input("FSQ")
+    got, expected = torch.compile(fast, fullgraph=True)(z), ref(z)
+    assert torch.equal(got[1], expected[1])
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-5)  # inductor may fuse the projection
+    q = iFSQ([8, 5, 5, 5])  # no projection: a bf16 input goes straight to the op
+    z = (torch.randn(2, 4, 6, 6) * 2).to(torch.bfloat16)
+    got, expected = torch.compile(q, fullgraph=True)(z), iFSQ([8, 5, 5, 5], backend="reference")(z)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_vmap(name):
+    fast, ref = _pair(name)
+    z = _input(name, batch=3)
+    out, idx = torch.func.vmap(fast)(z[:, None])[:2]
+    _assert_same_outputs((out[:, 0], idx[:, 0]), ref(z))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_func_grad_jacrev_jvp(name):
+    fast, ref = _pair(name)
+    z = _input(name)
+    g = torch.func.grad(lambda x: fast(x)[0].pow(2).sum())(z)
+    torch.testing.assert_close(g, _grad(ref, z)[1], rtol=1e-5, atol=1e-6)
+    small = z[:1, :2]
+    jac = torch.func.jacrev(lambda x: fast(x)[0])(small)
+    jac_ref = torch.autograd.functional.jacobian(lambda x: ref(x)[0], small)
+    torch.testing.assert_close(jac, jac_ref, rtol=1e-5, atol=1e-6)
+    tangent = torch.randn_like(z)
+    _, jvp = torch.func.jvp(lambda x: fast(x)[0], (z,), (tangent,))
+    _, jvp_ref = torch.autograd.functional.jvp(lambda x: ref(x)[0], z, tangent)
+    torch.testing.assert_close(jvp, jvp_ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_double_backward(name):
+    """Second derivatives include the bound's curvature (the f'' term), as the reference's."""
+    fast, ref = _pair(name)
+    z = _input(name)
+    second = []
+    for module in (fast, ref):
+        x, g = _grad(module, z, create_graph=True)
+        (gg,) = torch.autograd.grad(g.pow(2).sum(), x)
+        second.append(gg)
+    assert second[1].abs().max() > 0  # the check can fail: the reference has curvature here
+    torch.testing.assert_close(second[0], second[1], rtol=1e-4, atol=1e-5)
+
+
+def test_double_backward_is_exact_for_the_activation_derivative():
+    """d/dz of the straight-through gradient is slope * f''(z): checked against the closed form."""
+    q = iFSQ([17])
+    z = torch.linspace(-3, 3, 64, dtype=torch.float64).view(-1, 1).requires_grad_(True)
+    (g,) = torch.autograd.grad(q(z)[0].sum(), z, create_graph=True)
+    (gg,) = torch.autograd.grad(g.sum(), z)
+    s = torch.sigmoid(1.6 * z.detach())
+    expected = 8 * 3.2 * 1.6 * s * (1 - s) * (1 - 2 * s) / 8  # slope = half_l / half_width = 1
+    torch.testing.assert_close(gg, expected)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("strict", [False, True])
+def test_export_dynamic_batch(name, strict):
+    fast, ref = _pair(name)
+    z = _input(name)
+    batch = torch.export.Dim("batch", min=2, max=64)
+    program = torch.export.export(fast, (z,), dynamic_shapes=({0: batch},), strict=strict)
+    z7 = _input(name, batch=7)
+    _assert_same_outputs(program.module()(z7), ref(z7))
+    _assert_same_outputs(fast(z7), ref(z7))  # the instance still works after export
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fake_tensor_mode(name):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    fast, ref = _pair(name)
+    z = _input(name)
+    expected = ref(z)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        out, idx = fast(mode.from_tensor(z))[:2]
+    assert out.shape == expected[0].shape and idx.shape == expected[1].shape and idx.dtype == torch.int64
+    _assert_same_outputs(fast(z), expected)  # no cache kept a fake tensor
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_jit_trace(name):
+    fast, ref = _pair(name)
+    z = _input(name)
+    traced = torch.jit.trace(fast, (z,), check_trace=False)
+    assert "ifsq_quant::" not in traced.graph.str()  # plain operations: the trace runs without this package's op
+    _assert_same_outputs(traced(z), ref(z))
+    _assert_same_outputs(fast(z), ref(z))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_onnx_export(name):
+    if importlib.util.find_spec("onnxscript") is None:
+        pytest.skip("onnxscript is not installed (pip install 'ifsq-quant[dev]'): the ONNX exporter needs it")
+    fast, ref = _pair(name)
+    z = _input(name)
+    buffer = io.BytesIO()
+    program = torch.onnx.export(fast, (z,), dynamo=True)
+    program.save(buffer) if hasattr(program, "save") else None
+    _assert_same_outputs(fast(z), ref(z))
+    if importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("onnxruntime is not installed: the ONNX graph was exported but not run")
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(program.model_proto.SerializeToString())
+    feed = {session.get_inputs()[0].name: z.numpy()}
+    out, idx = session.run(None, feed)[:2]
+    expected = ref(z)
+    assert (torch.from_numpy(idx) == expected[1]).all()
+    torch.testing.assert_close(torch.from_numpy(out), expected[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("force_f32", [True, False])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_cpu(name, force_f32, dtype):
+    """Index packing stays exact inside autocast: indices equal the reference's under the same
+    autocast (the projection is autocast either way), and decode/encode round trips exactly."""
+    if name == "ResidualFSQ" and not force_f32:
+        pytest.skip("ResidualFSQ has no force_quantization_f32 of its own; its stages always quantize in float32")
+    torch.manual_seed(0)
+    kwargs = {} if name == "ResidualFSQ" else {"force_quantization_f32": force_f32}
+    fast = MODULES[name]("auto")
+    ref = MODULES[name]("reference")
+    for m in (fast, ref):
+        for stage in ([m] if not hasattr(m, "layers") else m.layers):
+            for k, v in kwargs.items():
+                setattr(stage, k, v)
+    ref.load_state_dict(fast.state_dict())
+    z = _input(name)
+    with torch.autocast("cpu", dtype=dtype):
+        got, expected = fast(z), ref(z)
+        assert torch.equal(got[1], expected[1])
+        if name != "ResidualFSQ":
+            level_codes = fast._indices_to_codes(got[1])
+            assert torch.equal(fast.codes_to_indices(level_codes), got[1])
+    torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_module_dtypes(name, dtype):
+    """.half(), .bfloat16(), .double() modules encode and decode in the module's dtype; float64
+    decodes exactly what float64 forward produced."""
+    fast, ref = _pair(name)
+    fast, ref = fast.to(dtype), ref.to(dtype)
+    z = _input(name, dtype=dtype)
+    got = fast(z)
+    _assert_same_outputs(got, ref(z))
+    assert got[0].dtype == dtype
+    decode = fast.get_output_from_indices if name == "ResidualFSQ" else fast.indices_to_codes
+    decoded = decode(got[1])
+    assert decoded.dtype == dtype
+    if dtype == torch.float64:
+        assert torch.equal(decoded, got[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_orthogonal_rotation_module_dtypes(dtype):
+    torch.manual_seed(0)
+    q = FSQ([7, 7, 7, 7], orthogonal_rotation=True).to(dtype)
+    z = torch.randn(2, 30, 4, dtype=dtype)
+    out, idx = q(z)
+    decoded = q.indices_to_codes(idx)
+    assert out.dtype == decoded.dtype == dtype
+    if dtype == torch.float64:
+        assert torch.equal(decoded, out)
+    else:
+        torch.testing.assert_close(decoded, out)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inference_mode_then_training(name):
+    """A forward under inference_mode or no_grad (float32 and float64) leaves the instance
+    usable for training: no cache holds an inference tensor."""
+    fast, ref = _pair(name)
+    for dtype in (torch.float64, torch.float32):
+        fast.to(dtype), ref.to(dtype)
+        z = _input(name, dtype=dtype)
+        with torch.inference_mode():
+            _assert_same_outputs(fast(z), ref(z))
+        with torch.no_grad():
+            _assert_same_outputs(fast(z), ref(z))
+        torch.testing.assert_close(_grad(fast, z)[1], _grad(ref, z)[1], rtol=1e-5, atol=1e-6)
+
+
+def test_vqp_agrees_in_the_contexts_it_supports():
+    """vector-quantize-pytorch's FSQ and ours: same indices under compile, export, jit.trace and autocast."""
+    vqp = pytest.importorskip("vector_quantize_pytorch", reason="vector-quantize-pytorch is in the dev extra")
+    torch.manual_seed(0)
+    theirs = vqp.FSQ([8, 5, 5, 5], dim=6).eval()
+    ours = FSQ([8, 5, 5, 5], dim=6).eval()
+    ours.load_state_dict(theirs.state_dict())
+    z = _input("FSQ")
+    expected = theirs(z)
+    torch._dynamo.reset()
+    runs = {
+        "compile": torch.compile(ours, fullgraph=True, backend="aot_eager")(z),
+        "export": torch.export.export(ours, (z,)).module()(z),
+        "jit.trace": torch.jit.trace(ours, (z,), check_trace=False)(z),
+    }
+    for context, got in runs.items():
+        assert torch.equal(got[1], expected[1].long()), context
+        assert torch.equal(got[0], expected[0]), context

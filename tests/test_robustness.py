@@ -1,0 +1,148 @@
+"""Boundary inputs, large levels, vector-quantize-pytorch's full surface, and clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ifsq_quant import FSQ, iFSQ
+from ifsq_quant.activations import get_activation
+from ifsq_quant.bins import BinLayout
+from ifsq_quant.kernels import reference, torch_fused
+
+vqp = pytest.importorskip("vector_quantize_pytorch", reason="vector-quantize-pytorch is in the dev extra")
+
+
+def _same_as_reference(q: FSQ, z: torch.Tensor):
+    ref = type(q)(q.levels, eps=q.eps, bins=q.bins, activation=q.activation, backend="reference")
+    out, idx = q(z)
+    out_ref, idx_ref = ref(z)
+    assert torch.equal(idx, idx_ref) and torch.equal(out, out_ref)
+    return out, idx
+
+
+@pytest.mark.parametrize("levels,eps", [([2**20], 1e-3), ([17], 1e4), ([100_003], 1e-3)])
+@pytest.mark.parametrize("rows", [5, 131])  # numel % 128 != 0: the fast tanh's padded search
+def test_large_bin_scales_fall_back_from_the_fast_tanh(levels, eps, rows):
+    z = torch.randn(rows, 1, generator=torch.Generator().manual_seed(rows)) * 2
+    q = FSQ(levels, eps=eps)
+    _same_as_reference(q, z)
+    _same_as_reference(q, z.to(torch.bfloat16))
+
+
+def test_eps_must_be_finite_and_bounded():
+    for eps in (float("inf"), float("nan"), 1e38):
+        with pytest.raises(ValueError, match="eps"):
+            FSQ([17], eps=eps)
+
+
+def test_levels_beyond_int32_and_float32():
+    """L >= 2**31 does not overflow, and float64 inputs reach every level even where float32 cannot
+    hold L (the edge levels 0 and L - 1 included)."""
+    L = 2**31 + 1
+    q = FSQ([L], eps=0.0)
+    z = torch.tensor([[-float("inf")], [0.0], [float("inf")]], dtype=torch.float64)
+    _, idx = q(z)
+    assert idx.tolist() == [0, L // 2, L - 1]
+    assert q.indices_to_codes(idx).view(-1).tolist() == [-1.0, 0.0, 1.0]
+
+
+def test_indices_to_codes_checks_the_codebook_axis():
+    q = FSQ([5, 5], num_codebooks=2)
+    with pytest.raises(ValueError, match="codebook axis of size 2"):
+        q.indices_to_codes(torch.zeros(2, 3, 3, dtype=torch.long))
+    assert q.indices_to_codes(torch.zeros(2, 3, 2, dtype=torch.long)).shape == (2, 3, 4)
+
+
+@pytest.mark.parametrize("cls,kwargs", [(FSQ, {}), (iFSQ, {}), (FSQ, {"preserve_symmetry": True})])
+def test_zero_codes_are_positive_zero(cls, kwargs):
+    """The fused path returns +0.0 for the zero code, as the reference and vector-quantize-pytorch."""
+    z = torch.randn(4000, 4, generator=torch.Generator().manual_seed(0)) * 0.3
+    out, _ = cls([8, 5, 5, 5], **kwargs)(z)
+    zeros = out == 0
+    assert zeros.any() and not torch.signbit(out[zeros]).any()
+
+
+def test_numpy_integers_are_accepted():
+    q = FSQ(np.array([8, 5, 5, 5]), dim=np.int64(16), num_codebooks=np.int64(1), index_groups=[np.int64(2), np.int64(2)])
+    assert q.levels == [8, 5, 5, 5] and q.dim == 16 and q.index_groups == [2, 2]
+    out, idx = q(torch.randn(2, 10, 16))
+    assert out.shape == (2, 10, 16) and idx.shape == (2, 10, 2)
+
+
+def test_vqp_method_surface_matches():
+    torch.manual_seed(0)
+    ours, theirs = FSQ([8, 5, 5, 5]), vqp.FSQ([8, 5, 5, 5])
+    z = torch.randn(3, 40, 4) * 2
+    assert torch.equal(ours._basis, theirs._basis.long())
+    assert torch.equal(ours.bound(z), theirs.bound(z))
+    assert torch.equal(ours.quantize(z), theirs.quantize(z))
+    assert torch.equal(ours.bound(z, hard_clamp=True), theirs.bound(z, hard_clamp=True))
+    assert torch.equal(ours.symmetry_preserving_bound(z), theirs.symmetry_preserving_bound(z))
+    idx = theirs(z)[1]
+    assert torch.equal(ours._indices_to_codes(idx.long()), theirs._indices_to_codes(idx))
+    codes = theirs.quantize(z)
+    assert torch.equal(ours._scale_and_shift(codes), theirs._scale_and_shift(codes))
+    levels = theirs._scale_and_shift(codes)
+    assert torch.equal(ours._scale_and_shift_inverse(levels), theirs._scale_and_shift_inverse(levels))
+    ours.train(), theirs.train()
+    ours.noise_dropout = theirs.noise_dropout = 0.5
+    torch.manual_seed(1)
+    a = ours.maybe_apply_noise(codes)
+    torch.manual_seed(1)
+    assert torch.equal(a, theirs.maybe_apply_noise(codes)) and not torch.equal(a, codes)
+
+
+def test_symmetric_surface_matches():
+    ours, theirs = FSQ([6, 5, 4], preserve_symmetry=True), vqp.FSQ([6, 5, 4], preserve_symmetry=True)
+    codes = theirs.quantize(torch.randn(100, 3))
+    assert torch.equal(ours._scale_and_shift(codes), theirs._scale_and_shift(codes))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_implicit_codebook_follows_the_module_dtype(dtype):
+    ours, theirs = FSQ([8, 5, 5, 5]).to(dtype), vqp.FSQ([8, 5, 5, 5]).to(dtype)
+    assert ours.implicit_codebook.dtype == dtype
+    assert torch.equal(ours.implicit_codebook, theirs.implicit_codebook)
+
+
+def test_errors_name_the_argument():
+    with pytest.raises(TypeError, match="index_groups"):
+        FSQ([5, 5], index_groups=3)
+    with pytest.raises(TypeError, match="noise_dropout"):
+        FSQ([5, 5], noise_dropout="0.5")
+    q = FSQ([5, 5])
+    with pytest.raises(TypeError, match="indices"):
+        q.indices_to_codes(torch.zeros(3, dtype=torch.uint64))
+    with pytest.raises(ValueError, match="meta"):
+        q(torch.empty(2, 3, 2, device="meta"))
+    with pytest.raises(ValueError, match="implicit_codebook"):
+        _ = FSQ([5, 5], index_groups=[1, 1]).implicit_codebook
+    assert not hasattr(FSQ([5, 5], index_groups=[1, 1]), "implicit_codebook")  # tools that probe attributes pass over it
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "erf"])
+@pytest.mark.parametrize("levels", [[7, 6, 5], [17, 9, 8, 5, 3]])  # d = 3 and 5: not powers of two
+def test_fused_over_many_blocks_near_every_boundary(monkeypatch, activation, levels):
+    """Inputs a few ulp around every rounding boundary, spread over many blocks with a ragged
+    last one: the fused path equals the reference bit for bit."""
+    monkeypatch.setattr(torch_fused, "BLOCK_ELEMENTS", 960)
+    layout = BinLayout(levels, "round", get_activation(activation), 1e-3 if activation == "tanh" else 0.0)
+    columns = []
+    for i, L in enumerate(levels):
+        c = layout.constants("cpu", torch.float64)
+        # u = f(z + shift) * scale + bias crosses k + 1/2 at z = f^-1((k + 1/2 - bias) / scale) - shift
+        k = torch.arange(-(L // 2), L // 2, dtype=torch.float64)
+        y = ((k + 0.5 - c["bias"][i]) / c["scale"][i]).clamp(-0.999999, 0.999999)
+        edges = (layout.activation.inverse(y) - c["shift"][i]).float()
+        ulps = torch.arange(-4, 5, dtype=torch.float32)
+        near = edges[:, None] + ulps * torch.finfo(torch.float32).eps * edges.abs().clamp_min(1e-3)[:, None]
+        columns.append(near.reshape(-1))
+    n = max(len(col) for col in columns) * 3 + 7
+    z = torch.stack([col.repeat(n // len(col) + 1)[:n] for col in columns], dim=1)
+    codes_ref, levels_ref = reference.quantize(z, layout)
+    from ifsq_quant import kernels
+
+    out = kernels.quantize(z, layout, None, "torch", need_level_indices=True)
+    assert torch.equal(out.codes, codes_ref) and torch.equal(out.level_indices, levels_ref)
