@@ -17,11 +17,16 @@ DEFAULT_MAX_COUNTED_CODEBOOK = 2**22
 
 
 def _entropy_bits(counts: Tensor) -> Tensor:
-    """Entropy in bits of the distributions along the last axis of ``counts`` (float64)."""
-    counts = counts.to(torch.float64)
-    total = counts.sum(-1, keepdim=True)
-    p = counts / total.clamp(min=1)
-    return -(torch.where(p > 0, p * torch.log2(p), torch.zeros_like(p))).sum(-1)
+    """Entropy in bits (float64, 0-d) of the distribution given by the 1-D ``counts``.
+
+    Only the non-zero counts are converted to float64, so a wide, sparsely used dimension
+    costs no temporaries of its full width.
+    """
+    used = counts[counts > 0].to(torch.float64)
+    if used.numel() == 0:
+        return torch.zeros((), dtype=torch.float64, device=counts.device)
+    p = used / used.sum()
+    return -(p * torch.log2(p)).sum()
 
 
 class CodeUsage(nn.Module):
