@@ -113,3 +113,68 @@ def test_sq_codec_fsq_swap(monkeypatch, train, codebook_dim):
     """build_vq("fsq"): its presets (3, 4, 5 dimensions: [8, 6, 5], [8, 5, 5, 5], [7, 5, 5, 5, 5]) and explicit levels."""
     anchor, ours = _sq_pair(monkeypatch, dict(name="fsq", codebook_dim=codebook_dim), ifsq_quant.FSQ)
     _check_sq(anchor, ours, train)
+
+
+# --- residual quantizers as published audio codecs configure them ------------------------------
+# No codec that builds vector-quantize-pytorch's ResidualFSQ / GroupedResidualFSQ installs from
+# PyPI next to this package's pins (CPU torch, vector-quantize-pytorch 1.32): xcodec2 and neucodec
+# pin vector-quantize-pytorch 1.17.8 (xcodec2 also torch 2.5.0), ChatTTS and fish-speech need
+# torchaudio (whose PyPI wheel does not load with CPU torch) or pin old versions. Their quantizer
+# configurations are rebuilt here around a small encoder/decoder, with the options of the
+# drop-in contract (projections with projection_has_bias=False, quantize dropout, soft clamp).
+
+RESIDUAL_CONFIGS = {
+    # xcodec2 / neucodec: one stage of [4]*8 levels behind a projection (dim 2048 there)
+    "xcodec2": ("ResidualFSQ", dict(dim=64, levels=[4] * 8, num_quantizers=1)),
+    # ChatTTS's DVAE (GFSQ): grouped residual FSQ, two groups of two stages of [5, 5, 5, 5]
+    "chattts_gfsq": ("GroupedResidualFSQ", dict(dim=64, levels=[5, 5, 5, 5], num_quantizers=2, groups=2)),
+    # HiggsAudio's tokenizer: residual FSQ stages behind a projection
+    "higgs_rfsq": ("ResidualFSQ", dict(dim=32, levels=[8, 5, 5, 5], num_quantizers=4)),
+    "no_bias_dropout": ("ResidualFSQ", dict(dim=32, levels=[8, 5, 5, 5], num_quantizers=4, projection_has_bias=False,
+                                            quantize_dropout=True, quantize_dropout_cutoff_index=1)),
+    "soft_clamp_grouped_dropout": ("GroupedResidualFSQ", dict(dim=32, groups=2, levels=[7, 5, 5], num_quantizers=3,
+                                                              bound_hard_clamp=False, soft_clamp_input_value=1.5,
+                                                              quantize_dropout=True)),
+}
+
+
+class _TinyCodec(torch.nn.Module):
+    def __init__(self, quantizer, dim):
+        super().__init__()
+        self.encoder = torch.nn.Sequential(torch.nn.Linear(16, dim), torch.nn.GELU(), torch.nn.Linear(dim, dim))
+        self.quantizer = quantizer
+        self.decoder = torch.nn.Sequential(torch.nn.Linear(dim, dim), torch.nn.GELU(), torch.nn.Linear(dim, 16))
+
+    def forward(self, x):
+        quantized, indices = self.quantizer(self.encoder(x))
+        recon = self.decoder(quantized)
+        return recon, indices, torch.nn.functional.mse_loss(recon, x)
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("name", list(RESIDUAL_CONFIGS))
+def test_published_residual_configurations(name, train):
+    cls_name, kwargs = RESIDUAL_CONFIGS[name]
+    torch.manual_seed(0)
+    anchor = _TinyCodec(getattr(vqp, cls_name)(**kwargs), kwargs["dim"])
+    torch.manual_seed(1)
+    ours = _TinyCodec(getattr(ifsq_quant, cls_name)(**kwargs), kwargs["dim"])
+    ours.load_state_dict(anchor.state_dict(), strict=True)
+    x = torch.randn(4, 50, 16, generator=torch.Generator().manual_seed(2))
+    anchor.train(train), ours.train(train)
+    dropped = False
+    for step in range(3):  # several draws of quantize dropout
+        torch.manual_seed(10 + step)
+        recon_a, idx_a, loss_a = anchor(x)
+        torch.manual_seed(10 + step)
+        recon_b, idx_b, loss_b = ours(x)
+        assert torch.equal(idx_a.long(), idx_b) and torch.equal(recon_a, recon_b) and torch.equal(loss_a, loss_b)
+        dropped = dropped or bool((idx_b == -1).any())
+        anchor.zero_grad(), ours.zero_grad()
+        loss_a.backward()
+        loss_b.backward()
+        grads_a, grads_b = _grads(anchor), _grads(ours)
+        assert sorted(grads_a) == sorted(grads_b)
+        for key in grads_a:
+            torch.testing.assert_close(grads_b[key], grads_a[key], rtol=1e-5, atol=1e-7, msg=key)
+    assert dropped == (train and bool(kwargs.get("quantize_dropout")))  # the dropout path was exercised
