@@ -363,6 +363,7 @@ def test_residual_f32_option(dtype):
         reference.load_state_dict(f32.state_dict())
         _, i_reference = reference.double()(x.double())
     assert q_f32.dtype == dtype
+    assert "residual_f32=True" in repr(f32) and "residual_f32" not in repr(default)
     assert torch.equal(i_default, anchor(x)[1].long())
     assert not torch.equal(i_f32, i_default)
     # float32 residuals agree with a float64 computation more often than half-precision ones

@@ -456,6 +456,8 @@ class ResidualFSQ(nn.Module):
             parts.append(f"quantize_dropout=True, cutoff_index={self.quantize_dropout_cutoff_index}, multiple_of={self.quantize_dropout_multiple_of}")
         if self.is_channel_first:
             parts.append("is_channel_first=True")
+        if self.residual_f32:
+            parts.append("residual_f32=True")
         return ", ".join(parts)
 
 
