@@ -166,10 +166,23 @@ def test_all_codes_channel_first():
     torch.testing.assert_close(codes.sum(0).movedim(-1, 1), out)
 
 
-def test_projection_has_bias():
-    q = ResidualFSQ(levels=[5, 5], num_quantizers=2, dim=6, projection_has_bias=False)
-    assert q.project_in.bias is None and q.project_out.bias is None
-    assert ResidualFSQ(levels=[5, 5], num_quantizers=2, dim=6).project_in.bias is not None
+@pytest.mark.parametrize("grouped", [False, True])
+def test_projection_has_bias_false_loads_anchor_checkpoints(grouped):
+    """vector-quantize-pytorch gives projection_has_bias to the stages only (which have no
+    projection): its residual projections keep their bias, and so do ours (strict load)."""
+    kwargs = dict(levels=[8, 5, 5], num_quantizers=3, projection_has_bias=False)
+    torch.manual_seed(0)
+    if grouped:
+        anchor = vqp.GroupedResidualFSQ(dim=16, groups=2, **kwargs).eval()
+        ours = GroupedResidualFSQ(dim=16, groups=2, **kwargs).eval()
+    else:
+        anchor = vqp.ResidualFSQ(dim=8, **kwargs).eval()
+        ours = ResidualFSQ(dim=8, **kwargs).eval()
+    assert sorted(anchor.state_dict()) == sorted(ours.state_dict())
+    ours.load_state_dict(anchor.state_dict(), strict=True)
+    x = inputs((2, 40, 16 if grouped else 8))
+    with torch.no_grad():
+        assert_same(anchor(x), ours(x))
 
 
 @settings(max_examples=40, deadline=None)
@@ -283,11 +296,23 @@ def test_gradient_sigmoid_stages():
 
 # --- dtypes and edge cases -------------------------------------------------------------------
 
-def test_bf16_and_empty():
+def test_half_input_in_float32_module_promotes_as_anchor():
+    """A bf16 input into a float32 module: the anchor's float32 buffers promote the residuals
+    to float32 (so the output is float32); ours does the same ops."""
+    anchor, ours = pair(levels=[5, 5], num_quantizers=2)
+    x = inputs((2, 10, 2)).bfloat16()
+    qa, ia = anchor.eval()(x)
+    qb, ib = ours.eval()(x)
+    assert qb.dtype == qa.dtype == torch.float32
+    assert_same((qa, ia), (qb, ib))
+    # residual_f32 returns the input's dtype
+    f32 = ResidualFSQ(levels=[5, 5], num_quantizers=2, residual_f32=True).eval()
+    out, idx = f32(x)
+    assert out.dtype == torch.bfloat16 and torch.equal(idx, ib)
+
+
+def test_empty_and_special_values():
     q = ResidualFSQ(levels=[5, 5], num_quantizers=2).eval()
-    x = inputs((2, 10, 2))
-    out, idx = q(x.bfloat16())
-    assert out.dtype == torch.bfloat16 and torch.equal(idx, q(x.bfloat16().float())[1])
     out, idx = q(torch.zeros(0, 4, 2))
     assert out.shape == (0, 4, 2) and idx.shape == (0, 4, 2)
     assert q.get_output_from_indices(idx).shape == (0, 4, 2)
@@ -296,6 +321,186 @@ def test_bf16_and_empty():
         q = ResidualFSQ(levels=[5, 4], num_quantizers=3, activation=activation).eval()
         idx = q(special)[1]
         assert idx.min() >= 0 and idx.max() < q.codebook_size
+
+
+HALF = [torch.bfloat16, torch.float16]
+
+
+def half_pair(dtype, residual_f32=False, **kwargs):
+    anchor, ours = pair(**kwargs)
+    ours = type(ours)(residual_f32=residual_f32, **kwargs)
+    ours.load_state_dict(anchor.state_dict())
+    return anchor.to(dtype).eval(), ours.to(dtype).eval()
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("kwargs", [dict(), dict(dim=16), dict(bound_hard_clamp=False), dict(dim=16, bound_hard_clamp=False)])
+def test_half_precision_modules_match_anchor(dtype, kwargs):
+    """An existing .bfloat16()/.half() model keeps its tokens after the swap: the residuals are
+    computed in the module's dtype, op for op as vector-quantize-pytorch."""
+    kwargs = dict(levels=[8, 5, 5, 5], num_quantizers=4, **kwargs)
+    anchor, ours = half_pair(dtype, **kwargs)
+    x = (inputs((4, 256, kwargs.get("dim", 4)), seed=3) * 0.7).to(dtype)
+    with torch.no_grad():
+        qa, ia, ca = anchor(x, return_all_codes=True)
+        qb, ib, cb = ours(x, return_all_codes=True)
+    assert qb.dtype == qa.dtype == dtype and cb.dtype == dtype
+    assert_same((qa, ia, ca), (qb, ib, cb))
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_residual_f32_option(dtype):
+    """residual_f32=True computes the residuals in float32: the fine stages' tokens change (that is
+    the point: half precision rounds the residuals) and the output is in the module's dtype."""
+    kwargs = dict(levels=[8, 5, 5, 5], num_quantizers=4, dim=16)
+    anchor, default = half_pair(dtype, **kwargs)
+    _, f32 = half_pair(dtype, residual_f32=True, **kwargs)
+    x = (inputs((4, 256, 16), seed=3) * 0.7).to(dtype)
+    with torch.no_grad():
+        q_default, i_default = default(x)
+        q_f32, i_f32 = f32(x)
+        reference = ResidualFSQ(**kwargs).eval()
+        reference.load_state_dict(f32.state_dict())
+        _, i_reference = reference.double()(x.double())
+    assert q_f32.dtype == dtype
+    assert "residual_f32=True" in repr(f32) and "residual_f32" not in repr(default)
+    assert torch.equal(i_default, anchor(x)[1].long())
+    assert not torch.equal(i_f32, i_default)
+    # float32 residuals agree with a float64 computation more often than half-precision ones
+    assert (i_f32 == i_reference).float().mean() > (i_default == i_reference).float().mean()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64, torch.float32])
+@pytest.mark.parametrize("residual_f32", [False, True])
+@pytest.mark.parametrize("kwargs", [dict(), dict(dim=12, bound_hard_clamp=False, activation="sigmoid"),
+                                    dict(is_channel_first=True, quantize_dropout=True)])
+def test_decoding_returns_the_module_dtype_exactly(dtype, residual_f32, kwargs):
+    """get_output_from_indices / get_codes_from_indices of a .half()/.bfloat16()/.double() module
+    return its dtype and reproduce the forward's output bit for bit (eval mode)."""
+    q = ResidualFSQ(levels=[7, 5, 4], num_quantizers=3, residual_f32=residual_f32, **kwargs).to(dtype).eval()
+    d = kwargs.get("dim", 3)
+    x = (inputs((2, d, 5, 6) if kwargs.get("is_channel_first") else (2, 60, d), seed=1) * 0.8).to(dtype)
+    with torch.no_grad():
+        out, idx, codes = q(x, return_all_codes=True)
+        decoded = q.get_output_from_indices(idx)
+        assert out.dtype == decoded.dtype == codes.dtype == q.get_codes_from_indices(idx).dtype == dtype
+        assert torch.equal(decoded, out)
+        if kwargs.get("quantize_dropout"):  # coarse indices decode in the same dtype
+            assert q.get_output_from_indices(idx[:, :2]).dtype == dtype
+
+
+def test_float64_module_decodes_float64_codes():
+    """A float64 module's codes are computed in float64 (not float32 codes cast up)."""
+    q = ResidualFSQ(levels=[7, 5], num_quantizers=3).double().eval()
+    x = inputs((2, 50, 2), seed=2).double()
+    out, idx, codes = q(x, return_all_codes=True)
+    assert torch.equal(q.get_output_from_indices(idx), out)
+    for i, stage in enumerate(q.layers):
+        k = stage.indices_to_level_indices(idx[..., i]).double()
+        expected = k * (2 / (torch.tensor(q.levels, dtype=torch.float64) - 1)).float().double() - 1
+        torch.testing.assert_close(codes[i], expected * q.scales[i], rtol=0, atol=0)
+
+
+def test_numpy_integer_arguments():
+    np = pytest.importorskip("numpy")
+    kwargs = dict(levels=[5, 5, 4], num_quantizers=np.int64(4), dim=np.int64(16), quantize_dropout=True,
+                  quantize_dropout_cutoff_index=np.int32(1), quantize_dropout_multiple_of=np.int64(1))
+    anchor, ours = pair(**kwargs)
+    assert type(ours.num_quantizers) is int and type(ours.dim) is int
+    x = inputs((2, 20, 16))
+    assert_same(anchor.eval()(x), ours.eval()(x))
+    grouped = GroupedResidualFSQ(dim=np.int64(16), groups=np.int64(2), levels=[5, 5], num_quantizers=np.int64(2))
+    assert grouped.groups == 2 and grouped.rvqs[0].dim == 8
+    assert grouped(x)[1].shape == (2, 2, 20, 2)
+    for name in ("num_quantizers", "dim"):
+        with pytest.raises(TypeError, match=name):
+            ResidualFSQ(**dict(levels=[5, 5], num_quantizers=2) | {name: True})
+        with pytest.raises(TypeError, match=name):
+            ResidualFSQ(**dict(levels=[5, 5], num_quantizers=2) | {name: 2.0})
+    with pytest.raises(TypeError, match="groups"):
+        GroupedResidualFSQ(dim=8, groups=np.float64(2.0), levels=[5], num_quantizers=2)
+
+
+# --- distributed: the dropout seed's all_reduce ---------------------------------------------
+
+class _FakeDist:
+    """Counts all_reduce calls of an apparently initialized 2-rank group (adds 1 to the tensor)."""
+
+    def __init__(self, monkeypatch):
+        import ifsq_quant.residual as residual
+
+        self.calls = 0
+        monkeypatch.setattr(residual.dist, "is_available", lambda: True)
+        monkeypatch.setattr(residual.dist, "is_initialized", lambda: True)
+        monkeypatch.setattr(residual.dist, "get_world_size", lambda group=None: 2)
+        monkeypatch.setattr(residual.dist, "all_reduce", self.all_reduce)
+
+    def all_reduce(self, tensor, *args, **kwargs):
+        self.calls += 1
+        tensor += 1
+
+
+@pytest.mark.parametrize("quantize_dropout", [False, True])
+def test_grouped_all_reduce_only_when_dropout_needs_the_seed(monkeypatch, quantize_dropout):
+    fake = _FakeDist(monkeypatch)
+    g = GroupedResidualFSQ(dim=6, groups=3, levels=[5, 5], num_quantizers=3, quantize_dropout=quantize_dropout)
+    x = inputs((2, 10, 6))
+    g.eval()(x)
+    with torch.no_grad():
+        g.train()(x)
+    assert fake.calls == 0
+    g.train()(x)
+    g.train()(x)
+    assert fake.calls == (2 if quantize_dropout else 0)
+
+
+def test_grouped_training_rng_stream_matches_anchor_without_dropout():
+    """Without quantize dropout no collective runs, but the seed is still drawn from torch's RNG,
+    so noise dropout (random draws after it) matches vector-quantize-pytorch under one seed."""
+    kwargs = dict(dim=6, groups=3, levels=[5, 5], num_quantizers=3, noise_dropout=0.5)
+    torch.manual_seed(0)
+    anchor = vqp.GroupedResidualFSQ(**kwargs).train()
+    ours = GroupedResidualFSQ(**kwargs).train()
+    x = inputs((2, 20, 6))
+    for seed in range(3):
+        torch.manual_seed(seed)
+        qa, ia = anchor(x)
+        torch.manual_seed(seed)
+        qb, ib = ours(x)
+        assert_same((qa, ia), (qb, ib))
+
+
+def _gloo_worker(rank, world_size, port, quantize_dropout, results):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        torch.manual_seed(rank)  # different local draws: only the all_reduce makes them agree
+        g = GroupedResidualFSQ(dim=4, groups=2, levels=[5, 5], num_quantizers=4, quantize_dropout=quantize_dropout).train()
+        kept = []
+        for _ in range(6):
+            idx = g(inputs((1, 8, 4)))[1]
+            kept.append(int((idx[0, 0, 0] >= 0).sum()))
+        results[rank] = kept
+    finally:
+        dist.destroy_process_group()
+
+
+def test_grouped_dropout_seed_is_shared_over_gloo_ranks():
+    """With quantize dropout every rank drops the same stages (the seed is all-reduced)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_gloo_worker, args=(2, port, True, results), nprocs=2, join=True)
+    assert results[0] == results[1] and len(set(results[0])) > 1
 
 
 # --- errors --------------------------------------------------------------------------------

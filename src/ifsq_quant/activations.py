@@ -1,4 +1,4 @@
-"""Bounded activations ``f: R -> [-1, 1]``: value, derivative and inverse (DESIGN §1).
+"""Bounded activations ``f: R -> [-1, 1]``: value, derivative and inverse (``docs/design.md``, "Bounds").
 
 Every activation here is monotone and odd. The quantizer needs three things from it:
 
@@ -150,31 +150,51 @@ class CustomActivation(Activation):
             raise TypeError(f"activation must be a name, an Activation or a callable, got {type(fn).__name__}")
         self.fn = fn
 
+    @staticmethod
+    def _check(result, z: Tensor, what: str) -> Tensor:
+        """``result`` of the user's ``what`` on ``z``: a floating tensor of ``z``'s shape, or a clear error."""
+        if not isinstance(result, Tensor):
+            raise TypeError(f"activation: the custom {what} must return a torch.Tensor, got {type(result).__name__}")
+        if result.shape != z.shape:
+            raise ValueError(
+                f"activation: the custom {what} must be elementwise (return the input's shape {tuple(z.shape)}), "
+                f"got shape {tuple(result.shape)}"
+            )
+        if not result.is_floating_point():
+            raise TypeError(f"activation: the custom {what} must return a floating-point tensor, got {result.dtype}")
+        return result
+
     def __call__(self, z: Tensor) -> Tensor:
-        return self.fn(z)
+        return self._check(self.fn(z), z, "activation")
 
     def derivative(self, z: Tensor) -> Tensor:
         if hasattr(self.fn, "derivative"):
-            return self.fn.derivative(z)
+            return self._check(self.fn.derivative(z), z, "activation's derivative")
         with torch.enable_grad():
             x = z.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.fn(x).sum(), x)
+            y = self(x)
+            if not y.requires_grad:
+                raise ValueError(
+                    "activation: the custom activation's output does not depend on its input through autograd "
+                    "(give it a derivative(z) method, or compute it with differentiable torch operations)"
+                )
+            (grad,) = torch.autograd.grad(y.sum(), x)
         return grad
 
     def inverse(self, y: Tensor) -> Tensor:
         if hasattr(self.fn, "inverse"):
-            return self.fn.inverse(y)
+            return self._check(self.fn.inverse(y), y, "activation's inverse")
         # Bisection in float64 on a bracket grown until it holds every target.
         target = y.to(torch.float64)
         hi = torch.ones_like(target)
-        while bool((self.fn(hi) < target).any()) and hi.max() < 1e6:
+        while bool((self(hi) < target).any()) and hi.max() < 1e6:
             hi = hi * 2
         lo = -hi
-        if not bool(((self.fn(lo) <= target) & (target <= self.fn(hi))).all()):
+        if not bool(((self(lo) <= target) & (target <= self(hi))).all()):
             raise ValueError("custom activation does not reach the values it must invert (is it onto (-1, 1)?)")
         for _ in range(200):
             mid = 0.5 * (lo + hi)
-            below = self.fn(mid) < target
+            below = self(mid) < target
             lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
         return (0.5 * (lo + hi)).to(y.dtype)
 

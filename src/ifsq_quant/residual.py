@@ -27,6 +27,7 @@ after ``k`` are skipped; their indices are ``-1`` (vector-quantize-pytorch's mar
 from __future__ import annotations
 
 import math
+import operator
 import random
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -50,19 +51,31 @@ _OWNED_STAGE_ARGS = {
 }
 
 
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+def _int_arg(value, name: str, minimum: int = 1) -> int:
+    """``value`` as a Python int (any integer type: ``int``, numpy integers, ...), at least ``minimum``."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got a bool ({value!r})")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})") from None
+    if number < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return number
 
 
-def _dropout_seed(device: torch.device) -> int:
+def _dropout_seed(device: torch.device, synchronize: bool = True) -> int | None:
     """A seed drawn from torch's RNG (so ``torch.manual_seed`` fixes it), summed over ranks.
 
     The sum is the same on every rank, so all ranks drop the same stages (as
-    vector-quantize-pytorch does).
+    vector-quantize-pytorch does). With ``synchronize=False`` the number is drawn (the RNG
+    advances exactly as with it, so later random draws match vector-quantize-pytorch's) but
+    neither reduced over ranks nor read back to the host; ``None`` is returned.
     """
     seed = torch.randint(0, 10_000, (), device=device)
+    if not synchronize:
+        return None
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(seed)
     return int(seed.item())
@@ -84,9 +97,17 @@ class ResidualFSQ(nn.Module):
         bound_hard_clamp: stages bound with ``clamp(z, -1, 1)`` (vector-quantize-pytorch's
             default, ``True``). Default ``None``: ``True`` unless ``activation`` is given, since
             the hard clamp replaces the activation; ``True`` with another activation is an error.
-        projection_has_bias: bias of the projections (vector-quantize-pytorch forwards it to the
-            stages, which have no projection, so it has no effect there; here it applies to the
-            residual module's projections).
+        projection_has_bias: forwarded to the stages, as vector-quantize-pytorch does. The stages
+            have no projection, so it has no effect: the residual module's own ``project_in`` /
+            ``project_out`` always have a bias (also as vector-quantize-pytorch), so its
+            checkpoints load with ``strict=True`` whatever this flag says.
+        residual_f32: compute the residuals, the per-stage scaling and the sum of the stages in
+            float32 (float64 for float64) whatever the input dtype, and cast the sum back to the
+            dtype ``project_in`` produced. Default ``False``: vector-quantize-pytorch's
+            arithmetic, op for op, in the dtype PyTorch's type promotion gives (the input's
+            dtype in a ``.half()`` / ``.bfloat16()`` module), so a half-precision model keeps
+            its tokens after the swap; ``True`` keeps more precision for the fine stages (see
+            ``docs/design.md``, "Dtype policy").
         activation: stage bound when not hard-clamped: ``"tanh"``, ``"sigmoid"`` (iFSQ),
             ``"erf"``, an :class:`~ifsq_quant.activations.Activation` or a callable.
         bins: stage bin layout, ``"symmetric"`` (default, vector-quantize-pytorch's residual
@@ -127,16 +148,18 @@ class ResidualFSQ(nn.Module):
         bins: str | None = None,
         eps: float | None = None,
         backend: str = "auto",
+        residual_f32: bool = False,
         **kwargs,
     ):
         super().__init__()
         levels = list(check_levels(levels))
         self.levels = levels
-        self.num_quantizers = _positive_int(num_quantizers, "num_quantizers")
+        self.num_quantizers = _int_arg(num_quantizers, "num_quantizers")
         codebook_dim = len(levels)
         self.codebook_dim = codebook_dim
-        self.dim = codebook_dim if dim is None else _positive_int(dim, "dim")
+        self.dim = codebook_dim if dim is None else _int_arg(dim, "dim")
         self.is_channel_first = bool(is_channel_first)
+        self.residual_f32 = bool(residual_f32)
 
         for key, hint in _OWNED_STAGE_ARGS.items():
             if key in kwargs:
@@ -167,29 +190,32 @@ class ResidualFSQ(nn.Module):
         if eps is not None and bins != "round":
             raise ValueError(f'eps only affects bins="round"; it has no effect with bins={bins!r}')
 
+        # Always with a bias: vector-quantize-pytorch gives projection_has_bias to the stages only.
         self.has_projections = self.dim != codebook_dim
-        self.project_in = nn.Linear(self.dim, codebook_dim, bias=projection_has_bias) if self.has_projections else nn.Identity()
-        self.project_out = nn.Linear(codebook_dim, self.dim, bias=projection_has_bias) if self.has_projections else nn.Identity()
+        self.project_in = nn.Linear(self.dim, codebook_dim) if self.has_projections else nn.Identity()
+        self.project_out = nn.Linear(codebook_dim, self.dim) if self.has_projections else nn.Identity()
 
         levels_f = torch.tensor(levels).float()
         self.layers = nn.ModuleList(
             FSQ(levels=levels, dim=codebook_dim, bound_hard_clamp=self.bound_hard_clamp, activation=activation,
-                bins=bins, eps=eps, backend=backend, **kwargs)
+                bins=bins, eps=eps, backend=backend, projection_has_bias=projection_has_bias, **kwargs)
             for _ in range(self.num_quantizers)
         )
         self.codebook_size = self.layers[0].codebook_size
         # Same float32 ops as vector-quantize-pytorch (L ** -i), so residuals match it bit for bit.
-        self.register_buffer("scales", torch.stack([levels_f ** -i for i in range(self.num_quantizers)]), persistent=False)
+        # A buffer (it follows .half()/.double() as the anchor's); residual_f32 uses the exact copy.
+        scales = torch.stack([levels_f ** -i for i in range(self.num_quantizers)])
+        self.register_buffer("scales", scales, persistent=False)
+        self._scales_f32 = scales.clone()
 
         self.quantize_dropout = bool(quantize_dropout) and self.num_quantizers > 1
-        if isinstance(quantize_dropout_cutoff_index, bool) or not isinstance(quantize_dropout_cutoff_index, int) or quantize_dropout_cutoff_index < 0:
-            raise ValueError(f"quantize_dropout_cutoff_index must be an integer >= 0, got {quantize_dropout_cutoff_index!r}")
-        if self.quantize_dropout and quantize_dropout_cutoff_index >= self.num_quantizers:
+        cutoff = _int_arg(quantize_dropout_cutoff_index, "quantize_dropout_cutoff_index", minimum=0)
+        if self.quantize_dropout and cutoff >= self.num_quantizers:
             raise ValueError(
-                f"quantize_dropout_cutoff_index must be below num_quantizers={self.num_quantizers}, got {quantize_dropout_cutoff_index}"
+                f"quantize_dropout_cutoff_index must be below num_quantizers={self.num_quantizers}, got {cutoff}"
             )
-        self.quantize_dropout_cutoff_index = quantize_dropout_cutoff_index
-        self.quantize_dropout_multiple_of = _positive_int(quantize_dropout_multiple_of, "quantize_dropout_multiple_of")
+        self.quantize_dropout_cutoff_index = cutoff
+        self.quantize_dropout_multiple_of = _int_arg(quantize_dropout_multiple_of, "quantize_dropout_multiple_of")
 
         if self.bound_hard_clamp:
             if soft_clamp_input_value is not None:
@@ -202,6 +228,23 @@ class ResidualFSQ(nn.Module):
         if soft_clamp_input_value is not None:
             soft_clamp_input_value = self._check_soft_clamp(soft_clamp_input_value, codebook_dim)
         self.register_buffer("soft_clamp_input_value", soft_clamp_input_value, persistent=False)
+        self._soft_clamp_exact = None if soft_clamp_input_value is None else soft_clamp_input_value.clone()
+        self._exact_cache: dict[tuple, Tensor] = {}
+
+    def _exact(self, name: str, device: torch.device, dtype: torch.dtype) -> Tensor | None:
+        """The scales / soft clamp as built (not cast by ``.half()``), in ``dtype`` on ``device`` (cached)."""
+        source = self._scales_f32 if name == "scales" else self._soft_clamp_exact
+        if source is None:
+            return None
+        key = (name, torch.device(device), dtype)
+        if key not in self._exact_cache:
+            self._exact_cache[key] = source.to(device=device, dtype=dtype)
+        return self._exact_cache[key]
+
+    @property
+    def module_dtype(self) -> torch.dtype:
+        """The floating dtype of the module (of its ``scales`` buffer: follows ``.half()``, ``.double()``, ...)."""
+        return self.scales.dtype
 
     @staticmethod
     def _check_soft_clamp(value, d: int) -> Tensor:
@@ -254,43 +297,73 @@ class ResidualFSQ(nn.Module):
                 )
         return indices
 
+    def _work_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The dtype the residual arithmetic runs in for a ``dtype`` module/input (see ``residual_f32``)."""
+        if self.residual_f32:
+            return torch.float64 if dtype == torch.float64 else torch.float32
+        return dtype
+
+    def _stage_scales(self, device: torch.device, work: torch.dtype) -> Tensor:
+        return self._exact("scales", device, work) if self.residual_f32 else self.scales.to(device)
+
+    def _scaled_codes(self, indices: Tensor) -> tuple[list[Tensor], tuple[int, ...]]:
+        """Every stage's scaled codes ``(N, d)`` in the forward's working dtype, and the lead shape.
+
+        Each code is computed as the stage's forward computes it (float32, float64 in a float64
+        module; then cast to the working dtype) and scaled with the forward's scale, so that
+        summing them in order reproduces the forward's ``quantized`` bit for bit in eval mode.
+        """
+        indices = self._indices_channel_last(indices)
+        lead = tuple(indices.shape[:-1])
+        flat = indices.reshape(-1, self.num_quantizers)
+        dropped = flat == DROPPED
+        safe = flat.masked_fill(dropped, 0)  # look up a dummy code, zeroed below
+        work = self._work_dtype(self.module_dtype)
+        code_dtype = torch.float64 if work == torch.float64 else torch.float32
+        scales = self._stage_scales(indices.device, work)
+        codes = []
+        for i, layer in enumerate(self.layers):
+            # The stage's level indices and layout directly: its forward computes codes in
+            # code_dtype, whatever the dtype FSQ.indices_to_codes would return.
+            code = layer.layout.code(layer.indices_to_level_indices(safe[:, i]).to(code_dtype))  # (N, d)
+            if layer.orthogonal_rotation:
+                code = code @ layer.orthogonal_rot.t().to(code_dtype)
+            codes.append(code.to(work).masked_fill(dropped[:, i, None], 0.0) * scales[i])
+        return codes, lead
+
     def get_codes_from_indices(self, indices: Tensor) -> Tensor:
         """Indices -> every stage's scaled codes ``(q, b, ..., d)`` (zero where the index is -1).
 
         ``indices`` are laid out as the forward returns them: ``(b, ..., q')`` or, with
         ``is_channel_first``, ``(b, q', *spatial)``. ``q' < q`` (the first stages only) is
-        allowed with ``quantize_dropout`` and reads as the later stages dropped.
+        allowed with ``quantize_dropout`` and reads as the later stages dropped. The codes are
+        in the module's dtype (:attr:`module_dtype`).
         """
-        indices = self._indices_channel_last(indices)
-        lead = indices.shape[:-1]
-        flat = indices.reshape(-1, self.num_quantizers)
-        dropped = flat == DROPPED
-        safe = flat.masked_fill(dropped, 0)  # look up a dummy code, zeroed below
-        scales = self.scales.to(indices.device)
-        codes = []
-        for i, layer in enumerate(self.layers):
-            code = layer.indices_to_codes(safe[:, i])  # (N, d); stages have no projection
-            codes.append(code.masked_fill(dropped[:, i, None], 0.0) * scales[i])
-        return torch.stack(codes).reshape(self.num_quantizers, *lead, self.codebook_dim)
+        codes, lead = self._scaled_codes(indices)
+        out = torch.stack(codes).to(self.module_dtype)
+        return out.reshape(self.num_quantizers, *lead, self.codebook_dim)
 
     def get_output_from_indices(self, indices: Tensor) -> Tensor:
-        """Indices -> the forward's ``quantized`` (same layout; exact for float32 in eval mode).
+        """Indices -> the forward's ``quantized`` (same layout, in the module's dtype).
 
         ``(b, ..., q) -> (b, ..., dim)``; with ``is_channel_first``
-        ``(b, q, *spatial) -> (b, dim, *spatial)``. ``-1`` marks a dropped stage.
+        ``(b, q, *spatial) -> (b, dim, *spatial)``. ``-1`` marks a dropped stage. In eval mode
+        it equals the forward's output bit for bit for inputs in the module's dtype (float32,
+        float64, float16, bfloat16), with or without ``residual_f32``.
         """
-        codes = self.get_codes_from_indices(indices)
-        out = self._sum_stages(list(codes))
-        out = self.project_out(out)
+        codes, lead = self._scaled_codes(indices)
+        out = self._sum_stages(codes).to(self.module_dtype)
+        out = self.project_out(out.reshape(*lead, self.codebook_dim))
         if self.is_channel_first:
             out = out.movedim(-1, 1)
         return out
 
     @staticmethod
     def _sum_stages(parts: list[Tensor]) -> Tensor:
-        # Stage by stage, in the forward's order, so a round trip is bit-exact.
-        total = parts[0]
-        for part in parts[1:]:
+        # Stage by stage from 0.0, in the forward's order (vector-quantize-pytorch's
+        # ``quantized_out = 0.`` then ``+=``), so a round trip is bit-exact.
+        total = 0.0
+        for part in parts:
             total = total + part
         return total
 
@@ -330,12 +403,17 @@ class ResidualFSQ(nn.Module):
             raise ValueError(f"expected {self.dim} features in the {where} axis, got {x.shape[-1]}{hint}")
 
         x = self.project_in(x)
-        orig_dtype = x.dtype
-        # Residuals in float32 (float64 for float64): half precision would lose the fine stages.
-        compute_dtype = torch.float64 if orig_dtype == torch.float64 else torch.float32
-        x = x.to(compute_dtype)
-        if self.soft_clamp_input_value is not None:
+        out_dtype = x.dtype
+        work = self._work_dtype(x.dtype)
+        if self.residual_f32:
+            x = x.to(work)
+            clamp_value = self._exact("soft_clamp", x.device, work)
+        else:
+            # vector-quantize-pytorch's ops on the buffers as they are: type promotion decides
+            # the dtype (a half-precision module keeps half-precision residuals).
             clamp_value = self.soft_clamp_input_value
+        scales = self._stage_scales(x.device, work)
+        if clamp_value is not None:
             x = (x / clamp_value).tanh() * clamp_value
 
         drop = self.training and self.quantize_dropout and torch.is_grad_enabled()
@@ -345,17 +423,20 @@ class ResidualFSQ(nn.Module):
         parts, all_indices = [], []
         residual = x
         with autocast_off:
-            for i, (layer, scale) in enumerate(zip(self.layers, self.scales)):
+            for i, layer in enumerate(self.layers):
                 if i > last_kept:
                     all_indices.append(torch.full(x.shape[:2], DROPPED, dtype=torch.int64, device=x.device))
                     continue
+                scale = scales[i]
                 codes, indices = layer(residual / scale)
                 quantized = codes * scale
                 residual = residual - quantized.detach()  # gradient reaches x through every stage's STE
                 parts.append(quantized)
                 all_indices.append(indices)
 
-        out = self._sum_stages(parts).to(orig_dtype)
+        out = self._sum_stages(parts)
+        if self.residual_f32:
+            out = out.to(out_dtype)
         out = self.project_out(out)
         out = out.reshape(*lead, self.dim)
         indices = torch.stack(all_indices, dim=-1).reshape(*lead, self.num_quantizers)
@@ -375,6 +456,8 @@ class ResidualFSQ(nn.Module):
             parts.append(f"quantize_dropout=True, cutoff_index={self.quantize_dropout_cutoff_index}, multiple_of={self.quantize_dropout_multiple_of}")
         if self.is_channel_first:
             parts.append("is_channel_first=True")
+        if self.residual_f32:
+            parts.append("residual_f32=True")
         return ", ".join(parts)
 
 
@@ -383,7 +466,11 @@ class GroupedResidualFSQ(nn.Module):
 
     The feature axis is split into ``groups`` equal chunks, each quantized by its own
     :class:`ResidualFSQ` (built with ``dim // groups`` and ``**kwargs``). In training all
-    groups share one quantize dropout draw.
+    groups share one quantize dropout draw; under ``torch.distributed`` its seed is summed
+    over the ranks with one ``all_reduce``, done only on training forwards that actually drop
+    stages (``quantize_dropout=True`` with gradients enabled; vector-quantize-pytorch does it on
+    every training forward). Every rank must then call forward the same number of times, as
+    with any collective.
 
     Args:
         dim: input feature size (divisible by ``groups``).
@@ -400,8 +487,8 @@ class GroupedResidualFSQ(nn.Module):
 
     def __init__(self, *, dim: int, groups: int = 1, accept_image_fmap: bool = False, **kwargs):
         super().__init__()
-        self.dim = _positive_int(dim, "dim")
-        self.groups = _positive_int(groups, "groups")
+        self.dim = dim = _int_arg(dim, "dim")
+        self.groups = groups = _int_arg(groups, "groups")
         if dim % groups != 0:
             raise ValueError(f"dim ({dim}) must be divisible by groups ({groups})")
         channel_first = bool(accept_image_fmap) or bool(kwargs.get("is_channel_first", False))
@@ -442,8 +529,14 @@ class GroupedResidualFSQ(nn.Module):
         if x.shape[self.split_dim] != self.dim:
             where = "second" if self.accept_image_fmap else "last"
             raise ValueError(f"expected {self.dim} features in the {where} axis, got {x.shape[self.split_dim]}")
-        # One seed for all groups: they drop the same stages (drawn whenever training, as upstream).
-        seed = _dropout_seed(x.device) if self.training else None
+        # One seed for all groups: they drop the same stages. As vector-quantize-pytorch, a number
+        # is drawn from torch's RNG on every training forward (so the RNG stream, and with it noise
+        # dropout, stays the same as the anchor's), but unlike it the cross-rank all_reduce and the
+        # host read-back happen only when quantize dropout will use the seed.
+        seed = None
+        if self.training:
+            needs_seed = torch.is_grad_enabled() and any(rvq.quantize_dropout for rvq in self.rvqs)
+            seed = _dropout_seed(x.device, synchronize=needs_seed)
         outs = [rvq(chunk, return_all_codes=return_all_codes, rand_quantize_dropout_fixed_seed=seed)
                 for rvq, chunk in zip(self.rvqs, x.chunk(self.groups, dim=self.split_dim))]
         quantized = torch.cat([o[0] for o in outs], dim=self.split_dim)

@@ -17,11 +17,16 @@ DEFAULT_MAX_COUNTED_CODEBOOK = 2**22
 
 
 def _entropy_bits(counts: Tensor) -> Tensor:
-    """Entropy in bits of the distributions along the last axis of ``counts`` (float64)."""
-    counts = counts.to(torch.float64)
-    total = counts.sum(-1, keepdim=True)
-    p = counts / total.clamp(min=1)
-    return -(torch.where(p > 0, p * torch.log2(p), torch.zeros_like(p))).sum(-1)
+    """Entropy in bits (float64, 0-d) of the distribution given by the 1-D ``counts``.
+
+    Only the non-zero counts are converted to float64, so a wide, sparsely used dimension
+    costs no temporaries of its full width.
+    """
+    used = counts[counts > 0].to(torch.float64)
+    if used.numel() == 0:
+        return torch.zeros((), dtype=torch.float64, device=counts.device)
+    p = used / used.sum()
+    return -(p * torch.log2(p)).sum()
 
 
 class CodeUsage(nn.Module):
@@ -34,52 +39,120 @@ class CodeUsage(nn.Module):
             ``None`` and ``perplexity_upper_bound`` (``2**sum(H_i)``, exact for independent
             dimensions) is the figure to use.
 
+    Storage: the level counts of all dimensions are one flat int64 tensor of ``sum(L_i)``
+    entries (dimension ``i`` at ``bin_offsets[i] : bin_offsets[i] + L_i``), so memory grows with
+    the sum of the level counts, not with ``d * max(L_i)``; the joint code counts take
+    ``prod(L_i)`` entries while that is at most ``max_counted_codebook``.
+
     Counts are int64 tensors, saved in the ``state_dict`` and moved by ``.to()``, but kept out of
     ``named_buffers()``: they are per-rank state, and DistributedDataParallel broadcasts every
     buffer from rank 0 before each forward, which would overwrite them. Sum them with
     :meth:`all_reduce` when you want the global figures. Every statistic is float64.
-    """
 
-    _COUNTS = ("bin_counts", "code_counts")
+    Distributed counting: each rank keeps the counts it added itself (its *local* counts) apart
+    from the other ranks' counts learnt at the last :meth:`all_reduce`. Every statistic reads
+    their sum. :meth:`all_reduce` recomputes the other ranks' part from the local counts, so
+    calling it twice does not double anything, and counts added after it are kept.
+    """
 
     def __init__(self, levels: Sequence[int], max_counted_codebook: int = DEFAULT_MAX_COUNTED_CODEBOOK):
         super().__init__()
         self.levels = check_levels(levels)
         self.plan = IndexPlan(self.levels, check_int64=False)
-        d, widest = len(self.levels), max(self.levels)
-        self.bin_counts = torch.zeros(d, widest, dtype=torch.int64)
+        offsets = [0]
+        for level in self.levels[:-1]:
+            offsets.append(offsets[-1] + level)
+        self.bin_offsets = tuple(offsets)
+        self._local_bins = torch.zeros(sum(self.levels), dtype=torch.int64)
         self.counts_codes = self.plan.max_group_size <= max_counted_codebook
         size = self.plan.max_group_size if self.counts_codes else 0
-        self.code_counts = torch.zeros(size, dtype=torch.int64)
-        self.register_buffer("_dim_offsets", torch.arange(d, dtype=torch.int64) * widest, persistent=False)
+        self._local_codes = torch.zeros(size, dtype=torch.int64)
+        # The other ranks' counts, set by all_reduce (None: nothing learnt from other ranks).
+        self._other_bins: Tensor | None = None
+        self._other_codes: Tensor | None = None
+        self.register_buffer("_dim_offsets", torch.tensor(offsets, dtype=torch.int64), persistent=False)
         self.register_buffer("_levels", torch.tensor(self.levels, dtype=torch.int64), persistent=False)
 
-    # --- the counts: state_dict and device moves without being buffers ----------------------
+    # --- the counts ----------------------------------------------------------------------------
+
+    @property
+    def flat_bin_counts(self) -> Tensor:
+        """``(sum L_i,)`` int64: every dimension's level counts, one after the other (all ranks
+        reduced so far plus this rank's later counts)."""
+        return self._local_bins if self._other_bins is None else self._local_bins + self._other_bins
+
+    @property
+    def local_bin_counts(self) -> Tensor:
+        """``(sum L_i,)`` int64: the level counts this rank added itself."""
+        return self._local_bins
+
+    def bin_counts_of(self, i: int) -> Tensor:
+        """``(L_i,)`` int64: the level counts of dimension ``i``."""
+        start = self.bin_offsets[i]
+        return self.flat_bin_counts[start:start + self.levels[i]]
+
+    def _per_dim(self) -> tuple[Tensor, ...]:
+        return torch.split(self.flat_bin_counts, list(self.levels))
+
+    @property
+    def bin_counts(self) -> Tensor:
+        """``(d, max L_i)`` int64: the level counts padded with zeros to the widest dimension.
+
+        Built on access (``d * max L_i`` entries): a convenience for plotting small codebooks.
+        Use :attr:`flat_bin_counts` or :meth:`bin_counts_of` for very unequal level counts.
+        """
+        flat = self.flat_bin_counts
+        out = flat.new_zeros(len(self.levels), max(self.levels))
+        for i, part in enumerate(self._per_dim()):
+            out[i, : part.numel()] = part
+        return out
+
+    @property
+    def code_counts(self) -> Tensor:
+        """``(prod L_i,)`` int64: joint code counts (empty when the codebook is not counted)."""
+        return self._local_codes if self._other_codes is None else self._local_codes + self._other_codes
+
+    # --- state_dict and device moves without being buffers -------------------------------------
+
+    _STATE = ("_local_bins", "_local_codes", "_other_bins", "_other_codes")
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
-        for name in self._COUNTS:
-            setattr(self, name, fn(getattr(self, name)))
+        for name in self._STATE:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, fn(value))
         return self
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
+        # What the statistics read: this rank's counts plus the other ranks' reduced so far.
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        for name in self._COUNTS:
-            destination[prefix + name] = getattr(self, name).detach()
+        destination[prefix + "bin_counts"] = self.flat_bin_counts.detach().clone()
+        destination[prefix + "code_counts"] = self.code_counts.detach().clone()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-        for name in self._COUNTS:
+        d, widest = len(self.levels), max(self.levels)
+        for name, target in (("bin_counts", self._local_bins), ("code_counts", self._local_codes)):
             key = prefix + name
             if key in unexpected_keys:
                 unexpected_keys.remove(key)
             if key not in state_dict:
                 missing_keys.append(key)
-            elif state_dict[key].shape != getattr(self, name).shape:
-                error_msgs.append(f"size mismatch for {key}: {tuple(state_dict[key].shape)} in the checkpoint, "
-                                  f"{tuple(getattr(self, name).shape)} here (different levels?)")
-            else:
-                getattr(self, name).copy_(state_dict[key])
+                continue
+            value = state_dict[key]
+            if name == "bin_counts" and tuple(value.shape) == (d, widest):
+                # The earlier layout, padded to the widest dimension.
+                value = torch.cat([value[i, :level] for i, level in enumerate(self.levels)])
+            if value.shape != target.shape:
+                error_msgs.append(f"size mismatch for {key}: {tuple(value.shape)} in the checkpoint, "
+                                  f"{tuple(target.shape)} here (different levels?)")
+                continue
+            target.copy_(value)
+            # A checkpoint holds totals: they become this rank's own counts.
+            setattr(self, "_other_bins" if name == "bin_counts" else "_other_codes", None)
+
+    # --- counting ------------------------------------------------------------------------------
 
     @torch.no_grad()
     def update(self, level_indices: Tensor) -> None:
@@ -101,35 +174,47 @@ class CodeUsage(nn.Module):
 
     @torch.no_grad()
     def _add(self, k: Tensor) -> None:
-        """Adds validated int64 level indices ``(M, d)``."""
-        k = k.to(self.bin_counts.device)
+        """Adds validated int64 level indices ``(M, d)`` to this rank's counts."""
+        k = k.to(self._local_bins.device)
         flat = (k + self._dim_offsets).reshape(-1)
-        self.bin_counts += torch.bincount(flat, minlength=self.bin_counts.numel()).view_as(self.bin_counts)
+        self._local_bins += torch.bincount(flat, minlength=self._local_bins.numel())
         if self.counts_codes:
-            self.code_counts += torch.bincount(self.plan.pack(k)[:, 0], minlength=self.code_counts.numel())
+            self._local_codes += torch.bincount(self.plan.pack(k)[:, 0], minlength=self._local_codes.numel())
 
     def reset(self) -> None:
-        """Forgets every count."""
-        self.bin_counts.zero_()
-        self.code_counts.zero_()
+        """Forgets every count (this rank's and the other ranks' learnt by :meth:`all_reduce`)."""
+        self._local_bins.zero_()
+        self._local_codes.zero_()
+        self._other_bins = self._other_codes = None
 
     def all_reduce(self, group=None) -> None:
-        """Sums the counts over the ranks of ``torch.distributed`` (a no-op when it is not initialized)."""
+        """Makes the statistics global: sums this rank's counts over the ranks of ``group``.
+
+        A collective (every rank of ``group`` must call it), and a no-op when
+        ``torch.distributed`` is not initialized. Idempotent: the other ranks' counts are
+        recomputed from every rank's own counts, so a second call changes nothing, and counts
+        added afterwards are included by the next call.
+        """
         import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.bin_counts, group=group)
-            if self.counts_codes:
-                dist.all_reduce(self.code_counts, group=group)
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        total = self._local_bins.clone()
+        dist.all_reduce(total, group=group)
+        self._other_bins = total - self._local_bins
+        if self.counts_codes:
+            total = self._local_codes.clone()
+            dist.all_reduce(total, group=group)
+            self._other_codes = total - self._local_codes
 
     @property
     def num_samples(self) -> int:
         """Number of quantized vectors counted."""
-        return int(self.bin_counts[0].sum())
+        return int(self.bin_counts_of(0).sum())
 
     def bin_entropy(self) -> Tensor:
         """``(d,)`` float64: entropy of each dimension's level occupancy, in bits."""
-        return _entropy_bits(self.bin_counts)
+        return torch.stack([_entropy_bits(part) for part in self._per_dim()])
 
     def utilization(self) -> Tensor:
         """``(d,)`` float64 in ``[0, 1]``: ``bin_entropy / log2(L)`` (1 = every level equally used)."""
@@ -137,7 +222,8 @@ class CodeUsage(nn.Module):
 
     def bins_used(self) -> Tensor:
         """``(d,)`` float64: fraction of each dimension's levels used at least once."""
-        return (self.bin_counts > 0).sum(-1).to(torch.float64) / self._levels.to(torch.float64)
+        used = torch.stack([(part > 0).sum() for part in self._per_dim()])
+        return used.to(torch.float64) / self._levels.to(torch.float64)
 
     def codebook_usage(self) -> float | None:
         """Fraction of the codebook's codes used at least once (``None`` when not counted)."""
