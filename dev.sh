@@ -15,7 +15,7 @@ setup() {
   fi
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-  "$VENV/bin/python" -m pip install -q -e ".[dev,examples,triton]"
+  "$VENV/bin/python" -m pip install -q -e ".[dev,examples,triton,codebases]"
 }
 
 cmd=${1:-test}

@@ -1,4 +1,4 @@
-"""DESIGN §4: clear errors for bad input, defined results at the edges."""
+"""Clear errors (`docs/design.md`, section 8) for bad input, defined results at the edges."""
 
 import pytest
 import torch

@@ -146,3 +146,15 @@ def test_fused_over_many_blocks_near_every_boundary(monkeypatch, activation, lev
 
     out = kernels.quantize(z, layout, None, "torch", need_level_indices=True)
     assert torch.equal(out.codes, codes_ref) and torch.equal(out.level_indices, levels_ref)
+
+
+def test_a_subclass_quantize_is_used_by_forward():
+    """vector-quantize-pytorch's extension point: a subclass overriding quantize() gets its codes
+    (and their indices) from forward."""
+
+    class Coarse(FSQ):
+        def quantize(self, z):
+            return torch.zeros_like(z)
+
+    out, idx = Coarse([5, 5])(torch.randn(2, 7, 2))
+    assert torch.equal(out, torch.zeros(2, 7, 2)) and torch.equal(idx, torch.full((2, 7), 12))

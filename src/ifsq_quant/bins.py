@@ -1,4 +1,4 @@
-"""The three bin layouts (DESIGN §1): bounded value ``y = f(.)`` -> level index -> code.
+"""The three bin layouts (`docs/design.md`, section 2): bounded value ``y = f(.)`` -> level index -> code.
 
 A layout turns ``y`` in ``[-1, 1]`` into an integer level index ``k`` in ``[0, L)`` and maps
 ``k`` to its code in ``[-1, 1]``. All constants are float32 tensors computed with the same

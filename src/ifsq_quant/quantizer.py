@@ -82,7 +82,7 @@ class FSQ(nn.Module):
             quantizing and back after.
         activation: ``"tanh"`` (FSQ), ``"sigmoid"`` (iFSQ, ``2*sigmoid(1.6 z) - 1``), ``"erf"``,
             ``"clamp"``, an :class:`~ifsq_quant.activations.Activation` or a callable.
-        bins: ``"round"`` (default), ``"symmetric"`` or ``"equal"`` (DESIGN §1).
+        bins: ``"round"`` (default), ``"symmetric"`` or ``"equal"`` (`docs/design.md`, section 2).
         eps: range widening of the ``"round"`` layout (default ``1e-3``, as vector-quantize-pytorch).
         index_groups: split the ``d`` dims into consecutive groups, one index each (a trailing
             group axis on the indices), e.g. ``[2, 2]``.
@@ -370,10 +370,18 @@ class FSQ(nn.Module):
             compute_dtype = torch.float64 if orig_dtype == torch.float64 else torch.float32
             flat = z.to(compute_dtype).reshape(-1, self.codebook_dim)
             track = self.usage is not None and self.training
-            result = kernels.quantize(flat, self.layout, self.index_plan if self.return_indices else None,
-                                      self.backend, need_level_indices=track)
-            if track:
-                self.usage._add(result.level_indices.to(torch.int64))
+            if type(self).quantize is not FSQ.quantize:
+                # A subclass's own quantize() (vector-quantize-pytorch's extension point) makes the codes.
+                codes = self.quantize(z.to(compute_dtype))
+                indices = self.codes_to_indices(codes) if self.return_indices else None
+                if track:
+                    self.usage._add(self.layout.code_to_level(codes.detach().reshape(-1, self.codebook_dim)))
+                result = kernels.QuantizeOutput(codes, None if indices is None else indices.reshape(-1, self.index_plan.num_groups), None)
+            else:
+                result = kernels.quantize(flat, self.layout, self.index_plan if self.return_indices else None,
+                                          self.backend, need_level_indices=track)
+                if track:
+                    self.usage._add(result.level_indices.to(torch.int64))
             codes = result.codes.view(z.shape)
             codes = self.maybe_apply_noise(codes)
             if self.orthogonal_rotation:

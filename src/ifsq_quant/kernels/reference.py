@@ -1,4 +1,4 @@
-"""Plain PyTorch quantization: the executable definition of DESIGN §1 (the oracle).
+"""Plain PyTorch quantization: the executable definition of `docs/design.md` sections 1-2 (the oracle).
 
 Every other kernel is tested against :func:`quantize`: same codes and level indices bit for
 bit, gradients equal up to rounding.
