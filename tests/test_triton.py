@@ -288,8 +288,9 @@ def test_modules_empty_batch_and_usage():
 # --- the compiled CUDA path, without a GPU -----------------------------------------------------
 
 
-def compile_for_sm90(kernel_fn, pointers: dict, constants: dict, fp_fusion: bool = False) -> str:
-    """PTX of a kernel compiled for an H100/H200 (sm_90); needs Triton's bundled ptxas, no GPU."""
+def compile_for_gpu(kernel_fn, pointers: dict, constants: dict, fp_fusion: bool = False, arch: int = 90) -> str:
+    """PTX of a kernel compiled ahead of time by Triton's own compiler for an A100 (``arch=80``)
+    or an H100/H200 (``arch=90``); needs Triton's bundled ptxas, no GPU."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -299,10 +300,12 @@ def compile_for_sm90(kernel_fn, pointers: dict, constants: dict, fp_fusion: bool
     signature = {name: pointers.get(name, "constexpr") for name in fn.arg_names}
     source = ASTSource(fn, signature, constants)
     options = {"num_warps": 4, "enable_fp_fusion": fp_fusion}
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+    assert compiled.asm.get("cubin"), "ptxas produced no binary"  # the whole toolchain ran, not only the PTX step
+    return compiled.asm["ptx"]
 
 
-def forward_ptx(act: int, kind: int, groups: int, dtype: str, fp_fusion: bool = False) -> str:
+def forward_ptx(act: int, kind: int, groups: int, dtype: str, fp_fusion: bool = False, arch: int = 90) -> str:
     import triton
 
     from ifsq_quant.kernels import triton_kernels as tk
@@ -312,19 +315,20 @@ def forward_ptx(act: int, kind: int, groups: int, dtype: str, fp_fusion: bool = 
     constants = dict(D=4, G=groups, ACT=act, KIND=kind, HAS_SHIFT=True, NEED_LEVELS=True, NEED_INDEX=True,
                      FP64=dtype == "fp64", WIDE=act == 1, BLOCK_M=256, BLOCK_D=4, BLOCK_G=triton.next_power_of_2(groups),
                      INTERPRET=False, HOST=None)
-    return compile_for_sm90(tk._quantize_forward_kernel, pointers, constants, fp_fusion)
+    return compile_for_gpu(tk._quantize_forward_kernel, pointers, constants, fp_fusion, arch)
 
 
-def backward_ptx(act: int, dtype: str) -> str:
+def backward_ptx(act: int, dtype: str, arch: int = 90) -> str:
     from ifsq_quant.kernels import triton_kernels as tk
 
     pointers = dict(grad_ptr=f"*{dtype}", z_ptr=f"*{dtype}", const_ptr=f"*{dtype}", out_ptr=f"*{dtype}", N="i32")
     constants = dict(D=4, ACT=act, HAS_SHIFT=True, FP64=dtype == "fp64", WIDE=False, BLOCK=1024, INTERPRET=False, HOST=None)
-    return compile_for_sm90(tk._quantize_backward_kernel, pointers, constants)
+    return compile_for_gpu(tk._quantize_backward_kernel, pointers, constants, arch=arch)
 
 
-def test_compiles_for_cuda_without_fma_or_approximate_division(monkeypatch):
-    """Every activation and dtype compiles for sm_90; our own arithmetic keeps its two roundings
+@pytest.mark.parametrize("arch", [80, 90])
+def test_compiles_for_cuda_without_fma_or_approximate_division(monkeypatch, arch):
+    """Every activation and dtype compiles ahead of time for sm_80 and sm_90; our own arithmetic keeps its two roundings
     (no fma.rn outside libdevice) and divides with div.rn, never div.full/div.approx."""
     import re
 
@@ -343,7 +347,7 @@ def test_compiles_for_cuda_without_fma_or_approximate_division(monkeypatch):
     for name, act in _ACTIVATIONS.items():
         for dtype in ("fp32", "fp64"):
             kind = act % 3  # round, symmetric, equal, round
-            forward, backward = forward_ptx(act, kind, 1 + act % 3, dtype), backward_ptx(act, dtype)
+            forward, backward = forward_ptx(act, kind, 1 + act % 3, dtype, arch=arch), backward_ptx(act, dtype, arch)
             for ptx in (forward, backward):
                 assert "div.full" not in ptx and "div.approx" not in ptx, (name, dtype)
             if kind != 1:  # "round" and "equal" divide
@@ -351,8 +355,8 @@ def test_compiles_for_cuda_without_fma_or_approximate_division(monkeypatch):
             if name == "clamp":  # no libdevice call: any fma would be ours
                 assert not fused.search(forward) and not fused.search(backward), dtype
     # The check can see a contraction: with fusion allowed, (y + 1) * scale + bias becomes an fma.
-    assert not fused.search(forward_ptx(3, 1, 1, "fp32"))
-    assert fused.search(forward_ptx(3, 1, 1, "fp32", fp_fusion=True))
+    assert not fused.search(forward_ptx(3, 1, 1, "fp32", arch=arch))
+    assert fused.search(forward_ptx(3, 1, 1, "fp32", fp_fusion=True, arch=arch))
 
 
 # --- without the interpreter, without Triton ---------------------------------------------------
