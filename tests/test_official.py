@@ -59,7 +59,10 @@ def test_official_config_scale_sigmoid_20():
     z = torch.randn(4, 100, 2)
     codes, indices = q(z)
     ref_codes, ref_indices = algorithm_1(z, [9, 9], alpha=2.0)
-    assert torch.equal(codes, ref_codes) and torch.equal(indices, ref_indices)
+    # the official shape: a trailing group axis, of size 1 without factorized_bits
+    assert indices.shape == (4, 100, 1)
+    assert torch.equal(codes, ref_codes) and torch.equal(indices[..., 0], ref_indices)
+    assert torch.equal(q.indices_to_codes(indices), codes)
 
 
 def test_official_config_without_simple_bound_is_fsq():
@@ -71,12 +74,21 @@ def test_official_config_without_simple_bound_is_fsq():
 @pytest.mark.parametrize("config,match", [
     ({"levels": [8, 8], "do_simple_bound": True, "act_fun": "scale_sigmoid_16"}, "odd levels"),
     ({"levels": [9], "do_simple_bound": True, "act_fun": "relu"}, "act_fun"),
-    ({"levels": [9], "bogus": 1}, "unknown keys"),
     ({"dim": 4}, "levels"),
 ])
 def test_official_config_errors(config, match):
     with pytest.raises(ValueError, match=match):
         iFSQ.from_official_config(config)
+
+
+def test_official_config_ignores_the_keys_the_official_code_ignores():
+    base = {"levels": [9, 9], "do_simple_bound": True, "act_fun": "scale_sigmoid_16"}
+    z = torch.randn(3, 20, 2)
+    expected = iFSQ.from_official_config(base)(z)
+    q = iFSQ.from_official_config(dict(base, eps=1e-6, momentum=0.1))  # RunningFSQ's statistics keys: silent
+    assert all(torch.equal(a, b) for a, b in zip(q(z), expected))
+    with pytest.warns(UserWarning, match="bogus"):
+        iFSQ.from_official_config(dict(base, bogus=1))
 
 
 def test_even_levels_work_with_ifsq():

@@ -448,16 +448,20 @@ class iFSQ(FSQ):  # noqa: N801 - the method's name
             raise TypeError(f"config must be a dict, got {type(config).__name__}")
         known = {"levels", "dim", "num_codebooks", "keep_num_codebooks_dim", "scale", "factorized_bits",
                  "do_simple_bound", "act_fun"}
-        unknown = sorted(set(config) - known)
+        # The official quantizer swallows other keyword arguments; its RunningFSQ takes eps and
+        # momentum for running statistics that do not change the codes.
+        unknown = sorted(set(config) - known - {"eps", "momentum"})
         if unknown:
-            raise ValueError(f"unknown keys in the official iFSQ config: {unknown} (known: {sorted(known)})")
+            warnings.warn(f"keys of the official iFSQ config ignored, as the official code ignores them: {unknown} "
+                          f"(used: {sorted(known)})", stacklevel=2)
         if "levels" not in config:
             raise ValueError("the official iFSQ config needs 'levels'")
         act_fun = config.get("act_fun", "tanh")
         alphas = {"scale_sigmoid_16": 1.6, "scale_sigmoid_20": 2.0}
         kwargs = {k: config[k] for k in ("levels", "dim", "num_codebooks", "keep_num_codebooks_dim", "scale") if k in config}
-        if config.get("factorized_bits") is not None:
-            kwargs["index_groups"] = list(config["factorized_bits"])
+        # The official indices always end in a group axis (of size 1 without factorized_bits).
+        factorized = config.get("factorized_bits")
+        kwargs["index_groups"] = list(factorized) if factorized is not None else [len(config["levels"])]
         if config.get("do_simple_bound", False):
             if act_fun not in alphas:
                 raise ValueError(f"act_fun must be one of {sorted(alphas)} with do_simple_bound=True, got {act_fun!r}")
