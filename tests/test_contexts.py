@@ -15,13 +15,15 @@ import io
 import pytest
 import torch
 
-from ifsq_quant import FSQ, ResidualFSQ, iFSQ
+from ifsq_quant import FSQ, GroupedResidualFSQ, ResidualFSQ, iFSQ
 
 MODULES = {
     "FSQ": lambda backend: FSQ([8, 5, 5, 5], dim=6, backend=backend),
     "iFSQ": lambda backend: iFSQ([17, 9, 6], dim=6, index_groups=[2, 1], backend=backend),
     "ResidualFSQ": lambda backend: ResidualFSQ(levels=[7, 5, 5], num_quantizers=2, dim=6, backend=backend),
+    "GroupedResidualFSQ": lambda backend: GroupedResidualFSQ(dim=6, groups=2, levels=[5, 5, 3], num_quantizers=2, backend=backend),
 }
+RESIDUAL = ("ResidualFSQ", "GroupedResidualFSQ")
 
 
 def _pair(name):
@@ -107,7 +109,9 @@ def test_vmap(name):
     fast, ref = _pair(name)
     z = _input(name, batch=3)
     out, idx = torch.func.vmap(fast)(z[:, None])[:2]
-    _assert_same_outputs((out[:, 0], idx[:, 0]), ref(z))
+    # per sample the batch axis has size 1: axis 1 of the vmapped result, axis 2 behind a group axis
+    idx = idx[:, :, 0].movedim(0, 1) if name == "GroupedResidualFSQ" else idx[:, 0]
+    _assert_same_outputs((out[:, 0], idx), ref(z))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -219,10 +223,10 @@ def test_onnx_export(name, dynamo):
 def test_autocast_cpu(name, force_f32, dtype):
     """Index packing stays exact inside autocast: indices equal the reference's under the same
     autocast (the projection is autocast either way), and decode/encode round trips exactly."""
-    if name == "ResidualFSQ" and not force_f32:
-        pytest.skip("ResidualFSQ has no force_quantization_f32 of its own; its stages always quantize in float32")
+    if name in RESIDUAL and not force_f32:
+        pytest.skip("the residual modules have no force_quantization_f32 of their own; their stages quantize in float32")
     torch.manual_seed(0)
-    kwargs = {} if name == "ResidualFSQ" else {"force_quantization_f32": force_f32}
+    kwargs = {} if name in RESIDUAL else {"force_quantization_f32": force_f32}
     fast = MODULES[name]("auto")
     ref = MODULES[name]("reference")
     for m in (fast, ref):
@@ -234,7 +238,7 @@ def test_autocast_cpu(name, force_f32, dtype):
     with torch.autocast("cpu", dtype=dtype):
         got, expected = fast(z), ref(z)
         assert torch.equal(got[1], expected[1])
-        if name != "ResidualFSQ":
+        if name not in RESIDUAL:
             level_codes = fast._indices_to_codes(got[1])
             assert torch.equal(fast.codes_to_indices(level_codes), got[1])
     torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)
@@ -251,7 +255,7 @@ def test_module_dtypes(name, dtype):
     got = fast(z)
     _assert_same_outputs(got, ref(z))
     assert got[0].dtype == dtype
-    decode = fast.get_output_from_indices if name == "ResidualFSQ" else fast.indices_to_codes
+    decode = fast.get_output_from_indices if name in RESIDUAL else fast.indices_to_codes
     decoded = decode(got[1])
     assert decoded.dtype == dtype
     if dtype == torch.float64:
