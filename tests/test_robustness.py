@@ -158,3 +158,34 @@ def test_a_subclass_quantize_is_used_by_forward():
 
     out, idx = Coarse([5, 5])(torch.randn(2, 7, 2))
     assert torch.equal(out, torch.zeros(2, 7, 2)) and torch.equal(idx, torch.full((2, 7), 12))
+
+
+def _near_ifsq_edges(rows: int) -> torch.Tensor:
+    """``(rows, 4)`` inputs within 6 ulp of every rounding boundary of iFSQ with L = 17."""
+    k = torch.arange(-8, 8, dtype=torch.float64) + 0.5
+    edges = (torch.atanh(k / 8) / 0.8).float()
+    ulps = torch.arange(-6, 7, dtype=torch.float32)
+    near = (edges[:, None] + ulps * torch.finfo(torch.float32).eps * edges.abs().clamp_min(1e-3)[:, None]).reshape(-1)
+    pick = torch.randint(0, near.numel(), (rows * 4,), generator=torch.Generator().manual_seed(0))
+    return near[pick].view(rows, 4)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_codes_do_not_depend_on_position_batch_size_or_threads(threads):
+    """PyTorch's CPU sigmoid differs by an ulp between its vector loop and its scalar tails; the
+    sigmoid here always takes the vector code, so an element's code is the same alone, inside any
+    slice of a batch and with any thread count, on the fused path and the reference alike."""
+    z = _near_ifsq_edges(70_001)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        full = iFSQ([17] * 4, backend="reference")(z)[1]
+        torch.set_num_threads(threads)
+        for backend in ("torch", "reference"):
+            q = iFSQ([17] * 4, backend=backend)
+            assert torch.equal(q(z)[1], full), backend
+            for n in (1, 3, 7, 13, 1000, 40_001):
+                for start in (0, 5, 77):
+                    assert torch.equal(q(z[start:start + n])[1], full[start:start + n]), (backend, n, start)
+    finally:
+        torch.set_num_threads(before)

@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "vector_sigmoid",
+    "vector_loop_size",
     "Activation",
     "Tanh",
     "ScaledSigmoid",
@@ -32,6 +34,41 @@ __all__ = [
     "get_activation",
     "ACTIVATION_NAMES",
 ]
+
+
+# PyTorch's CPU sigmoid computes most elements in its vectorized loop and the last elements of
+# each thread's chunk in a scalar loop, and the two can differ by one ulp: a value near a bin edge
+# would get a code that depends on its position, the tensor's size and the thread count. Computed
+# over a size whose every thread chunk is whole vector loops, every element takes the vector code.
+VECTOR_LOOP_ELEMENTS = 64  # a multiple of the vector loop's step on every CPU (two vectors of up to 16 floats)
+ELEMENTWISE_GRAIN = 32768  # PyTorch's at::internal::GRAIN_SIZE: below it an elementwise op runs on one thread
+
+
+def vector_loop_size(n: int) -> int:
+    """The smallest size ``>= n`` (or a little more) over which PyTorch's CPU elementwise kernels
+    run only whole vector loops: one thread's chunk, or ``T`` equal chunks of whole loops."""
+    round_up = lambda x, m: -(-x // m) * m
+    threads = torch.get_num_threads()
+    if n <= ELEMENTWISE_GRAIN or threads == 1:
+        return round_up(n, VECTOR_LOOP_ELEMENTS)
+    # enough elements that all T threads take part, and a multiple of T loops
+    return round_up(max(n, ELEMENTWISE_GRAIN * (threads - 1) + 1), VECTOR_LOOP_ELEMENTS * threads)
+
+
+def vector_sigmoid(t: Tensor) -> Tensor:
+    """``torch.sigmoid(t)`` with every element computed by the CPU's vector code (see above), so
+    that each value is independent of its position; differentiable. Elsewhere (CUDA, tracing,
+    ``torch.func``) it is ``torch.sigmoid``."""
+    from .contexts import functorch_active, tracing
+
+    if t.device.type != "cpu" or t.numel() == 0 or tracing() or functorch_active():
+        return torch.sigmoid(t)
+    n = t.numel()
+    flat = t.reshape(-1)
+    size = vector_loop_size(n)
+    if size != n:
+        flat = torch.cat([flat, flat.new_zeros(size - n)])
+    return torch.sigmoid(flat)[:n].view(t.shape)
 
 
 class Activation:
@@ -90,7 +127,7 @@ class ScaledSigmoid(Activation):
         self.name = "sigmoid" if self.alpha == 1.6 else None
 
     def __call__(self, z: Tensor) -> Tensor:
-        return 2 * torch.sigmoid(self.alpha * z) - 1
+        return 2 * vector_sigmoid(self.alpha * z) - 1
 
     def derivative(self, z: Tensor) -> Tensor:
         s = torch.sigmoid(self.alpha * z)

@@ -22,6 +22,7 @@ from collections import OrderedDict
 import torch
 from torch import Tensor
 
+from ..activations import vector_loop_size
 from ..bins import BinLayout
 from ..indexing import IndexPlan
 
@@ -56,7 +57,7 @@ def _bound_into(name: str, x: Tensor, y: Tensor, deriv: Tensor | None, slope: Co
         torch.tanh(x, out=y)
     elif name == "sigmoid":
         torch.mul(x, 1.6, out=y)
-        y.sigmoid_()
+        sigmoid_(y)
         torch.add(y.new_tensor(-1.0), y, alpha=2, out=y)  # 2s - 1 in one pass (2s is exact: same rounding)
     elif name == "erf":
         torch.mul(x, math.sqrt(0.5), out=y)
@@ -71,6 +72,15 @@ def _bound_into(name: str, x: Tensor, y: Tensor, deriv: Tensor | None, slope: Co
         torch.addcmul(y.new_tensor(c), y, y, value=-c, out=deriv)  # c - c y^2 in one pass
         if not isinstance(slope, float):
             deriv.mul_(slope)
+
+
+def sigmoid_(y: Tensor) -> None:
+    """In-place sigmoid of the block ``y``, a view at the start of a flat buffer whose length is
+    at least :func:`vector_loop_size` of it: computed over that length, every element takes the
+    vector code and its value does not depend on its position (:func:`..activations.vector_sigmoid`)."""
+    flat = y.view(-1)
+    buffer = torch.as_strided(flat, (vector_loop_size(flat.numel()),), (1,))
+    buffer.sigmoid_()
 
 
 _CONSTANT_BLOCKS: OrderedDict[tuple, Tensor] = OrderedDict()
@@ -120,7 +130,8 @@ class _Block:
             self.rounded = torch.empty(rows, c["scale"].shape[0], dtype=z.dtype, device=z.device)
         self.affine = self._sigmoid_affine(layout.activation.name)
         self.d = c["scale"].shape[0]
-        self.work = torch.empty(-(-rows * self.d // CHUNK) * CHUNK, dtype=z.dtype, device=z.device)
+        # (zeroed: the padding that sigmoid_ computes over holds finite values)
+        self.work = torch.zeros(max(-(-rows * self.d // CHUNK) * CHUNK, vector_loop_size(rows * self.d)), dtype=z.dtype, device=z.device)
         if plan is not None:
             self.pack_dtype = plan.pack_dtype(z.device)
             if self.pack_dtype != torch.int64:
@@ -163,7 +174,7 @@ class _Block:
             return
         alpha, a, b = self.affine
         torch.mul(x, alpha, out=y)
-        y.sigmoid_()
+        sigmoid_(y)
         if deriv is not None and self.fast_tanh:  # tanh' = 4 s (1 - s) with s = sigmoid(2x)
             torch.addcmul(y, y, y, value=-1, out=deriv)
             deriv.mul_(4.0).mul_(slope)

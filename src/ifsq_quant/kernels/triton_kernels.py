@@ -61,6 +61,7 @@ import triton.language as tl
 from torch import Tensor
 from triton.language.extra import libdevice
 
+from ..activations import vector_sigmoid
 from ..bins import BinLayout
 from ..indexing import IndexPlan
 from . import triton_support
@@ -263,7 +264,7 @@ class _HostMath:
         return self._apply(x, torch.tanh)
 
     def sigmoid(self, x):
-        return self._apply(x, torch.sigmoid)
+        return self._apply(x, vector_sigmoid)
 
     def erf(self, x):
         return self._apply(x, torch.erf)
