@@ -3,11 +3,10 @@
 import pytest
 import torch
 
-from ifsq_quant import FSQ, iFSQ
+from ifsq_quant import FSQ, iFSQ, kernels
 from ifsq_quant.activations import get_activation
 from ifsq_quant.bins import BinLayout
 from ifsq_quant.indexing import IndexPlan
-from ifsq_quant import kernels
 from ifsq_quant.kernels import reference, resolve_backend, torch_fused
 
 LEVELS = [[8, 5, 5, 5], [17, 17, 17, 17], [7, 6, 4, 3], [16, 9], [3], [2, 4, 6]]

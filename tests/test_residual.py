@@ -255,18 +255,25 @@ def test_quantize_dropout_only_in_training_with_grad():
     assert not ResidualFSQ(levels=[5, 5], num_quantizers=1, quantize_dropout=True).quantize_dropout
 
 
-def test_grouped_dropout_shared_and_matches_anchor():
-    kwargs = dict(dim=6, groups=3, levels=[5, 5], num_quantizers=4, quantize_dropout=True)
+def _grouped_training_runs(kwargs, seeds):
+    """Ours and vector-quantize-pytorch's GroupedResidualFSQ in training, each forward under the
+    same seed: asserts equal outputs and yields ours ``(module, quantized, indices)``."""
     torch.manual_seed(0)
     anchor = vqp.GroupedResidualFSQ(**kwargs).train()
     ours = GroupedResidualFSQ(**kwargs).train()
     x = inputs((2, 20, 6))
-    for seed in range(6):
+    for seed in seeds:
         torch.manual_seed(seed)
         qa, ia = anchor(x)
         torch.manual_seed(seed)
         qb, ib = ours(x)
         assert_same((qa, ia), (qb, ib))
+        yield ours, qb, ib
+
+
+def test_grouped_dropout_shared_and_matches_anchor():
+    kwargs = dict(dim=6, groups=3, levels=[5, 5], num_quantizers=4, quantize_dropout=True)
+    for ours, qb, ib in _grouped_training_runs(kwargs, range(6)):
         assert ((ib == -1) == (ib[:1] == -1)).all()  # every group drops the same stages
         assert torch.equal(ours.get_output_from_indices(ib), qb)
 
@@ -458,16 +465,7 @@ def test_grouped_training_rng_stream_matches_anchor_without_dropout():
     """Without quantize dropout no collective runs, but the seed is still drawn from torch's RNG,
     so noise dropout (random draws after it) matches vector-quantize-pytorch under one seed."""
     kwargs = dict(dim=6, groups=3, levels=[5, 5], num_quantizers=3, noise_dropout=0.5)
-    torch.manual_seed(0)
-    anchor = vqp.GroupedResidualFSQ(**kwargs).train()
-    ours = GroupedResidualFSQ(**kwargs).train()
-    x = inputs((2, 20, 6))
-    for seed in range(3):
-        torch.manual_seed(seed)
-        qa, ia = anchor(x)
-        torch.manual_seed(seed)
-        qb, ib = ours(x)
-        assert_same((qa, ia), (qb, ib))
+    assert len(list(_grouped_training_runs(kwargs, range(3)))) == 3
 
 
 def _gloo_worker(rank, world_size, port, quantize_dropout, results):
