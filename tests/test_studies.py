@@ -1,12 +1,16 @@
 """The study scripts under benchmarks/ run in their smallest configuration and write their outputs."""
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import pytest
 
-import study_utilization  # noqa: E402
+from benchmarks import study_utilization
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_utilization_study_smallest_configuration(tmp_path):
@@ -21,8 +25,9 @@ def test_utilization_study_smallest_configuration(tmp_path):
     assert all(0 <= r["bits"] <= r["max_bits"] + 1e-9 and 0 <= r["ks"] <= 1 for r in rows)
 
 
+@pytest.mark.slow
 def test_tokenizer_study_smallest_configuration(tmp_path):
-    import study_tokenizers
+    from benchmarks import study_tokenizers
 
     study_tokenizers.main(["--steps", "4", "--seeds", "1", "--levels", "5", "--datasets", "digits", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "tokenizers.json").read_text())
@@ -38,8 +43,9 @@ def test_tokenizer_study_smallest_configuration(tmp_path):
     assert (tmp_path / "tokenizers.png").stat().st_size > 1000 and (tmp_path / "tokenizers.md").read_text()
 
 
+@pytest.mark.slow
 def test_bits_study_smallest_configuration(tmp_path):
-    import study_bits
+    from benchmarks import study_bits
 
     study_bits.main(["--quick", "--steps", "4", "--levels", "3", "5", "--num-samples", "50", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "bits.json").read_text())
@@ -52,8 +58,9 @@ def test_bits_study_smallest_configuration(tmp_path):
     assert (tmp_path / "bits.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_ar_vs_diffusion_study_smallest_configuration(tmp_path):
-    import study_ar_vs_diffusion
+    from benchmarks import study_ar_vs_diffusion
 
     study_ar_vs_diffusion.main(["--quick", "--steps", "4", "--eval-every", "2", "--num-samples", "50", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "ar_vs_diffusion.json").read_text())
@@ -65,3 +72,14 @@ def test_ar_vs_diffusion_study_smallest_configuration(tmp_path):
         assert [p["step"] for p in row["curves"][name]] == [2, 4]
         assert row["curves"][name][1]["flops"] == 4 * row["step_flops"][name] > 0
     assert (tmp_path / "ar_vs_diffusion.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_studies_run_as_modules_from_the_root(tmp_path):
+    """The documented command form, ``python -m benchmarks.study_x``, imports the pipeline as a package."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.study_utilization", "--samples", "2000", "--out", str(tmp_path)],
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=""), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "utilization.json").is_file()
+    for path in sorted((ROOT / "benchmarks").glob("study_*.py")):
+        assert "sys.path" not in path.read_text(), f"{path.name} edits sys.path"
