@@ -22,7 +22,7 @@ import torch
 
 from examples import end_to_end, pipeline
 from examples.ar import ARTransformer
-from examples.data import PHOTOS, VAL_PHOTOS, load_digits_split, load_patches_split
+from examples.data import FONT_DIGIT_SPLITS, FONT_FILES, PHOTOS, VAL_PHOTOS, load_dataset, load_digits_split, load_font_digits, load_patches_split
 from examples.diffusion import DiT, LatentNormalizer, snap_to_grid
 from examples.metrics import FeatureClassifier, class_accuracy, frechet_distance, psnr, ssim
 from examples.tokenizer import Tokenizer
@@ -54,6 +54,36 @@ def test_digits_split_shapes_range_and_determinism():
     assert torch.equal(train.images, train2.images) and torch.equal(val.labels, val2.labels)
     _, val_other = load_digits_split(seed=1)
     assert not torch.equal(val.images, val_other.images)
+
+
+def test_font_digits_determinism_shapes_and_balance():
+    assert FONT_DIGIT_SPLITS["train"] >= 20_000 and FONT_DIGIT_SPLITS["test"] >= 5_000 and len(FONT_FILES) == 21
+    a = load_font_digits("train", n=1003, seed=0)
+    assert a.images.shape == (1003, 1, 16, 16) and a.images.dtype == torch.float32 and a.labels.dtype == torch.int64
+    assert float(a.images.min()) == -1.0 and float(a.images.max()) <= 1.0 and float(a.images.max()) > 0.9
+    counts = a.labels.bincount(minlength=10)
+    assert counts.tolist() == [101, 101, 101] + [100] * 7  # balanced: n // 10 each, the remainder to the first classes
+    assert len(set(a.labels[:20].tolist())) > 3  # shuffled, not class-major
+    b = load_font_digits("train", n=1003, seed=0)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(load_font_digits("train", n=1003, seed=1).images, a.images)
+    test = load_font_digits("test", n=1003, seed=0)  # an independent draw, not a copy of the training images
+    assert float((test.images - a.images).abs().mean()) > 0.1
+    nearest = torch.cdist(test.images[:200].flatten(1), a.images.flatten(1)).min(1).values
+    assert float(nearest.min()) > 0.0
+    ink = (a.images > 0).flatten(1).float().mean(1)  # every image has ink and background
+    assert float(ink.min()) > 0.01 and float(ink.max()) < 0.8
+    assert load_font_digits("val", n=7, size=8).images.shape == (7, 1, 8, 8)
+    with pytest.raises(ValueError, match="unknown split"):
+        load_font_digits("training")
+
+
+@pytest.mark.slow
+def test_font_digits_default_splits():
+    train, test = load_dataset("font_digits")
+    assert train.images.shape == (20_000, 1, 16, 16) and test.images.shape == (5_000, 1, 16, 16)
+    assert train.labels.bincount(minlength=10).tolist() == [2000] * 10
+    assert test.labels.bincount(minlength=10).tolist() == [500] * 10
 
 
 def test_patches_split_holds_out_whole_photographs():
