@@ -434,20 +434,53 @@ def latent_size(tok: Tokenizer, image_size: int) -> int:
     return image_size // 4
 
 
-def build_ar(tok: Tokenizer, ar_cfg: dict, latent: int, seed: int, num_classes: int = 10) -> ARTransformer:
-    """The class-conditional AR transformer over ``tok``'s group indices, initialized under ``seed``."""
+def build_ar(tok: Tokenizer, ar_cfg: dict, latent: int, seed: int, num_classes: int = 10, repa_dim: int = 0) -> ARTransformer:
+    """The class-conditional AR transformer over ``tok``'s group indices, initialized under ``seed``.
+
+    ``repa_dim > 0`` adds the REPA projector (to features of that size); ``ar_cfg`` may set
+    ``repa_layer`` and ``repa_weight`` (see ``examples/ar.py``).
+    """
     vocab = group_vocab_sizes(tok.levels, list(tok.quantizer.index_groups))
+    repa = dict(repa_dim=repa_dim, repa_layer=ar_cfg.get("repa_layer"), repa_weight=ar_cfg.get("repa_weight", 0.5)) if repa_dim else {}
     torch.manual_seed(seed)
     return ARTransformer(vocab_sizes=vocab, seq_len=latent * latent, num_classes=num_classes,
-                         **{k: ar_cfg[k] for k in ("dim", "depth", "heads", "class_dropout", "dropout")})
+                         **{k: ar_cfg[k] for k in ("dim", "depth", "heads", "class_dropout", "dropout")}, **repa)
+
+
+@torch.no_grad()
+def repa_targets(encoder: FeatureClassifier, images: torch.Tensor, env: Env | None = None) -> torch.Tensor:
+    """REPA targets: the frozen ``encoder``'s last conv feature map (b, C, s/4, s/4) per latent position -> (n, (s/4)^2, C).
+
+    Raster order, like the AR sequence; each channel is centred by its mean over ``images``
+    (the ReLU features are all >= 0, and cosine similarity to an uncentred target mostly
+    measures the mean).
+    """
+    encoder.eval()
+    feats = batched(lambda x: encoder.convs(x).flatten(2).transpose(1, 2), images, device=env.device if env else None)
+    return feats - feats.mean(dim=(0, 1), keepdim=True)
+
+
+def ar_repa_loss(model: ARTransformer, labels: torch.Tensor, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return model.loss(labels, tokens, targets)
 
 
 def train_ar(tok: Tokenizer, train_set: ImageSet, ar_cfg: dict, env: Env, seed: int, desc: str = "ar", callback=None,
-             callback_every: int = 0) -> tuple[ARTransformer, list[float]]:
-    """Stage 3: the AR transformer trained on ``tok``'s indices of ``train_set`` -> (model in eval mode, losses)."""
+             callback_every: int = 0, repa_encoder: FeatureClassifier | None = None) -> tuple[ARTransformer, list[float]]:
+    """Stage 3: the AR transformer trained on ``tok``'s indices of ``train_set`` -> (model in eval mode, losses).
+
+    ``repa_encoder``: a frozen image encoder (never the evaluation network) whose features of the
+    training images the model's hidden states are aligned to (LlamaGen-REPA, ``repa_targets``).
+    """
     tokens = encode_tokens(tok, train_set.images, env)
-    ar = build_ar(tok, ar_cfg, latent_size(tok, train_set.image_shape[1]), seed, train_set.num_classes).to(env.device)
-    losses = train(ar, ar_loss, (train_set.labels, tokens), ar_cfg, env, seed, desc, callback=callback, callback_every=callback_every)
+    latent = latent_size(tok, train_set.image_shape[1])
+    if repa_encoder is None:
+        ar = build_ar(tok, ar_cfg, latent, seed, train_set.num_classes).to(env.device)
+        data, loss_fn = (train_set.labels, tokens), ar_loss
+    else:
+        targets = repa_targets(repa_encoder, train_set.images, env)
+        ar = build_ar(tok, ar_cfg, latent, seed, train_set.num_classes, repa_dim=targets.shape[-1]).to(env.device)
+        data, loss_fn = (train_set.labels, tokens, targets), ar_repa_loss
+    losses = train(ar, loss_fn, data, ar_cfg, env, seed, desc, callback=callback, callback_every=callback_every)
     return ar.eval(), losses
 
 

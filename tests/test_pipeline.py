@@ -52,3 +52,39 @@ def test_build_then_train_equals_the_stage_function():
     a = P.sample_ar(ar, tok, P.balanced_labels(10, 10), 1.5, seed=0, env=ENV)
     b = P.sample_ar(ar_trained, tok, P.balanced_labels(10, 10), 1.5, seed=0, env=ENV)
     assert torch.equal(a, b)
+
+
+def test_repa_is_off_by_default_and_changes_nothing():
+    from examples.ar import ARTransformer
+
+    kwargs = dict(vocab_sizes=[25, 25], seq_len=16, num_classes=10, dim=32, depth=2, heads=2)
+    torch.manual_seed(0)
+    plain = ARTransformer(**kwargs)
+    torch.manual_seed(0)
+    off = ARTransformer(**kwargs, repa_dim=0, repa_weight=3.0)
+    assert plain.state_dict().keys() == off.state_dict().keys() and not hasattr(off, "repa_projector")
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), off.state_dict().values()))
+    labels, tokens, targets = torch.arange(4), torch.randint(0, 25, (4, 16, 2)), torch.randn(4, 16, 8)
+    torch.manual_seed(1)
+    a = plain.train().loss(labels, tokens)
+    torch.manual_seed(1)
+    b = off.train().loss(labels, tokens, targets=targets)  # targets are ignored when REPA is off
+    assert torch.equal(a, b)
+
+
+def test_repa_trains_the_alignment():
+    train_set, _ = small_digits(128)
+    tok, _ = P.train_tokenizer("ifsq", [5] * 4, [2, 2], TINY["tokenizer"], train_set, ENV, seed=0)
+    encoder, _ = P.train_classifier(train_set, dict(TINY["classifier"], width=8), ENV, seed=5)  # not the evaluation network
+    targets = P.repa_targets(encoder, train_set.images)
+    assert targets.shape == (128, 16, 16) and abs(float(targets.mean())) < 1e-4
+    cfg = dict(TINY["ar"], steps=40, lr=3e-3, repa_layer=1, repa_weight=1.0)
+    ar, losses = P.train_ar(tok, train_set, cfg, ENV, seed=0, repa_encoder=encoder)
+    assert ar.repa_layer == 1 and ar.repa_projector[-1].out_features == 16
+    parts = {}
+    with torch.no_grad():
+        ar.loss(train_set.labels, P.encode_tokens(tok, train_set.images), targets, parts=parts)
+    assert parts["repa"] < -0.3  # aligned: mean cosine similarity above 0.3 (0 at initialization)
+    assert sum(losses[-5:]) < sum(losses[:5])
+    images = P.sample_ar(ar, tok, P.balanced_labels(10, 10), 2.0, seed=0, env=ENV)  # sampling ignores the projector
+    assert images.shape == (10, 1, 16, 16)
