@@ -83,3 +83,35 @@ def test_studies_run_as_modules_from_the_root(tmp_path):
     assert (tmp_path / "utilization.json").is_file()
     for path in sorted((ROOT / "benchmarks").glob("study_*.py")):
         assert "sys.path" not in path.read_text(), f"{path.name} edits sys.path"
+
+
+@pytest.mark.slow
+def test_generation_study_smallest_configuration(tmp_path):
+    from benchmarks import study_generation
+
+    study_generation.main(["--quick", "--steps", "4", "--split-sizes", "200", "100", "300", "200", "100", "--num-generated", "50",
+                           "--num-val-samples", "20", "--n-boot", "10", "--repa", "--seeds", "2", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "generation.json").read_text())
+    assert set(result) == {"meta", "records", "paired"}
+    records = result["records"]
+    assert len(records) == 2 * 3 * 3  # seeds x tokenizers x generators
+    assert {(r["tokenizer"], r["generator"]) for r in records} == {(t, g) for t in ("fsq", "ifsq", "erf_equal") for g in ("ar", "ar_repa", "dit")}
+    cfg = result["meta"]["config"]
+    for r in records:
+        assert {"tokenizer", "generator", "seed", "guidance", "fd", "fd_ci", "kid", "kid_ci", "n_generated", "n_real", "accuracy",
+                "tokenizer_psnr", "guidance_val_fd"} <= set(r)
+        assert r["n_generated"] == 50 and r["n_real"] == 300 and 0 <= r["accuracy"] <= 1
+        assert r["fd_ci"][0] <= r["fd"] <= r["fd_ci"][1] and r["kid_ci"][0] <= r["kid"] <= r["kid_ci"][1]
+        sweep = cfg["ar_guidance"] if r["generator"] != "dit" else cfg["dit_guidance"]
+        assert r["guidance"] in sweep and r["guidance_val_fd"][str(r["guidance"])] == min(r["guidance_val_fd"].values())
+        if r["generator"] != "dit":  # stopped at the best validation loss
+            assert r["val_loss"] == min(p["val_loss"] for p in r["val_curve"])
+    # the same tokenizer (same seed) under every generator: the paired PSNR difference uses it once per seed
+    comparisons = {d["comparison"]: d for d in result["paired"]}
+    assert {"ifsq/ar - fsq/ar", "ifsq/dit - erf_equal/dit", "ifsq/ar_repa - ifsq/ar"} <= set(comparisons)
+    d = comparisons["ifsq/ar - fsq/ar"]
+    assert d["fd"]["n"] == 2 and d["fd"]["ci"][0] <= d["fd"]["mean"] <= d["fd"]["ci"][1]
+    protocol = json.loads((tmp_path / "protocol.json").read_text())
+    assert set(protocol["rows"]) == {"real_vs_real", "memorizer", "random_tokens"}
+    assert all(row["n_generated"] == 50 and row["n_real"] == 300 for row in protocol["rows"].values())
+    assert (tmp_path / "generation.png").stat().st_size > 5000 and "Calibration" in (tmp_path / "generation.md").read_text()
