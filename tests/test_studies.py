@@ -115,3 +115,23 @@ def test_generation_study_smallest_configuration(tmp_path):
     assert set(protocol["rows"]) == {"real_vs_real", "memorizer", "random_tokens"}
     assert all(row["n_generated"] == 50 and row["n_real"] == 300 for row in protocol["rows"].values())
     assert (tmp_path / "generation.png").stat().st_size > 5000 and "Calibration" in (tmp_path / "generation.md").read_text()
+
+
+@pytest.mark.slow
+def test_mechanism_study_smallest_configuration(tmp_path):
+    from benchmarks import study_mechanism
+
+    study_mechanism.main(["--quick", "--steps", "4", "--scales", "0.4", "2.5", "--n-train", "100", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "mechanism.json").read_text())
+    assert set(result) == {"meta", "summary", "rows"}
+    fixed = [r for r in result["rows"] if not r["learnable"]]
+    assert {(r["kind"], r["s"]) for r in fixed} == {(k, s) for k in ("fsq", "ifsq", "erf_equal") for s in (0.4, 2.5)}
+    for r in result["rows"]:
+        assert {"psnr", "utilization", "latent_std", "latent_kurtosis", "saturated", "learned_scale"} <= set(r)
+        assert 0 <= r["utilization"] <= 1 and 0 <= r["saturated"] <= 1 and r["latent_std"] > 0
+    assert all(r["learned_scale"] == r["s"] for r in fixed)  # fixed scales stay fixed
+    control = [r for r in result["rows"] if r["learnable"]]
+    assert len(control) == 1 and control[0]["s"] == 1.0 and control[0]["kind"] == "fsq"  # initialized at 1.0, not iFSQ's 0.8
+    by = {(r["kind"], r["s"]): r for r in fixed}
+    assert by[("fsq", 2.5)]["latent_std"] > by[("fsq", 0.4)]["latent_std"]  # the scale reaches the pre-bound latents
+    assert (tmp_path / "mechanism.png").stat().st_size > 5000
