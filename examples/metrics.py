@@ -198,7 +198,7 @@ def kernel_inception_distance(features_a: np.ndarray, features_b: np.ndarray) ->
 
 
 def bootstrap_fd_kid(gen: np.ndarray, real: np.ndarray, n_boot: int = 200, seed: int = 0, level: float = 0.95,
-                     real_kernel: np.ndarray | None = None) -> dict:
+                     real_kernel: np.ndarray | None = None, kid_scale: float = 1.0) -> dict:
     """FD and KID of ``gen`` (n, d) against ``real`` (m, d) with bootstrap intervals.
 
     Each bootstrap replicate resamples both sets with replacement (multiplicities, so nothing is
@@ -208,11 +208,13 @@ def bootstrap_fd_kid(gen: np.ndarray, real: np.ndarray, n_boot: int = 200, seed:
     point estimate: ``[est - (median - q_lo), est + (q_hi - median)]``. The shift
     ``median - est`` is returned as ``fd_bootstrap_shift`` / ``kid_bootstrap_shift``.
     Returns fd, fd_ci [lo, hi], kid, kid_ci, n_generated, n_real, n_boot. ``real_kernel``:
-    ``polynomial_kernel(real, real)``, when the caller has it already (it is the largest matrix).
+    ``polynomial_kernel(real, real)``, when the caller has it already (it is the largest matrix;
+    computed on ``real * kid_scale``). ``kid_scale``: KID is computed on the features times this
+    factor (the cubic kernel is not scale-free; FD is computed on the features as they are).
     """
     gen, real = np.asarray(gen, np.float64), np.asarray(real, np.float64)
-    k_rr = polynomial_kernel(real, real) if real_kernel is None else real_kernel
-    k_gg, k_gr = polynomial_kernel(gen, gen), polynomial_kernel(gen, real)
+    k_rr = polynomial_kernel(real * kid_scale, real * kid_scale) if real_kernel is None else real_kernel
+    k_gg, k_gr = polynomial_kernel(gen * kid_scale, gen * kid_scale), polynomial_kernel(gen * kid_scale, real * kid_scale)
     fd = frechet_distance(gen, real)
     kid = _mmd2(k_gg, k_rr, k_gr)
     rng = np.random.default_rng(seed)
@@ -257,20 +259,27 @@ class ProtocolEvaluator:
     ``features`` split of ``load_font_digits``); test_images (m, c, s, s) with test_labels:
     the held-out real images every generated set is compared with (m >= 5,000 in the full
     protocol); val_images: the validation split that guidance is chosen on (never the test).
+    KID is computed on the features scaled by one factor, ``kid_scale``, that gives the test
+    features a mean square of 1 per dimension (so ``x . y / d`` is of order 1 in the cubic kernel,
+    as for the Inception features KID was defined on; unscaled, the small CNN's larger features
+    make KID values of order 10^5).
     """
 
     def __init__(self, feature_net: FeatureClassifier, test_images: torch.Tensor, test_labels: torch.Tensor, val_images: torch.Tensor,
                  n_boot: int = 200, seed: int = 0):
         self.net = feature_net.eval()
         self.test_features = extract_features(feature_net, test_images)
-        self.test_kernel = polynomial_kernel(self.test_features, self.test_features)
+        self.kid_scale = float(1.0 / np.sqrt(np.mean(self.test_features**2)))
+        scaled = self.test_features * self.kid_scale
+        self.test_kernel = polynomial_kernel(scaled, scaled)
         self.val_features = extract_features(feature_net, val_images)
         self.test_accuracy = class_accuracy(feature_net, test_images, test_labels)
         self.n_boot, self.seed = n_boot, seed
 
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
         """FD, KID (95 % bootstrap intervals) against the test features; class accuracy if ``labels`` are given."""
-        out = bootstrap_fd_kid(extract_features(self.net, images), self.test_features, self.n_boot, self.seed, real_kernel=self.test_kernel)
+        out = bootstrap_fd_kid(extract_features(self.net, images), self.test_features, self.n_boot, self.seed, real_kernel=self.test_kernel,
+                               kid_scale=self.kid_scale)
         out["accuracy"] = class_accuracy(self.net, images, labels) if labels is not None else None
         return out
 

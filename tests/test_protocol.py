@@ -51,6 +51,8 @@ def test_bootstrap_interval_contains_the_point_estimate():
     assert out["kid_ci"][0] <= out["kid"] <= out["kid_ci"][1]
     assert out["n_generated"] == 150 and out["n_real"] == 400
     assert bootstrap_fd_kid(gen, real, n_boot=60, seed=0) == out  # deterministic
+    scaled = bootstrap_fd_kid(gen, real, n_boot=10, seed=0, kid_scale=0.5)
+    assert scaled["kid"] == pytest.approx(kernel_inception_distance(gen * 0.5, real * 0.5)) and scaled["fd"] == out["fd"]
 
 
 def test_paired_difference():
@@ -67,6 +69,7 @@ def test_evaluator_calibration_rows_and_guidance_selection():
     net = FeatureClassifier(feature_dim=8, width=8)
     test, val, ref, train = (load_font_digits(s, n=n) for s, n in (("test", 120), ("val", 60), ("reference", 60), ("train", 60)))
     ev = ProtocolEvaluator(net, test.images, test.labels, val.images, n_boot=20)
+    assert np.mean((ev.test_features * ev.kid_scale) ** 2) == pytest.approx(1.0)
     rows = ev.calibration(50, ref.images, ref.labels, train.images, train.labels, random_tokens=torch.rand(50, 1, 16, 16) * 2 - 1)
     assert set(rows) == {"real_vs_real", "memorizer", "random_tokens"}
     for name, r in rows.items():
