@@ -19,6 +19,10 @@ when a later stage needs them):
 4. ``diffusion``   a class-conditional DiT on the iFSQ tokenizer's continuous codes,
                    flow matching; samples decoded as they are and snapped to the FSQ grid.
 
+The stages themselves are library functions in ``examples/pipeline.py`` (shared with the
+studies under ``benchmarks/``), the figures and ``report.md`` come from ``examples/report.py``;
+this file is the command line: which stages run, checkpoints, and what is measured.
+
 Outputs in ``--out``: ``metrics.json``, ``report.md``, PNG figures, and ``checkpoints/``
 (safetensors: loading one never unpickles anything, the guarantee ``weights_only=True``
 gives ``torch.load``).
