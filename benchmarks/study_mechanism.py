@@ -98,7 +98,7 @@ def run_one(kind: str, s: float, learnable: bool, seed: int, cfg: dict, data) ->
     tok = Tokenizer(q, in_channels=1, channels=tuple(tc["channels"]), blocks=tc["blocks"], l1_weight=tc["l1_weight"], l2_weight=tc["l2_weight"])
     losses = P.train(tok, P.tokenizer_loss, (train_set.images,), tc, ENV, seed, f"{kind} s={s}{' learnable' if learnable else ''} seed={seed}")
     m, _, _ = P.evaluate_tokenizer(tok.eval(), val_set, ENV)
-    return dict(kind=kind, s=s, learnable=learnable, seed=seed, learned_scale=float(q.scale), psnr=m["psnr"], utilization=m["utilization"],
+    return dict(kind=kind, s=s, learnable=learnable, seed=seed, learned_scale=float(q.scale.detach()), psnr=m["psnr"], utilization=m["utilization"],
                 codebook_usage=m["codebook_usage"], final_loss=float(np.mean(losses[-50:])), **latent_stats(tok, kind, val_set.images),
                 seconds=round(time.perf_counter() - t0, 1))
 
