@@ -135,3 +135,27 @@ def test_mechanism_study_smallest_configuration(tmp_path):
     by = {(r["kind"], r["s"]): r for r in fixed}
     assert by[("fsq", 2.5)]["latent_std"] > by[("fsq", 0.4)]["latent_std"]  # the scale reaches the pre-bound latents
     assert (tmp_path / "mechanism.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_ar_vs_diffusion_protocol_study_smallest_configuration(tmp_path):
+    from benchmarks import study_ar_vs_diffusion_protocol as study
+
+    study.main(["--quick", "--steps", "4", "--eval-every", "2", "--split-sizes", "200", "100", "300", "200", "--num-generated", "40",
+                "--num-val-samples", "20", "--n-boot", "10", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "ar_vs_diffusion_protocol.json").read_text())
+    assert set(result) == {"meta", "protocol", "rows"}
+    row = result["rows"][0]
+    assert abs(row["diffusion_params"] - row["ar_params"]) / row["ar_params"] < 0.1
+    cfg = result["meta"]["config"]
+    for name, scales in (("ar", cfg["ar_guidance"]), ("diffusion", cfg["dit_guidance"])):
+        curve = row["curves"][name]
+        assert [p["step"] for p in curve] == [2, 4]
+        for p in curve:  # guidance swept and chosen on validation at every checkpoint; validation loss and sampling cost logged
+            assert set(p["guidance_val_fd"]) == {str(float(s)) for s in scales} and p["guidance"] in scales
+            assert p["guidance_val_fd"][str(p["guidance"])] == min(p["guidance_val_fd"].values())
+            assert p["val_loss"] > 0 and p["sampling_flops_per_image"] > 0 and p["n_generated"] == 40 and p["n_real"] == 300
+            assert p["fd_ci"][0] <= p["fd"] <= p["fd_ci"][1]
+        assert curve[1]["flops"] == 4 * row["step_flops"][name]
+    assert result["protocol"]["real_vs_real"]["n_generated"] == 40
+    assert (tmp_path / "ar_vs_diffusion_protocol.png").stat().st_size > 5000
