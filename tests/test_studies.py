@@ -159,3 +159,20 @@ def test_ar_vs_diffusion_protocol_study_smallest_configuration(tmp_path):
         assert curve[1]["flops"] == 4 * row["step_flops"][name]
     assert result["protocol"]["real_vs_real"]["n_generated"] == 40
     assert (tmp_path / "ar_vs_diffusion_protocol.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_bits_protocol_study_smallest_configuration(tmp_path):
+    from benchmarks import study_bits_protocol
+
+    study_bits_protocol.main(["--quick", "--steps", "4", "--levels", "3", "5", "--split-sizes", "200", "100", "300", "200", "100",
+                              "--num-generated", "40", "--num-val-samples", "20", "--n-boot", "10", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "bits_protocol.json").read_text())
+    assert {(r["L"], r["generator"]) for r in result["records"]} == {(L, g) for L in (3, 5) for g in ("ar", "dit")}
+    for r in result["records"]:
+        assert r["tokenizer"] == "ifsq" and r["n_generated"] == 40 and r["n_real"] == 300 and r["fd_ci"][0] <= r["fd"] <= r["fd_ci"][1]
+        assert r["ar_vocab_sizes"] == [r["L"] ** 2] * 2
+        if r["generator"] == "ar":
+            assert r["val_curve"] and r["val_loss"] == min(p["val_loss"] for p in r["val_curve"])
+    assert set(result["lowest_fd_L"]) == {"ar", "dit"} and result["real_vs_real"]["n_generated"] == 40
+    assert (tmp_path / "bits_protocol.png").stat().st_size > 5000
