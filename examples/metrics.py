@@ -205,7 +205,8 @@ def bootstrap_fd_kid(gen: np.ndarray, real: np.ndarray, n_boot: int = 200, seed:
     copied). Resampling duplicates points, which by itself moves FD up (its bias grows as the
     effective sample shrinks), so the replicates' median sits above the point estimate; the
     interval therefore takes the replicates' spread around their median and centres it on the
-    point estimate: ``[est - (median - q_lo), est + (q_hi - median)]``. The shift
+    point estimate: ``[est - (median - q_lo), est + (q_hi - median)]`` (FD's lower end clipped at
+    0; near the floor, e.g. real vs real, the interval mostly shows resampling noise). The shift
     ``median - est`` is returned as ``fd_bootstrap_shift`` / ``kid_bootstrap_shift``.
     Returns fd, fd_ci [lo, hi], kid, kid_ci, n_generated, n_real, n_boot. ``real_kernel``:
     ``polynomial_kernel(real, real)``, when the caller has it already (it is the largest matrix;
@@ -230,7 +231,8 @@ def bootstrap_fd_kid(gen: np.ndarray, real: np.ndarray, n_boot: int = 200, seed:
     for name, point, reps in (("fd", fd, fds), ("kid", kid, kids)):
         lo, med, hi = np.percentile(reps, q)
         out[name] = point
-        out[name + "_ci"] = [float(point - (med - lo)), float(point + (hi - med))]
+        lower = point - (med - lo)
+        out[name + "_ci"] = [float(max(lower, 0.0) if name == "fd" else lower), float(point + (hi - med))]  # FD >= 0; KID is unbiased, may be < 0
         out[name + "_bootstrap_shift"] = float(med - point)
     return out
 

@@ -73,6 +73,7 @@ def test_evaluator_calibration_rows_and_guidance_selection():
     rows = ev.calibration(50, ref.images, ref.labels, train.images, train.labels, random_tokens=torch.rand(50, 1, 16, 16) * 2 - 1)
     assert set(rows) == {"real_vs_real", "memorizer", "random_tokens"}
     for name, r in rows.items():
+        assert r["fd_ci"][0] >= 0.0, name
         assert r["n_generated"] == 50 and r["n_real"] == 120 and r["fd_ci"][0] <= r["fd"] <= r["fd_ci"][1], name
     assert rows["random_tokens"]["accuracy"] is None and 0 <= rows["memorizer"]["accuracy"] <= 1
     assert rows["random_tokens"]["fd"] > rows["real_vs_real"]["fd"]
