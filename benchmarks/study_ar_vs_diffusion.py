@@ -14,15 +14,14 @@ at 17 positions; analytic estimate in the JSON). Sampling compute is not include
 The paper's claim: AR leads early, diffusion ends better; where do they cross?
 Writes ``ar_vs_diffusion.{json,md,png}`` to ``--out``.
 
-    python benchmarks/study_ar_vs_diffusion.py            # full: 2 seeds, 3000 steps, AR width 128 / 4 blocks, DiT matched (~25 min)
-    python benchmarks/study_ar_vs_diffusion.py --quick    # 1 seed, 1000 steps, width 64 / 2 blocks
+    python -m benchmarks.study_ar_vs_diffusion            # full: 2 seeds, 3000 steps, AR width 128 / 4 blocks, DiT matched (~25 min)
+    python -m benchmarks.study_ar_vs_diffusion --quick    # 1 seed, 1000 steps, width 64 / 2 blocks
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -30,24 +29,10 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from study_bits import (  # noqa: E402
-    ENV,
-    ar_data,
-    ar_images,
-    configure,
-    decode_codes,
-    dit_codes,
-    load_evaluation,
-    make_ar,
-    make_dit,
-    train_tokenizer,
-)
-
-from examples.diffusion import LatentNormalizer  # noqa: E402
-from examples.end_to_end import PRESETS, ar_loss, balanced_labels, batched, diffusion_loss, generated_metrics, train  # noqa: E402
+from benchmarks.study_bits import ENV, configure, load_evaluation
+from examples import pipeline as P
+from examples.diffusion import LatentNormalizer
+from examples.pipeline import PRESETS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONFIGS = {
@@ -68,7 +53,7 @@ def match_dit_width(tok, ar_params: int, dit_cfg: dict, latent: int) -> int:
     """The DiT width (a multiple of 4 * heads) whose parameter count is closest to ``ar_params``."""
     step = 4 * dit_cfg["heads"]
     widths = range(step, 513, step)
-    return min(widths, key=lambda w: abs(params(make_dit(tok, dict(dit_cfg, dim=w), latent)) - ar_params))
+    return min(widths, key=lambda w: abs(params(P.build_dit(tok, dict(dit_cfg, dim=w), latent, seed=0)) - ar_params))
 
 
 def step_flops(loss_fn, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> int:
@@ -104,40 +89,40 @@ def crossings(ar_curve: list[dict], dit_curve: list[dict]) -> list[float]:
 def run_seed(seed: int, cfg: dict, data, classifier, train_features) -> dict:
     train_set, _ = data
     latent = train_set.image_shape[1] // 4
-    tok = train_tokenizer(cfg["levels"], cfg["index_groups"], cfg["tokenizer"], train_set, seed)
-    labels = balanced_labels(cfg["num_samples"], 10)
-    tokens = ar_data(tok, train_set)
-    codes = batched(lambda x: tok.encode(x)[0], train_set.images)
+    tok, _ = P.train_tokenizer("ifsq", cfg["levels"], cfg["index_groups"], cfg["tokenizer"], train_set, ENV, seed, f"tokenizer L={cfg['levels'][0]}")
+    labels = P.balanced_labels(cfg["num_samples"], 10)
+    tokens = P.encode_tokens(tok, train_set.images)
+    codes = P.encode_codes(tok, train_set.images)
     normalizer = LatentNormalizer(codes.shape[1]).fit(codes)
     latents = normalizer.normalize(codes)
 
-    torch.manual_seed(seed)
-    ar = make_ar(tok, cfg["ar"], latent)
+    ar = P.build_ar(tok, cfg["ar"], latent, seed)
     dit_cfg = dict(cfg["diffusion"], dim=match_dit_width(tok, params(ar), cfg["diffusion"], latent))
-    torch.manual_seed(seed)
-    dit = make_dit(tok, dit_cfg, latent)
+    dit = P.build_dit(tok, dit_cfg, latent, seed)
     b = cfg["ar"]["batch_size"]
-    flops = dict(ar=step_flops(ar_loss, ar, (train_set.labels[:b], tokens[:b])),
-                 diffusion=step_flops(diffusion_loss, dit, (latents[:b], train_set.labels[:b])))
+    flops = dict(ar=step_flops(P.ar_loss, ar, (train_set.labels[:b], tokens[:b])),
+                 diffusion=step_flops(P.diffusion_loss, dit, (latents[:b], train_set.labels[:b])))
     attention = dict(ar=attention_flops(latent * latent, cfg["ar"]["dim"], cfg["ar"]["depth"], b),
                      diffusion=attention_flops(latent * latent, dit_cfg["dim"], dit_cfg["depth"], b))
     curves: dict[str, list[dict]] = {"ar": [], "diffusion": []}
+    a = cfg["ar"]
 
     def eval_ar(step: int, model) -> None:
-        g = generated_metrics(classifier, ar_images(model, tok, labels, cfg["ar"], seed), labels, train_features)
+        images = P.sample_ar(model, tok, labels, a["cfg_scale"], seed, ENV, temperature=a["temperature"], top_k=a["top_k"])
+        g = P.generated_metrics(classifier, images, labels, train_features)
         curves["ar"].append(dict(step=step, flops=step * flops["ar"], **g))
 
     def eval_dit(step: int, model) -> None:
-        images = decode_codes(tok, dit_codes(model, normalizer, labels, dit_cfg, seed))
-        g = generated_metrics(classifier, images, labels, train_features)
+        images = P.decode_codes(tok, P.sample_dit(model, normalizer, labels, dit_cfg, seed, ENV))
+        g = P.generated_metrics(classifier, images, labels, train_features)
         curves["diffusion"].append(dict(step=step, flops=step * flops["diffusion"], **g))
 
     t0 = time.perf_counter()
-    train(ar, ar_loss, (train_set.labels, tokens), cfg["ar"], ENV, seed, "ar", callback=eval_ar, callback_every=cfg["eval_every"])
+    P.train(ar, P.ar_loss, (train_set.labels, tokens), cfg["ar"], ENV, seed, "ar", callback=eval_ar, callback_every=cfg["eval_every"])
     t_ar = time.perf_counter() - t0
     torch.manual_seed(seed)
-    train(dit, diffusion_loss, (latents, train_set.labels), dit_cfg, ENV, seed, "diffusion", callback=eval_dit,
-          callback_every=cfg["eval_every"])
+    P.train(dit, P.diffusion_loss, (latents, train_set.labels), dit_cfg, ENV, seed, "diffusion", callback=eval_dit,
+            callback_every=cfg["eval_every"])
     t_dit = time.perf_counter() - t0 - t_ar
     return dict(seed=seed, ar_params=params(ar), diffusion_params=params(dit), diffusion_dim=dit_cfg["dim"], step_flops=flops,
                 attention_flops_uncounted=attention, curves=curves, crossings_flops=crossings(curves["ar"], curves["diffusion"]),
@@ -212,7 +197,7 @@ def main(argv=None):
               f"crossings {r['crossings_flops']}", flush=True)
     meta = dict(mode=mode, seeds=seeds, num_samples=cfg["num_samples"], batch_size=cfg["ar"]["batch_size"], fd_real=fd_real, config=cfg,
                 seconds=round(time.perf_counter() - t0, 1),
-                command="python benchmarks/study_ar_vs_diffusion.py" + (" --quick" if args.quick else ""))
+                command="python -m benchmarks.study_ar_vs_diffusion" + (" --quick" if args.quick else ""))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ar_vs_diffusion.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     md = to_markdown(rows, meta)

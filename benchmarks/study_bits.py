@@ -9,8 +9,8 @@ AR transformer on the indices (``index_groups = [2, 2]``: two vocabularies of L^
 9 ... 1,089). The paper reports an optimum near 4 bits/dim (L = 17) for generation.
 Writes ``bits.{json,md,png}`` to ``--out``.
 
-    python benchmarks/study_bits.py            # full: 2 seeds, tokenizer / AR / DiT 600 / 1200 / 1500 steps, the demo's generators (~40 min)
-    python benchmarks/study_bits.py --quick    # 1 seed, tokenizer / AR / DiT 300 / 500 / 1000 steps, small generators
+    python -m benchmarks.study_bits            # full: 2 seeds, tokenizer / AR / DiT 600 / 1200 / 1500 steps, the demo's generators (~40 min)
+    python -m benchmarks.study_bits --quick    # 1 seed, tokenizer / AR / DiT 300 / 500 / 1000 steps, small generators
 """
 
 from __future__ import annotations
@@ -19,40 +19,21 @@ import argparse
 import copy
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from examples.ar import ARTransformer  # noqa: E402
-from examples.data import load_digits_split  # noqa: E402
-from examples.diffusion import DiT, LatentNormalizer, snap_to_grid  # noqa: E402
-from examples.end_to_end import (  # noqa: E402
-    PRESETS,
-    Env,
-    ar_loss,
-    balanced_labels,
-    batched,
-    classifier_loss,
-    diffusion_loss,
-    evaluate_tokenizer,
-    generated_metrics,
-    group_vocab_sizes,
-    make_tokenizer,
-    tokenizer_loss,
-    train,
-)
-from examples.metrics import FeatureClassifier, extract_features, frechet_distance  # noqa: E402
+from examples import pipeline as P
+from examples.metrics import extract_features, frechet_distance
 
 LEVELS = (3, 5, 9, 17, 33)
 RESULTS = Path(__file__).resolve().parent / "results"
-ENV = Env(rank=0, world=1, device=torch.device("cpu"))
+ENV = P.Env(rank=0, world=1, device=torch.device("cpu"))
+PRESETS = P.PRESETS
 
-# Every number that changes the result; the generators' sizes and sampling settings come from examples/end_to_end.py.
+# Every number that changes the result; the generators' sizes and sampling settings come from examples/pipeline.py.
 CONFIGS = {
     "quick": dict(seeds=1, classifier=dict(PRESETS["quick"]["classifier"]), tokenizer=dict(PRESETS["quick"]["tokenizer"], steps=300),
                   ar=dict(PRESETS["quick"]["ar"], steps=500, dim=64, depth=2),
@@ -63,62 +44,6 @@ CONFIGS = {
                  ar=dict(PRESETS["quick"]["ar"]), diffusion=dict(PRESETS["quick"]["diffusion"]),
                  num_samples=300, index_groups=[2, 2]),
 }
-
-
-# ----------------------------------------------------------------------------- shared with study_ar_vs_diffusion.py
-
-
-def train_classifier(cfg: dict, train_set, seed: int) -> tuple[FeatureClassifier, np.ndarray]:
-    """The FD feature network of examples/end_to_end.py, trained on the real training digits -> (classifier, train features)."""
-    torch.manual_seed(seed)
-    size = train_set.image_shape[1]
-    classifier = FeatureClassifier(in_channels=train_set.image_shape[0], image_size=size, num_classes=10, width=cfg["width"],
-                                   feature_dim=cfg["feature_dim"])
-    train(classifier, classifier_loss, (train_set.images, train_set.labels), cfg, ENV, seed, "classifier")
-    classifier.eval()
-    return classifier, extract_features(classifier, train_set.images)
-
-
-def train_tokenizer(levels: list[int], index_groups: list[int], tok_cfg: dict, train_set, seed: int):
-    """An iFSQ tokenizer (examples/tokenizer.py) trained on ``train_set``."""
-    torch.manual_seed(seed)
-    tok = make_tokenizer("ifsq", dict(levels=levels, index_groups=index_groups), tok_cfg, train_set.image_shape[0])
-    train(tok, tokenizer_loss, (train_set.images,), tok_cfg, ENV, seed, f"tokenizer L={levels[0]}")
-    return tok.eval()
-
-
-def make_ar(tok, ar_cfg: dict, latent: int) -> ARTransformer:
-    vocab = group_vocab_sizes(tok.levels, list(tok.quantizer.index_groups))
-    return ARTransformer(vocab_sizes=vocab, seq_len=latent * latent, num_classes=10,
-                         **{k: ar_cfg[k] for k in ("dim", "depth", "heads", "class_dropout", "dropout")})
-
-
-def make_dit(tok, dit_cfg: dict, latent: int) -> DiT:
-    return DiT(in_channels=tok.latent_dim, input_size=latent, num_classes=10,
-               **{k: dit_cfg[k] for k in ("dim", "depth", "heads", "patch_size", "class_dropout")})
-
-
-def ar_data(tok, train_set) -> torch.Tensor:
-    """Training sequences (n, h*w, G) of the tokenizer's group indices, raster order."""
-    indices = batched(lambda x: tok.encode(x)[1], train_set.images)
-    return indices.reshape(len(train_set), -1, indices.shape[-1])
-
-
-def ar_images(ar: ARTransformer, tok, labels: torch.Tensor, ar_cfg: dict, seed: int) -> torch.Tensor:
-    latent = int(math.isqrt(ar.seq_len))
-    sampled = ar.sample(labels, cfg_scale=ar_cfg["cfg_scale"], temperature=ar_cfg["temperature"], top_k=ar_cfg["top_k"],
-                        generator=torch.Generator().manual_seed(seed + 2))
-    return batched(lambda i: tok.decode_indices(i).clamp(-1, 1), sampled.reshape(len(labels), latent, latent, -1))
-
-
-def dit_codes(dit: DiT, normalizer: LatentNormalizer, labels: torch.Tensor, dit_cfg: dict, seed: int) -> torch.Tensor:
-    x = dit.sample(labels, steps=dit_cfg["sample_steps"], cfg_scale=dit_cfg["cfg_scale"], method=dit_cfg["sampler"],
-                   generator=torch.Generator().manual_seed(seed + 3))
-    return normalizer.denormalize(x)
-
-
-def decode_codes(tok, codes: torch.Tensor) -> torch.Tensor:
-    return batched(lambda c: tok.decode(c).clamp(-1, 1), codes)
 
 
 # ----------------------------------------------------------------------------- the study
@@ -138,37 +63,33 @@ def configure(configs: dict, args) -> tuple[str, dict, list[int]]:
 
 def load_evaluation(cfg: dict):
     """The digits split, the FD classifier trained on it, its training features and the real-vs-real FD."""
-    data = load_digits_split(n_val_per_class=PRESETS["quick"]["n_val_per_class"], seed=0)
-    classifier, train_features = train_classifier(cfg["classifier"], data[0], seed=0)
+    data = P.load_digits_split(n_val_per_class=PRESETS["quick"]["n_val_per_class"], seed=0)
+    classifier, _ = P.train_classifier(data[0], cfg["classifier"], ENV, seed=0)
+    train_features = extract_features(classifier, data[0].images)
     fd_real = frechet_distance(extract_features(classifier, data[1].images), train_features)
     return data, classifier, train_features, fd_real
 
 
 def run_level(L: int, seed: int, cfg: dict, data, classifier, train_features) -> dict:
     train_set, val_set = data
-    latent = train_set.image_shape[1] // 4
     t0 = time.perf_counter()
-    tok = train_tokenizer([L] * 4, cfg["index_groups"], cfg["tokenizer"], train_set, seed)
-    m, recon, _ = evaluate_tokenizer(tok, val_set, ENV)
+    tok, _ = P.train_tokenizer("ifsq", [L] * 4, cfg["index_groups"], cfg["tokenizer"], train_set, ENV, seed, f"tokenizer L={L}")
+    m, recon, _ = P.evaluate_tokenizer(tok, val_set, ENV)
     row = dict(L=L, seed=seed, bits_per_dim=math.log2(L), psnr=m["psnr"], ssim=m["ssim"], utilization=m["utilization"],
                fd_reconstruction=frechet_distance(extract_features(classifier, recon), train_features),
-               ar_vocab_sizes=group_vocab_sizes([L] * 4, cfg["index_groups"]))
-    labels = balanced_labels(cfg["num_samples"], 10)
+               ar_vocab_sizes=P.group_vocab_sizes([L] * 4, cfg["index_groups"]))
+    labels = P.balanced_labels(cfg["num_samples"], 10)
 
-    torch.manual_seed(seed)
-    ar = make_ar(tok, cfg["ar"], latent)
-    train(ar, ar_loss, (train_set.labels, ar_data(tok, train_set)), cfg["ar"], ENV, seed, f"ar L={L}")
-    g = generated_metrics(classifier, ar_images(ar, tok, labels, cfg["ar"], seed), labels, train_features)
+    a = cfg["ar"]
+    ar, _ = P.train_ar(tok, train_set, a, ENV, seed, f"ar L={L}")
+    images = P.sample_ar(ar, tok, labels, a["cfg_scale"], seed, ENV, temperature=a["temperature"], top_k=a["top_k"])
+    g = P.generated_metrics(classifier, images, labels, train_features)
     row.update(ar_fd=g["fd"], ar_accuracy=g["accuracy"], ar_params=sum(p.numel() for p in ar.parameters()))
 
-    codes = batched(lambda x: tok.encode(x)[0], train_set.images)
-    torch.manual_seed(seed)
-    dit = make_dit(tok, cfg["diffusion"], latent)
-    normalizer = LatentNormalizer(codes.shape[1]).fit(codes)
-    train(dit, diffusion_loss, (normalizer.normalize(codes), train_set.labels), cfg["diffusion"], ENV, seed, f"diffusion L={L}")
-    sample_codes = dit_codes(dit, normalizer, labels, cfg["diffusion"], seed)
-    g = generated_metrics(classifier, decode_codes(tok, sample_codes), labels, train_features)
-    gs = generated_metrics(classifier, decode_codes(tok, snap_to_grid(sample_codes, tok.quantizer)), labels, train_features)
+    dit, normalizer, _ = P.train_dit(tok, train_set, cfg["diffusion"], ENV, seed, f"diffusion L={L}")
+    sample_codes = P.sample_dit(dit, normalizer, labels, cfg["diffusion"], seed, ENV)
+    g = P.generated_metrics(classifier, P.decode_codes(tok, sample_codes), labels, train_features)
+    gs = P.generated_metrics(classifier, P.decode_codes(tok, P.snap_to_grid(sample_codes, tok.quantizer)), labels, train_features)
     row.update(diffusion_fd=g["fd"], diffusion_accuracy=g["accuracy"], diffusion_fd_snapped=gs["fd"],
                diffusion_accuracy_snapped=gs["accuracy"], diffusion_params=sum(p.numel() for p in dit.parameters()),
                seconds=round(time.perf_counter() - t0, 1))
@@ -255,7 +176,7 @@ def main(argv=None):
                   f"(snapped {row['diffusion_fd_snapped']:.3f}), {row['seconds']} s", flush=True)
     summary = summarize(rows)
     meta = dict(mode=mode, seeds=seeds, levels=args.levels, num_samples=cfg["num_samples"], fd_real=fd_real, config=cfg,
-                seconds=round(time.perf_counter() - t0, 1), command="python benchmarks/study_bits.py" + (" --quick" if args.quick else ""))
+                seconds=round(time.perf_counter() - t0, 1), command="python -m benchmarks.study_bits" + (" --quick" if args.quick else ""))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bits.json").write_text(json.dumps(dict(meta=meta, summary=summary, rows=rows), indent=1))
     md = to_markdown(summary, meta)

@@ -17,8 +17,8 @@ For each: validation PSNR, SSIM, utilization (entropy / log2 L), codebook usage,
 std over seeds, and the validation PSNR along training (learning curves).
 Writes ``tokenizers.{json,md,png}`` to ``--out``.
 
-    python benchmarks/study_tokenizers.py            # full: digits (800 steps) + natural patches (500 steps), L in {17, 5}, 3 seeds
-    python benchmarks/study_tokenizers.py --quick    # digits, L in {17, 5}, 2 seeds, 250 steps
+    python -m benchmarks.study_tokenizers            # full: digits (800 steps) + natural patches (500 steps), L in {17, 5}, 3 seeds
+    python -m benchmarks.study_tokenizers --quick    # digits, L in {17, 5}, 2 seeds, 250 steps
 
 The full mode is sized to about 75 minutes on one thread of this 2-core machine: 60 trainings
 of the small autoencoder (channels 16/32/64) with batch 64 on 16x16 digits and batch 32 on
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -37,13 +36,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from examples.data import load_dataset  # noqa: E402
-from examples.end_to_end import PRESETS, Env, evaluate_tokenizer, train  # noqa: E402
-from examples.metrics import psnr  # noqa: E402
-from examples.tokenizer import Tokenizer  # noqa: E402
-from ifsq_quant import FSQ, iFSQ  # noqa: E402
+from examples.data import load_dataset
+from examples.metrics import psnr
+from examples.pipeline import PRESETS, Env, evaluate_tokenizer, train
+from examples.tokenizer import Tokenizer
+from ifsq_quant import FSQ, iFSQ
 
 VARIANTS = ("fsq", "ifsq", "erf_equal", "fsq_scale", "fsp")
 LABELS = {"fsq": "FSQ (tanh)", "ifsq": "iFSQ (sigmoid 1.6)", "erf_equal": "erf + equal bins",
@@ -261,7 +258,7 @@ def main(argv=None):
     shown = ("steps", "batch_size", "lr", "channels")
     meta = dict(mode=mode, training={d: {k: c[k] for k in shown} for d, c in training.items()}, seeds=seeds, levels=args.levels,
                 datasets=datasets, variants=variants, fsp_available=fsp_available, eval_every=EVAL_EVERY,
-                seconds=round(time.perf_counter() - t0, 1), command="python benchmarks/study_tokenizers.py" + (" --quick" if args.quick else ""))
+                seconds=round(time.perf_counter() - t0, 1), command="python -m benchmarks.study_tokenizers" + (" --quick" if args.quick else ""))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tokenizers.json").write_text(json.dumps(dict(meta=meta, summary=summary, rows=rows), indent=1))
     md = to_markdown(summary, meta)

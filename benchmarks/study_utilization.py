@@ -4,8 +4,8 @@ For activations {tanh, sigmoid (iFSQ), erf} x layouts {round, equal} x L x input
 the entropy of the level occupancy (bits), and the Kolmogorov-Smirnov distance of f(z) from
 U(-1, 1). Writes ``benchmarks/results/utilization.{json,md}`` and ``utilization.png``.
 
-    python benchmarks/study_utilization.py            # full: 4M samples
-    python benchmarks/study_utilization.py --quick    # 200k samples
+    python -m benchmarks.study_utilization            # full: 4M samples
+    python -m benchmarks.study_utilization --quick    # 200k samples
 """
 
 from __future__ import annotations

@@ -11,6 +11,14 @@ Blocks are pre-norm: RMSNorm -> causal multi-head self-attention -> RMSNorm -> S
 Positions are learned. The class embedding has one extra row, the "null" class, used for
 classifier-free guidance (labels are replaced by it with probability ``class_dropout`` in
 training). Sampling runs with a key/value cache, temperature, top-k and guidance.
+
+Optional REPA (representation alignment; LlamaGen-REPA): with ``repa_dim > 0`` the hidden
+state after block ``repa_layer`` goes through a small MLP projector (Linear-SiLU-Linear to
+``repa_dim``), and ``loss(..., targets=...)`` adds ``repa_weight`` times the mean negative
+cosine similarity between the projection at sequence position ``p`` and ``targets[:, p]``, the
+feature of latent grid position ``p`` (the position whose tokens are predicted there) from a
+frozen image encoder. Off by default (``repa_dim = 0``): then no projector is built, the
+initialization and the loss are exactly those of the model without REPA. Sampling never uses it.
 """
 
 from __future__ import annotations
@@ -114,12 +122,23 @@ class ARTransformer(nn.Module):
         mlp_ratio: float = 8 / 3,
         class_dropout: float = 0.1,
         dropout: float = 0.0,
+        repa_dim: int = 0,
+        repa_layer: int | None = None,
+        repa_weight: float = 0.5,
+        repa_hidden: int | None = None,
     ):
         super().__init__()
         self.config = dict(
             vocab_sizes=list(vocab_sizes), seq_len=seq_len, num_classes=num_classes, dim=dim, depth=depth,
             heads=heads, mlp_ratio=mlp_ratio, class_dropout=class_dropout, dropout=dropout,
         )
+        if repa_dim:
+            self.config.update(repa_dim=repa_dim, repa_layer=repa_layer, repa_weight=repa_weight, repa_hidden=repa_hidden)
+        self.repa_dim = int(repa_dim)
+        self.repa_layer = (depth // 2 if repa_layer is None else int(repa_layer)) if repa_dim else None
+        self.repa_weight = float(repa_weight)
+        if self.repa_dim and not 1 <= self.repa_layer <= depth:
+            raise ValueError(f"repa_layer must be in [1, depth={depth}], got {self.repa_layer}")
         self.vocab_sizes = list(vocab_sizes)
         self.seq_len = seq_len
         self.num_classes = num_classes
@@ -131,6 +150,9 @@ class ARTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
         self.norm = RMSNorm(dim)
         self.heads = nn.ModuleList(nn.Linear(dim, v, bias=False) for v in vocab_sizes)
+        if self.repa_dim:
+            hidden = repa_hidden or 2 * dim
+            self.repa_projector = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, self.repa_dim))
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2 scaled init of the residual projections
             if name.endswith("proj.weight") or name.endswith("w2.weight"):
@@ -158,12 +180,14 @@ class ARTransformer(nn.Module):
             labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
         return labels
 
-    def forward_hidden(self, labels: torch.Tensor, tokens: torch.Tensor | None, caches: list[dict] | None = None, start: int = 0) -> torch.Tensor:
+    def forward_hidden(self, labels: torch.Tensor, tokens: torch.Tensor | None, caches: list[dict] | None = None, start: int = 0,
+                       keep: dict | None = None) -> torch.Tensor:
         """Runs the transformer on a chunk of the sequence ``[class, x_0, x_1, ...]``.
 
         labels (b,) int64; tokens (b, t, G) or None: the inputs at positions ``start ..``
         (position 0 is the class token, position p >= 1 is x_{p-1}). ``caches``: one dict
         per block (see :class:`CausalSelfAttention`). Returns hidden states (b, t', dim).
+        ``keep``: if given, ``keep["repa"]`` receives the hidden state after block ``repa_layer``.
         """
         parts = []
         if start == 0:
@@ -174,6 +198,8 @@ class ARTransformer(nn.Module):
         x = self.dropout(x + self.position_embedding[:, start : start + x.shape[1]])
         for i, block in enumerate(self.blocks):
             x = block(x, None if caches is None else caches[i])
+            if keep is not None and self.repa_layer == i + 1:
+                keep["repa"] = x
         return self.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> list[torch.Tensor]:
@@ -185,10 +211,27 @@ class ARTransformer(nn.Module):
         hidden = self.forward_hidden(self.drop_labels(labels), tokens[:, :-1])
         return self.logits(hidden)
 
-    def loss(self, labels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy over positions and index groups (nats)."""
-        logits = self(labels, tokens)
-        return sum(F.cross_entropy(lg.flatten(0, 1), tokens[..., g].flatten()) for g, lg in enumerate(logits)) / len(logits)
+    def loss(self, labels: torch.Tensor, tokens: torch.Tensor, targets: torch.Tensor | None = None, parts: dict | None = None) -> torch.Tensor:
+        """Mean next-token cross-entropy over positions and index groups (nats), plus the REPA term.
+
+        targets (b, n, repa_dim): frozen-encoder features per latent position; with REPA on and
+        targets given, ``repa_weight * mean(-cos(projector(h_p), targets[:, p]))`` is added.
+        ``parts``: if given, receives the float values ``"ce"`` and ``"repa"`` (when computed).
+        """
+        keep: dict | None = {} if (self.repa_dim and targets is not None) else None
+        hidden = self.forward_hidden(self.drop_labels(labels), tokens[:, :-1], keep=keep)
+        logits = self.logits(hidden)
+        ce = sum(F.cross_entropy(lg.flatten(0, 1), tokens[..., g].flatten()) for g, lg in enumerate(logits)) / len(logits)
+        if parts is not None:
+            parts["ce"] = float(ce.detach())
+        if keep is None:
+            return ce
+        if targets.shape != (tokens.shape[0], self.seq_len, self.repa_dim):
+            raise ValueError(f"REPA targets must be (b, {self.seq_len}, {self.repa_dim}), got {tuple(targets.shape)}")
+        align = -F.cosine_similarity(self.repa_projector(keep["repa"]), targets, dim=-1).mean()
+        if parts is not None:
+            parts["repa"] = float(align.detach())
+        return ce + self.repa_weight * align
 
     @torch.no_grad()
     def sample(

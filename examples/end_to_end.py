@@ -19,6 +19,10 @@ when a later stage needs them):
 4. ``diffusion``   a class-conditional DiT on the iFSQ tokenizer's continuous codes,
                    flow matching; samples decoded as they are and snapped to the FSQ grid.
 
+The stages themselves are library functions in ``examples/pipeline.py`` (shared with the
+studies under ``benchmarks/``), the figures and ``report.md`` come from ``examples/report.py``;
+this file is the command line: which stages run, checkpoints, and what is measured.
+
 Outputs in ``--out``: ``metrics.json``, ``report.md``, PNG figures, and ``checkpoints/``
 (safetensors: loading one never unpickles anything, the guarantee ``weights_only=True``
 gives ``torch.load``).
@@ -39,568 +43,69 @@ spin waiting for each other); with one thread the worst case is 2x. On a dedicat
 ``torchrun --nproc_per_node=2``.
 """
 
+
 from __future__ import annotations
 
 import argparse
 import copy
 import json
-import math
-import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm.auto import tqdm
 
-if __package__ in (None, ""):  # run as a script: make `import examples.x` work from anywhere
+if __package__ in (None, ""):  # run as a script (the documented command): make the `examples` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from examples.ar import ARTransformer  # noqa: E402
-from examples.data import ImageSet, load_digits_split, load_patches_split  # noqa: E402
-from examples.diffusion import DiT, LatentNormalizer, snap_to_grid  # noqa: E402
-from examples.metrics import FeatureClassifier, class_accuracy, extract_features, frechet_distance, psnr, ssim  # noqa: E402
+from examples.data import load_digits_split, load_patches_split  # noqa: E402
+from examples.diffusion import LatentNormalizer, snap_to_grid  # noqa: E402
+from examples.metrics import class_accuracy, extract_features, frechet_distance  # noqa: E402
+from examples.pipeline import (  # noqa: E402
+    PRESETS,
+    TRAINING_KEYS,
+    ExampleError,
+    balanced_labels,
+    build_ar,
+    build_classifier,
+    build_dit,
+    build_tokenizer,
+    check_output_dir,
+    decode_codes,
+    encode_codes,
+    encode_tokens,
+    evaluate_tokenizer,
+    gaussian_utilization,
+    generated_metrics,
+    group_vocab_sizes,
+    load_checkpoint,
+    make_quantizer,
+    random_token_images,
+    read_checkpoint,
+    sample_ar,
+    sample_dit,
+    save_checkpoint,
+    setup_env,
+    train_ar,
+    train_classifier,
+    train_dit,
+    train_tokenizer,
+)
+from examples.report import (  # noqa: E402
+    save_curves_figure,
+    save_grid_figure,
+    save_reconstruction_figure,
+    save_usage_figure,
+    summary_rows,
+    write_report,
+)
 from examples.tokenizer import Tokenizer  # noqa: E402
-from ifsq_quant import FSQ, CodeUsage, iFSQ  # noqa: E402
 
 STAGES = ("classifier", "tokenizers", "ar", "diffusion")
-TRAINING_KEYS = ("steps", "batch_size", "lr", "weight_decay")
-
-# Every number that changes the result lives here (and is written to metrics.json).
-_BASE = dict(
-    seed=0,
-    levels=[17, 17, 17, 17],  # ~4 bits per latent dimension, as in the paper
-    index_groups=[2, 2],  # AR vocabularies: 17*17 = 289 per group
-    n_val_per_class=30,
-    classifier=dict(steps=300, batch_size=64, lr=2e-3, width=32, feature_dim=64),
-    tokenizer=dict(steps=600, batch_size=64, lr=2e-3, channels=[16, 32, 64], blocks=1, l1_weight=0.0, l2_weight=1.0),
-    ar=dict(steps=1200, batch_size=64, lr=1e-3, dim=128, depth=4, heads=4, class_dropout=0.1, dropout=0.1,
-            cfg_scale=2.0, temperature=1.0, top_k=None, cfg_sweep=[1.0, 1.5, 3.0]),
-    diffusion=dict(steps=1500, batch_size=64, lr=1e-3, dim=128, depth=4, heads=4, patch_size=1, class_dropout=0.1,
-                   cfg_scale=1.25, sample_steps=16, sampler="heun", cfg_sweep=[1.0, 2.0]),
-    num_samples=300,  # generated images per generator (= validation size: FD bias depends on n)
-    patches=None,  # natural-patch tokenizers (full only)
-)
-
-
-def _preset(**changes) -> dict:
-    cfg = copy.deepcopy(_BASE)
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
-            cfg[key].update(value)
-        else:
-            cfg[key] = value
-    return cfg
-
-
-PRESETS: dict[str, dict] = {
-    "smoke": _preset(
-        classifier=dict(steps=60),
-        tokenizer=dict(steps=60),
-        ar=dict(steps=40, dim=64, depth=2, cfg_sweep=[]),
-        diffusion=dict(steps=40, dim=64, depth=2, sample_steps=6, cfg_sweep=[]),
-        num_samples=100,
-    ),
-    "quick": _preset(),
-    "full": _preset(  # about 2.5 h on one thread of the 2-core CPU; pass --threads 0 on a dedicated machine
-        classifier=dict(steps=1000),
-        tokenizer=dict(steps=3000, channels=[32, 64, 128]),
-        ar=dict(steps=5000, dim=192, depth=6, heads=6, cfg_sweep=[1.0, 1.5, 2.5, 3.0, 4.0]),
-        diffusion=dict(steps=6000, dim=192, depth=6, heads=6, sample_steps=32, cfg_sweep=[1.0, 1.5, 2.0, 3.0]),
-        patches=dict(steps=2000, batch_size=64, lr=2e-3, channels=[32, 64, 64], blocks=1, l1_weight=0.0, l2_weight=1.0),
-    ),
-}
-
-
-class ExampleError(Exception):
-    """A problem with the command line, the output folder or a checkpoint: printed, no traceback."""
-
-
-# ----------------------------------------------------------------------------- setup
-
-
-@dataclass
-class Env:
-    """Where this process runs: rank/world of torch.distributed (0/1 when not distributed)."""
-
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-
-def setup_env(device: str, threads: int | None) -> Env:
-    """Initializes torch.distributed when launched by torchrun; picks the device and threads."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ExampleError("--device cuda was requested but CUDA is not available")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
-    dev = torch.device(f"cuda:{local_rank}" if device == "cuda" else "cpu")
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    torch.set_num_threads(threads if threads else max(1, (os.cpu_count() or 1) // world))  # 0: all cores
-    return Env(rank=rank, world=world, device=dev)
-
-
-def check_output_dir(out: Path) -> None:
-    """Creates ``out`` (and ``out/checkpoints``) and proves it is writable, or raises ExampleError."""
-    try:
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        probe = out / f".write_test_{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise ExampleError(f"output folder {str(out)!r} is not writable: {e.strerror or e}") from None
-
-
-def save_checkpoint(path: Path, module: nn.Module, config: dict) -> None:
-    """state_dict -> safetensors file, with ``config`` as JSON metadata."""
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    save_file(state, str(path), metadata={"config": json.dumps(config, sort_keys=True)})
-
-
-def read_checkpoint(path: Path, config: dict) -> dict[str, torch.Tensor]:
-    """Reads and validates a checkpoint written by ``save_checkpoint`` for ``config``.
-
-    Raises ExampleError if the file is missing, is not a readable safetensors file, or was
-    written for a different configuration.
-    """
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise ExampleError(f"checkpoint {str(path)!r} not found; run its stage first (see --stages)")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises several types for a damaged file
-        raise ExampleError(f"checkpoint {str(path)!r} is corrupt or not a safetensors file ({type(e).__name__}: {e})") from None
-    try:
-        saved = json.loads(metadata["config"])
-    except (KeyError, json.JSONDecodeError):
-        raise ExampleError(f"checkpoint {str(path)!r} has no readable configuration metadata; delete it and retrain") from None
-    if saved != json.loads(json.dumps(config, sort_keys=True)):
-        raise ExampleError(f"checkpoint {str(path)!r} was written for another configuration ({saved}); expected {config}")
-    return state
-
-
-def load_checkpoint(path: Path, module: nn.Module, config: dict) -> None:
-    state = read_checkpoint(path, config)
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as e:
-        raise ExampleError(f"checkpoint {str(path)!r} does not fit the model: {e}") from None
-
-
-# ----------------------------------------------------------------------------- training
-
-
-class LossModule(nn.Module):
-    """Wraps ``model`` so that ``forward(*batch)`` returns ``loss_fn(model, *batch)``.
-
-    DistributedDataParallel synchronizes gradients only for computations that run through
-    its ``forward``; wrapping the loss lets every model keep its own ``loss`` method.
-    """
-
-    def __init__(self, model: nn.Module, loss_fn):
-        super().__init__()
-        self.model = model
-        self.loss_fn = loss_fn
-
-    def forward(self, *batch: torch.Tensor) -> torch.Tensor:
-        return self.loss_fn(self.model, *batch)
-
-
-def train(model: nn.Module, loss_fn, tensors: tuple[torch.Tensor, ...], cfg: dict, env: Env, seed: int, desc: str,
-          callback=None, callback_every: int = 0) -> list[float]:
-    """A plain training loop; returns the loss of every step (this rank's batch).
-
-    tensors: the training set, each (n, ...); batches of ``cfg["batch_size"]`` (global;
-    ``batch_size / world`` per rank) are drawn by a DistributedSampler (shuffled each epoch).
-    AdamW, linear warm-up then cosine decay of the learning rate, gradient clipping at 1.
-
-    ``callback(step, model)``, if given, runs after every ``callback_every``-th step (and
-    after the last), with the model in eval mode and the global RNG state saved and
-    restored around it, so that evaluating along the way does not change the training.
-    """
-    steps, batch_size, lr = cfg["steps"], cfg["batch_size"], cfg["lr"]
-    if batch_size % env.world:
-        raise ExampleError(f"{desc}: batch_size={batch_size} is not divisible by the {env.world} processes")
-    dataset = TensorDataset(*tensors)
-    sampler = DistributedSampler(dataset, num_replicas=env.world, rank=env.rank, shuffle=True, seed=seed, drop_last=True)
-    loader = DataLoader(dataset, batch_size=batch_size // env.world, sampler=sampler, drop_last=True)
-    wrapped: nn.Module = LossModule(model, loss_fn)
-    if env.distributed:  # no buffer broadcast: the models have no running statistics, and usage counts stay per rank
-        wrapped = DistributedDataParallel(wrapped, device_ids=[env.device.index] if env.device.type == "cuda" else None,
-                                          broadcast_buffers=False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=cfg.get("weight_decay", 0.0))
-    warmup = min(100, max(1, steps // 10))
-    torch.manual_seed(seed + 1000 * env.rank)  # dropout / noise streams: fixed, distinct per rank
-    model.train()
-    losses: list[float] = []
-    epoch, batches = 0, None
-    bar = tqdm(range(steps), desc=desc, disable=not env.is_main, mininterval=1.0, dynamic_ncols=True)
-    for step in bar:
-        if batches is None:
-            sampler.set_epoch(epoch)
-            batches = iter(loader)
-        try:
-            batch = next(batches)
-        except StopIteration:
-            epoch += 1
-            sampler.set_epoch(epoch)
-            batches = iter(loader)
-            batch = next(batches)
-        step_lr = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * step / steps))
-        for group in optimizer.param_groups:
-            group["lr"] = step_lr
-        loss = wrapped(*(t.to(env.device) for t in batch))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
-        if step % 50 == 0 or step == steps - 1:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-        if callback is not None and ((callback_every and (step + 1) % callback_every == 0) or step == steps - 1):
-            rng = torch.get_rng_state()
-            model.eval()
-            callback(step + 1, model)
-            model.train()
-            torch.set_rng_state(rng)
-    model.eval()
-    return losses
-
-
-def classifier_loss(model: FeatureClassifier, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(model(images), labels)
-
-
-def tokenizer_loss(model: Tokenizer, images: torch.Tensor) -> torch.Tensor:
-    return model.loss(images, model(images)[0])
-
-
-def ar_loss(model: ARTransformer, labels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    return model.loss(labels, tokens)
-
-
-def diffusion_loss(model: DiT, latents: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return model.loss(latents, labels)
-
-
-# ----------------------------------------------------------------------------- models
-
-
-def make_quantizer(kind: str, cfg: dict) -> nn.Module:
-    """The one line that differs between the two tokenizers."""
-    quantizer_class = {"fsq": FSQ, "ifsq": iFSQ}[kind]
-    return quantizer_class(levels=cfg["levels"], index_groups=cfg["index_groups"])
-
-
-def make_tokenizer(kind: str, cfg: dict, tok_cfg: dict, in_channels: int) -> Tokenizer:
-    return Tokenizer(make_quantizer(kind, cfg), in_channels=in_channels, channels=tuple(tok_cfg["channels"]),
-                     blocks=tok_cfg["blocks"], l1_weight=tok_cfg["l1_weight"], l2_weight=tok_cfg["l2_weight"])
-
-
-def group_vocab_sizes(levels: list[int], groups: list[int]) -> list[int]:
-    sizes, start = [], 0
-    for g in groups:
-        sizes.append(math.prod(levels[start : start + g]))
-        start += g
-    return sizes
-
-
-@torch.no_grad()
-def batched(fn, *tensors: torch.Tensor, batch_size: int = 500, device: torch.device | None = None):
-    """Applies ``fn`` to slices of ``tensors`` and concatenates the (tuple of) outputs on the CPU."""
-    outs = []
-    for i in range(0, len(tensors[0]), batch_size):
-        out = fn(*(t[i : i + batch_size].to(device) if device else t[i : i + batch_size] for t in tensors))
-        outs.append(tuple(o.cpu() for o in out) if isinstance(out, tuple) else out.cpu())
-    if isinstance(outs[0], tuple):
-        return tuple(torch.cat(parts) for parts in zip(*outs))
-    return torch.cat(outs)
-
-
-def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
-    """(n,) labels 0, 0, ..., 1, 1, ...: n // num_classes of each class (class-major)."""
-    return torch.arange(num_classes).repeat_interleave(max(1, n // num_classes))
-
-
-# ----------------------------------------------------------------------------- figures
-
-
-def image_mosaic(images: torch.Tensor, rows: int) -> np.ndarray:
-    """images (n, c, s, s) in [-1, 1] -> (rows*s, cols*s[, 3]) float in [0, 1], 1-pixel gaps."""
-    n, c, s, _ = images.shape
-    cols = math.ceil(n / rows)
-    pad = 1
-    canvas = np.ones(((s + pad) * rows - pad, (s + pad) * cols - pad, c), dtype=np.float32)
-    imgs = ((images.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
-    for i in range(n):
-        r, q = divmod(i, cols)
-        canvas[r * (s + pad) : r * (s + pad) + s, q * (s + pad) : q * (s + pad) + s] = imgs[i]
-    return canvas[..., 0] if c == 1 else canvas
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_grid_figure(path: Path, panels: list[tuple[str, torch.Tensor, int]], ylabel: str | None = None) -> None:
-    """One image mosaic per panel (title, images (n, c, s, s), rows), side by side."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), squeeze=False)
-    for ax, (title, images, rows) in zip(axes[0], panels):
-        ax.imshow(image_mosaic(images, rows), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(title, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if ylabel:
-            ax.set_ylabel(ylabel, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def save_reconstruction_figure(path: Path, real: torch.Tensor, recons: dict[str, torch.Tensor]) -> None:
-    """Rows: real validation images, then the reconstruction of each tokenizer."""
-    plt = _pyplot()
-    rows = [("real", real)] + [(f"{k.upper() if k == 'fsq' else 'iFSQ'} reconstruction", v) for k, v in recons.items()]
-    fig, axes = plt.subplots(len(rows), 1, figsize=(7, 1.0 * len(rows) + 0.3))
-    for ax, (title, images) in zip(np.atleast_1d(axes), rows):
-        ax.imshow(image_mosaic(images, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(title, fontsize=8)
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def save_usage_figure(path: Path, counts: dict[str, np.ndarray], levels: list[int]) -> None:
-    """Bin-usage histograms: counts[kind] (d, L) level frequencies, one subplot per dimension."""
-    plt = _pyplot()
-    d = len(levels)
-    fig, axes = plt.subplots(1, d, figsize=(2.6 * d, 2.4), squeeze=False)
-    for i, ax in enumerate(axes[0]):
-        x = np.arange(levels[i])
-        width = 0.8 / len(counts)
-        for j, (kind, c) in enumerate(counts.items()):
-            freq = c[i, : levels[i]] / max(1, c[i].sum())
-            ax.bar(x + (j - (len(counts) - 1) / 2) * width, freq, width=width, label="FSQ (tanh)" if kind == "fsq" else "iFSQ (sigmoid)")
-        ax.axhline(1.0 / levels[i], color="k", lw=0.8, ls="--")
-        ax.set_title(f"latent dim {i}", fontsize=8)
-        ax.set_xlabel("level index", fontsize=7)
-        ax.tick_params(labelsize=6)
-    axes[0][0].set_ylabel("frequency (validation)", fontsize=7)
-    axes[0][0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def save_curves_figure(path: Path, curves: dict[str, list[float]]) -> None:
-    """Training loss per stage (moving average over 25 steps), log scale."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(curves), figsize=(2.8 * len(curves), 2.4), squeeze=False)
-    for ax, (name, losses) in zip(axes[0], curves.items()):
-        y = np.asarray(losses, dtype=np.float64)
-        k = min(25, len(y))
-        smooth = np.convolve(y, np.ones(k) / k, mode="valid")
-        ax.plot(np.arange(len(smooth)) + k - 1, smooth, lw=1)
-        ax.set_yscale("log")
-        ax.set_title(name, fontsize=8)
-        ax.set_xlabel("step", fontsize=7)
-        ax.tick_params(labelsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def evaluate_tokenizer(tok: Tokenizer, val: ImageSet, env: Env) -> tuple[dict, torch.Tensor, np.ndarray]:
-    """Validation metrics of a tokenizer -> (metrics, reconstructions (n, c, s, s), bin counts (d, L))."""
-    tok.eval()
-
-    def reconstruct(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        recon, _, indices = tok(images)
-        return recon.clamp(-1, 1), indices
-
-    recon, indices = batched(reconstruct, val.images, device=env.device)
-    usage = CodeUsage(levels=tok.levels)
-    usage.update(tok.level_indices(indices.to(env.device)))
-    summary = usage.summary()
-    metrics = dict(
-        psnr=psnr(recon, val.images),
-        ssim=ssim(recon, val.images),
-        utilization=summary["mean_utilization"],
-        utilization_per_dim=summary["utilization"],
-        bits_per_dim=summary["bits_per_dim"],
-        bins_used=summary["bins_used"],
-        codebook_usage=summary["codebook_usage"],
-        perplexity=summary["perplexity"],
-        codebook_size=summary["codebook_size"],
-        tokens=summary["samples"],
-    )
-    return metrics, recon, usage.bin_counts.cpu().numpy()
-
-
-@torch.no_grad()
-def gaussian_utilization(quantizer: nn.Module, n: int = 65536, seed: int = 0) -> float:
-    """Mean utilization of ``quantizer``'s levels on N(0, 1) inputs (the paper's premise, without an encoder)."""
-    z = torch.randn(n, int(quantizer.codebook_dim), generator=torch.Generator().manual_seed(seed))
-    _, indices = quantizer.eval()(z)
-    usage = CodeUsage(levels=[int(v) for v in quantizer.levels])
-    usage.update(quantizer.indices_to_level_indices(indices))
-    return float(usage.utilization().mean())
-
-
-def generated_metrics(classifier: FeatureClassifier, images: torch.Tensor, labels: torch.Tensor, train_features: np.ndarray) -> dict:
-    return dict(fd=frechet_distance(extract_features(classifier, images), train_features),
-                accuracy=class_accuracy(classifier, images, labels))
-
-
-# ----------------------------------------------------------------------------- report
-
-
-def fmt(x, digits: int = 3) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, float):
-        return f"{x:.{digits}f}"
-    return str(x)
-
-
-def summary_rows(metrics: dict) -> list[tuple[str, str]]:
-    rows = []
-    for kind, m in metrics.get("tokenizers", {}).items():
-        name = "FSQ" if kind == "fsq" else "iFSQ"
-        rows.append((f"{name} tokenizer PSNR / SSIM", f"{fmt(m['psnr'], 2)} dB / {fmt(m['ssim'])}"))
-        rows.append((f"{name} utilization / codebook usage", f"{fmt(m['utilization'])} / {fmt(m['codebook_usage'], 4)}"))
-    base = metrics.get("baselines", {})
-    random_fd = base.get("fd_random_tokens")
-    for name in ("ar", "diffusion"):
-        if name in metrics:
-            m = metrics[name]
-            ratio = f" ({m['fd'] / random_fd:.3f} x random)" if random_fd else ""
-            rows.append((f"{name} FD{ratio}", fmt(m["fd"])))
-            rows.append((f"{name} class accuracy", fmt(m["accuracy"])))
-            if "fd_snapped" in m:
-                rows.append(("diffusion snapped FD / accuracy", f"{fmt(m['fd_snapped'])} / {fmt(m['accuracy_snapped'])}"))
-    for key in ("fd_real", "fd_reconstruction", "fd_random_tokens"):
-        if key in base:
-            rows.append((key, fmt(base[key])))
-    if "total" in metrics.get("seconds", {}):
-        rows.append(("wall time", f"{metrics['seconds']['total']:.0f} s"))
-    return rows
-
-
-def write_report(out: Path, metrics: dict, figures: dict[str, str]) -> None:
-    """report.md: configuration, tables and the figures (relative links)."""
-    cfg = metrics["config"]
-    lines = [f"# ifsq-quant end to end — preset `{cfg['preset']}`", ""]
-    lines += [f"Digits 16x16 ({cfg['data']['train']} train / {cfg['data']['val']} validation), latents 4x4x{len(cfg['levels'])}, "
-              f"levels {cfg['levels']}, index groups {cfg['index_groups']} (AR vocabularies {cfg['ar_vocab_sizes']}). "
-              f"{cfg['world_size']} process(es), {cfg['threads']} thread(s) each, device {cfg['device']}, torch {cfg['torch']}.", ""]
-    lines += [f"Command: `{cfg['command']}`", ""]
-    if "tokenizers" in metrics:
-        lines += ["## Tokenizers (validation)", "",
-                  "| bottleneck | PSNR (dB) | SSIM | utilization | bits/dim | codebook usage | perplexity | FD of reconstructions |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for kind, m in metrics["tokenizers"].items():
-            lines.append(f"| {'FSQ (tanh)' if kind == 'fsq' else 'iFSQ (2·sigmoid(1.6z)−1)'} | {fmt(m['psnr'], 2)} | {fmt(m['ssim'])} | "
-                         f"{fmt(m['utilization'])} | {fmt(float(np.mean(m['bits_per_dim'])), 2)} | {fmt(m['codebook_usage'], 4)} | "
-                         f"{fmt(m['perplexity'], 0)} | {fmt(m.get('fd_reconstruction'))} |")
-        lines += ["", "Utilization is the entropy of each latent dimension's level occupancy over log2(L), averaged over "
-                  "dimensions; codebook usage is the fraction of the L^d codes used on the validation set.", ""]
-        gauss = {k: m.get("gaussian_utilization") for k, m in metrics["tokenizers"].items()}
-        if all(v is not None for v in gauss.values()):
-            lines += ["Without an encoder, on N(0, 1) inputs, the bounds alone give utilization "
-                      + ", ".join(f"{'FSQ' if k == 'fsq' else 'iFSQ'} {fmt(v)}" for k, v in gauss.items())
-                      + " (for comparison: the trained encoders adapt their output distribution to the bound they are trained with).", ""]
-    if "tokenizers_patches" in metrics:
-        lines += ["## Tokenizers on natural 32x32 patches (held-out photographs)", "",
-                  "| bottleneck | PSNR (dB) | SSIM | utilization |", "|---|---|---|---|"]
-        for kind, m in metrics["tokenizers_patches"].items():
-            lines.append(f"| {'FSQ' if kind == 'fsq' else 'iFSQ'} | {fmt(m['psnr'], 2)} | {fmt(m['ssim'])} | {fmt(m['utilization'])} |")
-        lines.append("")
-    base = metrics.get("baselines", {})
-    if any(k in metrics for k in ("ar", "diffusion")) or base:
-        random_fd = base.get("fd_random_tokens")
-        lines += ["## Generators (class-conditional, on the iFSQ tokenizer)", "",
-                  "Fréchet distance in the feature space of a small CNN trained on the real training digits "
-                  f"(validation accuracy {fmt(metrics.get('classifier', {}).get('val_accuracy'))}), against the training images; "
-                  "accuracy: fraction of samples that classifier assigns to the requested class.", "",
-                  "| model | FD | FD / FD(random tokens) | class accuracy |", "|---|---|---|---|"]
-
-        def row(name: str, fd: float | None, acc: float | None) -> str:
-            ratio = fmt(fd / random_fd) if (fd is not None and random_fd) else "–"
-            return f"| {name} | {fmt(fd)} | {ratio} | {fmt(acc)} |"
-
-        if "fd_real" in base:
-            lines.append(row("real validation images", base["fd_real"], base.get("accuracy_real")))
-            lines.append(row("iFSQ reconstructions of validation", base["fd_reconstruction"], base.get("accuracy_reconstruction")))
-            lines.append(row("decoded uniformly random indices", base["fd_random_tokens"], None))
-        if "ar" in metrics:
-            m = metrics["ar"]
-            lines.append(row(f"AR transformer (guidance {m['cfg_scale']})", m["fd"], m["accuracy"]))
-        if "diffusion" in metrics:
-            m = metrics["diffusion"]
-            lines.append(row(f"DiT, flow matching (guidance {m['cfg_scale']})", m["fd"], m["accuracy"]))
-            lines.append(row("DiT samples snapped to the FSQ grid", m["fd_snapped"], m["accuracy_snapped"]))
-        lines.append("")
-        sweep = []
-        for name, label in (("ar", "AR transformer"), ("diffusion", "DiT")):
-            if name in metrics:
-                m = metrics[name]
-                points = {m["cfg_scale"]: m, **{float(c): v for c, v in m.get("cfg_sweep", {}).items()}}
-                sweep += [row(f"{label}, guidance {c}", v["fd"], v["accuracy"]) for c, v in sorted(points.items())]
-        if len(sweep) > 2:
-            lines += ["### Classifier-free guidance", "", "Same models and seeds, only the guidance scale changes.", "",
-                      "| model | FD | FD / FD(random tokens) | class accuracy |", "|---|---|---|---|", *sweep, ""]
-        losses = [f"{label}: train {fmt(metrics[name].get('train_loss'))}, validation {fmt(metrics[name]['val_loss'])}"
-                  for name, label in (("ar", "AR cross-entropy per index (nats)"), ("diffusion", "DiT flow-matching MSE")) if name in metrics]
-        if losses:
-            lines += ["Final losses — " + "; ".join(losses) + ". A validation loss far above the training loss means the "
-                      "generator has largely memorized the training digits (1,497 images).", ""]
-    if metrics.get("seconds"):
-        lines += ["## Time (seconds)", "", "| stage | seconds |", "|---|---|"]
-        lines += [f"| {k} | {v:.1f} |" for k, v in metrics["seconds"].items()]
-        lines.append("")
-    if figures:
-        lines += ["## Figures", ""]
-        for title, name in figures.items():
-            lines += [f"### {title}", "", f"![{title}]({name})", ""]
-    (out / "report.md").write_text("\n".join(lines))
 
 
 # ----------------------------------------------------------------------------- main
@@ -709,13 +214,11 @@ def run(args: argparse.Namespace) -> dict:
     classifier = train_features = None
     if "classifier" in have:
         t0 = time.perf_counter()
-        torch.manual_seed(seed)
-        classifier = FeatureClassifier(**model_cfgs["classifier"]).to(env.device)
         if "classifier" in load_now:
+            classifier = build_classifier(cfg["classifier"], train_set.image_shape, seed).to(env.device)
             load_checkpoint(ckpt / "classifier.safetensors", classifier, ckpt_cfg["classifier"])
         else:
-            curves["classifier"] = train(classifier, classifier_loss, (train_set.images, train_set.labels), cfg["classifier"], env,
-                                         seed, "classifier")
+            classifier, curves["classifier"] = train_classifier(train_set, cfg["classifier"], env, seed)
             if env.is_main:
                 save_checkpoint(ckpt / "classifier.safetensors", classifier, ckpt_cfg["classifier"])
         classifier.eval()
@@ -731,14 +234,12 @@ def run(args: argparse.Namespace) -> dict:
         recons, bin_counts = {}, {}
         for kind in kinds:
             t0 = time.perf_counter()
-            torch.manual_seed(seed)  # same initialization for FSQ and iFSQ
-            tok = make_tokenizer(kind, cfg, cfg["tokenizer"], in_ch).to(env.device)
             path = ckpt / f"tokenizer_{kind}.safetensors"
-            if f"tokenizer_{kind}" in load_now:
+            if f"tokenizer_{kind}" in load_now:  # same initialization (seed) for FSQ and iFSQ
+                tok = build_tokenizer(kind, cfg["levels"], cfg["index_groups"], cfg["tokenizer"], in_ch, seed).to(env.device)
                 load_checkpoint(path, tok, ckpt_cfg["tokenizer"])
-            else:
-                curves[f"tokenizer {kind}"] = train(tok, tokenizer_loss, (train_set.images,), cfg["tokenizer"], env, seed, f"tokenizer {kind}")
-                tok.usage.all_reduce()  # training usage summed over ranks (a no-op in one process)
+            else:  # training usage summed over ranks (a no-op in one process)
+                tok, curves[f"tokenizer {kind}"] = train_tokenizer(kind, cfg["levels"], cfg["index_groups"], cfg["tokenizer"], train_set, env, seed)
                 if env.is_main:
                     save_checkpoint(path, tok, ckpt_cfg["tokenizer"])
             tok.eval()
@@ -766,9 +267,7 @@ def run(args: argparse.Namespace) -> dict:
         if env.is_main and classifier is not None and evaluate_tokenizers:
             t0 = time.perf_counter()
             n = cfg["num_samples"]
-            gen = torch.Generator().manual_seed(seed + 1)
-            random_indices = torch.stack([torch.randint(0, v, (n, latent, latent), generator=gen) for v in vocab_sizes], dim=-1)
-            random_images = batched(lambda i: tokenizers["ifsq"].decode_indices(i).clamp(-1, 1), random_indices, device=env.device)
+            random_images = random_token_images(tokenizers["ifsq"], n, latent, seed, env)
             val_features = extract_features(classifier, val_set.images)
             metrics["baselines"] = dict(
                 fd_real=frechet_distance(val_features, train_features),
@@ -791,28 +290,21 @@ def run(args: argparse.Namespace) -> dict:
     # 3. autoregressive transformer on the iFSQ indices ----------------------------------------
     if "ar" in have:
         t0 = time.perf_counter()
-        indices = batched(lambda x: ifsq_tok.encode(x)[1], train_set.images, device=env.device)  # (n, h, w, G)
-        tokens = indices.reshape(len(train_set), latent * latent, -1)  # raster order
-        torch.manual_seed(seed)
-        ar = ARTransformer(**model_cfgs["ar"]).to(env.device)
         if "ar" in load_now:
+            ar = build_ar(ifsq_tok, cfg["ar"], latent, seed).to(env.device)
             load_checkpoint(ckpt / "ar.safetensors", ar, ckpt_cfg["ar"])
         else:
-            curves["ar"] = train(ar, ar_loss, (train_set.labels, tokens), cfg["ar"], env, seed, "ar")
+            ar, curves["ar"] = train_ar(ifsq_tok, train_set, cfg["ar"], env, seed)
             if env.is_main:
                 save_checkpoint(ckpt / "ar.safetensors", ar, ckpt_cfg["ar"])
         timed("ar", t0)
         if env.is_main:
             t0 = time.perf_counter()
             a = cfg["ar"]
-            val_tokens = batched(lambda x: ifsq_tok.encode(x)[1], val_set.images, device=env.device).reshape(len(val_set), latent * latent, -1)
+            val_tokens = encode_tokens(ifsq_tok, val_set.images, env)
 
             def ar_images(cfg_scale: float) -> torch.Tensor:
-                gen = torch.Generator(env.device).manual_seed(seed + 2)
-                sampled = ar.sample(labels.to(env.device), cfg_scale=cfg_scale, temperature=a["temperature"], top_k=a["top_k"],
-                                    generator=gen, progress=True)
-                return batched(lambda i: ifsq_tok.decode_indices(i).clamp(-1, 1), sampled.reshape(len(labels), latent, latent, -1),
-                               device=env.device)
+                return sample_ar(ar, ifsq_tok, labels, cfg_scale, seed, env, temperature=a["temperature"], top_k=a["top_k"], progress=True)
 
             images = ar_images(a["cfg_scale"])
             with torch.no_grad():
@@ -830,16 +322,14 @@ def run(args: argparse.Namespace) -> dict:
     # 4. diffusion transformer on the iFSQ codes -------------------------------------------------
     if "diffusion" in have:
         t0 = time.perf_counter()
-        codes = batched(lambda x: ifsq_tok.encode(x)[0], train_set.images, device=env.device)  # (n, d, h, w)
-        torch.manual_seed(seed)
-        dit = DiT(**model_cfgs["diffusion"]).to(env.device)
-        normalizer = LatentNormalizer(codes.shape[1]).fit(codes).to(env.device)
-        holder = nn.ModuleDict({"dit": dit, "normalizer": normalizer})
         if "diffusion" in load_now:
+            dit = build_dit(ifsq_tok, cfg["diffusion"], latent, seed).to(env.device)
+            normalizer = LatentNormalizer(len(cfg["levels"])).to(env.device)
+            holder = nn.ModuleDict({"dit": dit, "normalizer": normalizer})
             load_checkpoint(ckpt / "diffusion.safetensors", holder, ckpt_cfg["diffusion"])
         else:
-            latents = normalizer.normalize(codes.to(env.device)).cpu()
-            curves["diffusion"] = train(dit, diffusion_loss, (latents, train_set.labels), cfg["diffusion"], env, seed, "diffusion")
+            dit, normalizer, curves["diffusion"] = train_dit(ifsq_tok, train_set, cfg["diffusion"], env, seed)
+            holder = nn.ModuleDict({"dit": dit, "normalizer": normalizer})
             if env.is_main:
                 save_checkpoint(ckpt / "diffusion.safetensors", holder, ckpt_cfg["diffusion"])
         timed("diffusion", t0)
@@ -848,20 +338,17 @@ def run(args: argparse.Namespace) -> dict:
             dcfg = cfg["diffusion"]
 
             def diffusion_codes(cfg_scale: float) -> torch.Tensor:
-                gen = torch.Generator(env.device).manual_seed(seed + 3)
-                x = dit.sample(labels.to(env.device), steps=dcfg["sample_steps"], cfg_scale=cfg_scale, method=dcfg["sampler"],
-                               generator=gen, progress=True)
-                return normalizer.denormalize(x)
+                return sample_dit(dit, normalizer, labels, dcfg, seed, env, cfg_scale=cfg_scale, progress=True)
 
             def decode(codes: torch.Tensor) -> torch.Tensor:
-                return batched(lambda c: ifsq_tok.decode(c).clamp(-1, 1), codes, device=env.device)
+                return decode_codes(ifsq_tok, codes, env)
 
             sample_codes = diffusion_codes(dcfg["cfg_scale"])
             snapped = snap_to_grid(sample_codes, ifsq_tok.quantizer)
             images, images_snapped = decode(sample_codes), decode(snapped)
             m = generated_metrics(classifier, images, labels, train_features)
             ms = generated_metrics(classifier, images_snapped, labels, train_features)
-            val_codes = batched(lambda x: ifsq_tok.encode(x)[0], val_set.images, device=env.device)
+            val_codes = encode_codes(ifsq_tok, val_set.images, env)
             with torch.no_grad():
                 val_loss = float(dit.eval().loss(normalizer.normalize(val_codes.to(env.device)), val_set.labels.to(env.device),
                                                  generator=torch.Generator(env.device).manual_seed(seed + 4)))
@@ -884,10 +371,8 @@ def run(args: argparse.Namespace) -> dict:
         patch_train, patch_val = load_patches_split(seed=seed)
         for kind in kinds:
             t0 = time.perf_counter()
-            torch.manual_seed(seed)
-            tok = make_tokenizer(kind, cfg, cfg["patches"], patch_train.image_shape[0]).to(env.device)
-            curves[f"patches {kind}"] = train(tok, tokenizer_loss, (patch_train.images,), cfg["patches"], env, seed, f"patch tokenizer {kind}")
-            tok.usage.all_reduce()
+            tok, curves[f"patches {kind}"] = train_tokenizer(kind, cfg["levels"], cfg["index_groups"], cfg["patches"], patch_train, env, seed,
+                                                             f"patch tokenizer {kind}")
             if env.is_main:
                 save_checkpoint(ckpt / f"patch_tokenizer_{kind}.safetensors", tok, dict(model=cfg["patches"], seed=seed))
                 m, recon, _ = evaluate_tokenizer(tok, patch_val, env)
@@ -930,3 +415,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

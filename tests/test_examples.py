@@ -1,5 +1,6 @@
 """Tests of the end-to-end examples (``examples/``): building blocks, bad input, the smoke
 preset end to end, and the tokenizer stage under ``torch.distributed.run`` with 2 processes.
+The subprocess tests are marked ``slow`` (``-m "not slow"`` leaves them out).
 
 Whole file: about two minutes on a 2-core CPU (most of it the two subprocess runs).
 """
@@ -19,17 +20,15 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from examples import end_to_end, pipeline
+from examples.ar import ARTransformer
+from examples.data import FONT_DIGIT_SPLITS, FONT_FILES, PHOTOS, VAL_PHOTOS, load_dataset, load_digits_split, load_font_digits, load_patches_split
+from examples.diffusion import DiT, LatentNormalizer, snap_to_grid
+from examples.metrics import FeatureClassifier, class_accuracy, frechet_distance, psnr, ssim
+from examples.tokenizer import Tokenizer
+from ifsq_quant import FSQ, iFSQ
 
-from examples import end_to_end  # noqa: E402
-from examples.ar import ARTransformer  # noqa: E402
-from examples.data import PHOTOS, VAL_PHOTOS, load_digits_split, load_patches_split  # noqa: E402
-from examples.diffusion import DiT, LatentNormalizer, snap_to_grid  # noqa: E402
-from examples.metrics import FeatureClassifier, class_accuracy, frechet_distance, psnr, ssim  # noqa: E402
-from examples.tokenizer import Tokenizer  # noqa: E402
-from ifsq_quant import FSQ, iFSQ  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SCRIPT = ROOT / "examples" / "end_to_end.py"
 
@@ -55,6 +54,36 @@ def test_digits_split_shapes_range_and_determinism():
     assert torch.equal(train.images, train2.images) and torch.equal(val.labels, val2.labels)
     _, val_other = load_digits_split(seed=1)
     assert not torch.equal(val.images, val_other.images)
+
+
+def test_font_digits_determinism_shapes_and_balance():
+    assert FONT_DIGIT_SPLITS["train"] >= 20_000 and FONT_DIGIT_SPLITS["test"] >= 5_000 and len(FONT_FILES) == 21
+    a = load_font_digits("train", n=1003, seed=0)
+    assert a.images.shape == (1003, 1, 16, 16) and a.images.dtype == torch.float32 and a.labels.dtype == torch.int64
+    assert float(a.images.min()) == -1.0 and float(a.images.max()) <= 1.0 and float(a.images.max()) > 0.9
+    counts = a.labels.bincount(minlength=10)
+    assert counts.tolist() == [101, 101, 101] + [100] * 7  # balanced: n // 10 each, the remainder to the first classes
+    assert len(set(a.labels[:20].tolist())) > 3  # shuffled, not class-major
+    b = load_font_digits("train", n=1003, seed=0)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(load_font_digits("train", n=1003, seed=1).images, a.images)
+    test = load_font_digits("test", n=1003, seed=0)  # an independent draw, not a copy of the training images
+    assert float((test.images - a.images).abs().mean()) > 0.1
+    nearest = torch.cdist(test.images[:200].flatten(1), a.images.flatten(1)).min(1).values
+    assert float(nearest.min()) > 0.0
+    ink = (a.images > 0).flatten(1).float().mean(1)  # every image has ink and background
+    assert float(ink.min()) > 0.01 and float(ink.max()) < 0.8
+    assert load_font_digits("val", n=7, size=8).images.shape == (7, 1, 8, 8)
+    with pytest.raises(ValueError, match="unknown split"):
+        load_font_digits("training")
+
+
+@pytest.mark.slow
+def test_font_digits_default_splits():
+    train, test = load_dataset("font_digits")
+    assert train.images.shape == (20_000, 1, 16, 16) and test.images.shape == (5_000, 1, 16, 16)
+    assert train.labels.bincount(minlength=10).tolist() == [2000] * 10
+    assert test.labels.bincount(minlength=10).tolist() == [500] * 10
 
 
 def test_patches_split_holds_out_whole_photographs():
@@ -190,13 +219,13 @@ def test_classifier_features_and_accuracy():
 
 def test_training_is_deterministic():
     train, _ = load_digits_split()
-    env = end_to_end.Env(rank=0, world=1, device=torch.device("cpu"))
+    env = pipeline.Env(rank=0, world=1, device=torch.device("cpu"))
     cfg = dict(steps=5, batch_size=16, lr=1e-3)
     losses = []
     for _ in range(2):
         torch.manual_seed(0)
         model = FeatureClassifier(feature_dim=16)
-        losses.append(end_to_end.train(model, end_to_end.classifier_loss, (train.images, train.labels), cfg, env, 0, "t"))
+        losses.append(pipeline.train(model, pipeline.classifier_loss, (train.images, train.labels), cfg, env, 0, "t"))
     assert losses[0] == losses[1]
 
 
@@ -209,14 +238,17 @@ def assert_clean_error(proc: subprocess.CompletedProcess, needle: str) -> None:
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_unknown_preset_is_a_clear_error(tmp_path):
     assert_clean_error(run_script(["--preset", "huge", "--out", str(tmp_path)], timeout=120), "invalid choice: 'huge'")
 
 
+@pytest.mark.slow
 def test_unknown_stage_is_a_clear_error(tmp_path):
     assert_clean_error(run_script(["--preset", "smoke", "--stages", "gan", "--out", str(tmp_path)], timeout=120), "unknown stage")
 
 
+@pytest.mark.slow
 def test_unwritable_output_folder_is_a_clear_error(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
@@ -227,6 +259,7 @@ def test_unwritable_output_folder_is_a_clear_error(tmp_path):
     assert time.perf_counter() - t0 < 60
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_a_clear_error_before_training(tmp_path):
     ckpt = tmp_path / "checkpoints"
     ckpt.mkdir()
@@ -239,13 +272,13 @@ def test_corrupt_checkpoint_is_a_clear_error_before_training(tmp_path):
 
 def test_missing_and_mismatched_checkpoints(tmp_path):
     model = FeatureClassifier(feature_dim=16)
-    with pytest.raises(end_to_end.ExampleError, match="not found"):
-        end_to_end.read_checkpoint(tmp_path / "none.safetensors", {})
-    end_to_end.save_checkpoint(tmp_path / "c.safetensors", model, {"a": 1})
-    with pytest.raises(end_to_end.ExampleError, match="another configuration"):
-        end_to_end.read_checkpoint(tmp_path / "c.safetensors", {"a": 2})
+    with pytest.raises(pipeline.ExampleError, match="not found"):
+        pipeline.read_checkpoint(tmp_path / "none.safetensors", {})
+    pipeline.save_checkpoint(tmp_path / "c.safetensors", model, {"a": 1})
+    with pytest.raises(pipeline.ExampleError, match="another configuration"):
+        pipeline.read_checkpoint(tmp_path / "c.safetensors", {"a": 2})
     fresh = FeatureClassifier(feature_dim=16)
-    end_to_end.load_checkpoint(tmp_path / "c.safetensors", fresh, {"a": 1})
+    pipeline.load_checkpoint(tmp_path / "c.safetensors", fresh, {"a": 1})
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
 
 
@@ -254,8 +287,8 @@ def test_missing_and_mismatched_checkpoints(tmp_path):
 
 def test_full_preset_patch_tokenizers_wiring(tmp_path, monkeypatch):
     """The ``full`` preset's natural-patch tokenizers, with a few steps (in process)."""
-    tiny = end_to_end._preset(classifier=dict(steps=2), tokenizer=dict(steps=2),
-                              patches=dict(end_to_end.PRESETS["full"]["patches"], steps=2, channels=[8, 8, 16], blocks=1))
+    tiny = pipeline._preset(classifier=dict(steps=2), tokenizer=dict(steps=2),
+                              patches=dict(pipeline.PRESETS["full"]["patches"], steps=2, channels=[8, 8, 16], blocks=1))
     monkeypatch.setitem(end_to_end.PRESETS, "tiny", tiny)
     args = end_to_end.parse_args(["--preset", "smoke", "--stages", "classifier,tokenizers", "--out", str(tmp_path)])
     args.preset = "tiny"
@@ -274,6 +307,7 @@ def test_full_preset_patch_tokenizers_wiring(tmp_path, monkeypatch):
 SMOKE_BUDGET_S = 180
 
 
+@pytest.mark.slow
 def test_smoke_preset_end_to_end(tmp_path):
     t0 = time.perf_counter()
     proc = run_script(["--preset", "smoke", "--out", str(tmp_path)], timeout=SMOKE_BUDGET_S + 60)
@@ -303,6 +337,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_tokenizer_stage(tmp_path):
     launcher = ["-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
                 f"--master_port={free_port()}"]

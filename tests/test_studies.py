@@ -1,12 +1,16 @@
 """The study scripts under benchmarks/ run in their smallest configuration and write their outputs."""
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import pytest
 
-import study_utilization  # noqa: E402
+from benchmarks import study_utilization
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_utilization_study_smallest_configuration(tmp_path):
@@ -21,8 +25,9 @@ def test_utilization_study_smallest_configuration(tmp_path):
     assert all(0 <= r["bits"] <= r["max_bits"] + 1e-9 and 0 <= r["ks"] <= 1 for r in rows)
 
 
+@pytest.mark.slow
 def test_tokenizer_study_smallest_configuration(tmp_path):
-    import study_tokenizers
+    from benchmarks import study_tokenizers
 
     study_tokenizers.main(["--steps", "4", "--seeds", "1", "--levels", "5", "--datasets", "digits", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "tokenizers.json").read_text())
@@ -38,8 +43,9 @@ def test_tokenizer_study_smallest_configuration(tmp_path):
     assert (tmp_path / "tokenizers.png").stat().st_size > 1000 and (tmp_path / "tokenizers.md").read_text()
 
 
+@pytest.mark.slow
 def test_bits_study_smallest_configuration(tmp_path):
-    import study_bits
+    from benchmarks import study_bits
 
     study_bits.main(["--quick", "--steps", "4", "--levels", "3", "5", "--num-samples", "50", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "bits.json").read_text())
@@ -52,8 +58,9 @@ def test_bits_study_smallest_configuration(tmp_path):
     assert (tmp_path / "bits.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_ar_vs_diffusion_study_smallest_configuration(tmp_path):
-    import study_ar_vs_diffusion
+    from benchmarks import study_ar_vs_diffusion
 
     study_ar_vs_diffusion.main(["--quick", "--steps", "4", "--eval-every", "2", "--num-samples", "50", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "ar_vs_diffusion.json").read_text())
@@ -65,3 +72,112 @@ def test_ar_vs_diffusion_study_smallest_configuration(tmp_path):
         assert [p["step"] for p in row["curves"][name]] == [2, 4]
         assert row["curves"][name][1]["flops"] == 4 * row["step_flops"][name] > 0
     assert (tmp_path / "ar_vs_diffusion.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_studies_run_as_modules_from_the_root(tmp_path):
+    """The documented command form, ``python -m benchmarks.study_x``, imports the pipeline as a package."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.study_utilization", "--samples", "2000", "--out", str(tmp_path)],
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=""), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "utilization.json").is_file()
+    for path in sorted((ROOT / "benchmarks").glob("study_*.py")):
+        assert "sys.path" not in path.read_text(), f"{path.name} edits sys.path"
+
+
+@pytest.mark.slow
+def test_generation_study_smallest_configuration(tmp_path):
+    from benchmarks import study_generation
+
+    study_generation.main(["--quick", "--steps", "4", "--split-sizes", "200", "100", "300", "200", "100", "--num-generated", "50",
+                           "--num-val-samples", "20", "--n-boot", "10", "--repa", "--seeds", "2", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "generation.json").read_text())
+    assert set(result) == {"meta", "records", "paired"}
+    records = result["records"]
+    assert len(records) == 2 * 3 * 3  # seeds x tokenizers x generators
+    assert {(r["tokenizer"], r["generator"]) for r in records} == {(t, g) for t in ("fsq", "ifsq", "erf_equal") for g in ("ar", "ar_repa", "dit")}
+    cfg = result["meta"]["config"]
+    for r in records:
+        assert {"tokenizer", "generator", "seed", "guidance", "fd", "fd_ci", "kid", "kid_ci", "n_generated", "n_real", "accuracy",
+                "tokenizer_psnr", "guidance_val_fd"} <= set(r)
+        assert r["n_generated"] == 50 and r["n_real"] == 300 and 0 <= r["accuracy"] <= 1
+        assert r["fd_ci"][0] <= r["fd"] <= r["fd_ci"][1] and r["kid_ci"][0] <= r["kid"] <= r["kid_ci"][1]
+        sweep = cfg["ar_guidance"] if r["generator"] != "dit" else cfg["dit_guidance"]
+        assert r["guidance"] in sweep and r["guidance_val_fd"][str(r["guidance"])] == min(r["guidance_val_fd"].values())
+        if r["generator"] != "dit":  # stopped at the best validation loss
+            assert r["val_loss"] == min(p["val_loss"] for p in r["val_curve"])
+    # the same tokenizer (same seed) under every generator: the paired PSNR difference uses it once per seed
+    comparisons = {d["comparison"]: d for d in result["paired"]}
+    assert {"ifsq/ar - fsq/ar", "ifsq/dit - erf_equal/dit", "ifsq/ar_repa - ifsq/ar"} <= set(comparisons)
+    d = comparisons["ifsq/ar - fsq/ar"]
+    assert d["fd"]["n"] == 2 and d["fd"]["ci"][0] <= d["fd"]["mean"] <= d["fd"]["ci"][1]
+    protocol = json.loads((tmp_path / "protocol.json").read_text())
+    assert set(protocol["rows"]) == {"real_vs_real", "memorizer", "random_tokens"}
+    assert all(row["n_generated"] == 50 and row["n_real"] == 300 for row in protocol["rows"].values())
+    assert (tmp_path / "generation.png").stat().st_size > 5000 and "Calibration" in (tmp_path / "generation.md").read_text()
+
+
+@pytest.mark.slow
+def test_mechanism_study_smallest_configuration(tmp_path):
+    from benchmarks import study_mechanism
+
+    study_mechanism.main(["--quick", "--steps", "4", "--scales", "0.4", "2.5", "--n-train", "100", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "mechanism.json").read_text())
+    assert set(result) == {"meta", "summary", "rows"}
+    fixed = [r for r in result["rows"] if not r["learnable"]]
+    assert {(r["encoder"], r["kind"], r["s"]) for r in fixed} == {(e, k, s) for e in ("normalized", "free") for k in ("fsq", "ifsq", "erf_equal")
+                                                                  for s in (0.4, 2.5)}
+    for r in result["rows"]:
+        assert {"psnr", "utilization", "latent_std", "latent_kurtosis", "saturated", "learned_scale"} <= set(r)
+        assert 0 <= r["utilization"] <= 1 and 0 <= r["saturated"] <= 1 and r["latent_std"] > 0
+    assert all(abs(r["learned_scale"] - r["s"]) < 1e-6 for r in fixed)  # fixed scales stay fixed
+    control = [r for r in result["rows"] if r["learnable"]]
+    assert {r["encoder"] for r in control} == {"normalized", "free"}
+    assert all(r["s"] == 1.0 and r["kind"] == "fsq" for r in control)  # initialized at 1.0, not iFSQ's 0.8
+    by = {(r["encoder"], r["kind"], r["s"]): r for r in fixed}
+    assert by[("free", "fsq", 2.5)]["latent_std"] > by[("free", "fsq", 0.4)]["latent_std"]  # the scale reaches the pre-bound latents
+    # with the normalized encoder output the latent std is s (running statistics; a few steps leave them close to the batch ones)
+    assert by[("normalized", "fsq", 2.5)]["latent_std"] > 4 * by[("normalized", "fsq", 0.4)]["latent_std"]
+    assert by[("normalized", "fsq", 2.5)]["saturated"] > by[("normalized", "fsq", 0.4)]["saturated"]
+    assert (tmp_path / "mechanism.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_ar_vs_diffusion_protocol_study_smallest_configuration(tmp_path):
+    from benchmarks import study_ar_vs_diffusion_protocol as study
+
+    study.main(["--quick", "--steps", "4", "--eval-every", "2", "--split-sizes", "200", "100", "300", "200", "--num-generated", "40",
+                "--num-val-samples", "20", "--n-boot", "10", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "ar_vs_diffusion_protocol.json").read_text())
+    assert set(result) == {"meta", "protocol", "rows"}
+    row = result["rows"][0]
+    assert abs(row["diffusion_params"] - row["ar_params"]) / row["ar_params"] < 0.1
+    cfg = result["meta"]["config"]
+    for name, scales in (("ar", cfg["ar_guidance"]), ("diffusion", cfg["dit_guidance"])):
+        curve = row["curves"][name]
+        assert [p["step"] for p in curve] == [2, 4]
+        for p in curve:  # guidance swept and chosen on validation at every checkpoint; validation loss and sampling cost logged
+            assert set(p["guidance_val_fd"]) == {str(float(s)) for s in scales} and p["guidance"] in scales
+            assert p["guidance_val_fd"][str(p["guidance"])] == min(p["guidance_val_fd"].values())
+            assert p["val_loss"] > 0 and p["sampling_flops_per_image"] > 0 and p["n_generated"] == 40 and p["n_real"] == 300
+            assert p["fd_ci"][0] <= p["fd"] <= p["fd_ci"][1]
+        assert curve[1]["flops"] == 4 * row["step_flops"][name]
+    assert result["protocol"]["real_vs_real"]["n_generated"] == 40
+    assert (tmp_path / "ar_vs_diffusion_protocol.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_bits_protocol_study_smallest_configuration(tmp_path):
+    from benchmarks import study_bits_protocol
+
+    study_bits_protocol.main(["--quick", "--steps", "4", "--levels", "3", "5", "--split-sizes", "200", "100", "300", "200", "100",
+                              "--num-generated", "40", "--num-val-samples", "20", "--n-boot", "10", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "bits_protocol.json").read_text())
+    assert {(r["L"], r["generator"]) for r in result["records"]} == {(L, g) for L in (3, 5) for g in ("ar", "dit")}
+    for r in result["records"]:
+        assert r["tokenizer"] == "ifsq" and r["n_generated"] == 40 and r["n_real"] == 300 and r["fd_ci"][0] <= r["fd"] <= r["fd_ci"][1]
+        assert r["ar_vocab_sizes"] == [r["L"] ** 2] * 2
+        if r["generator"] == "ar":
+            assert r["val_curve"] and r["val_loss"] == min(p["val_loss"] for p in r["val_curve"])
+    assert set(result["lowest_fd_L"]) == {"ar", "dit"} and result["real_vs_real"]["n_generated"] == 40
+    assert (tmp_path / "bits_protocol.png").stat().st_size > 5000
