@@ -39,6 +39,11 @@ def _as_int(value):
     return operator.index(value)
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype quantization computes in for ``dtype`` values: float64 stays, everything else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def check_float_input(x, name: str = "input") -> None:
     """Raises ``TypeError``/``ValueError`` unless ``x`` is a floating-point tensor with a batch and a feature axis."""
     if not isinstance(x, Tensor):
@@ -231,7 +236,7 @@ class FSQ(nn.Module):
     @property
     def _decode_dtype(self) -> torch.dtype:
         """The dtype decoded codes are computed in: float64 for a float64 module, else float32."""
-        return torch.float64 if self._decode_like.dtype == torch.float64 else torch.float32
+        return compute_dtype(self._decode_like.dtype)
 
     def _level_indices_to_codes(self, level_indices: Tensor) -> Tensor:
         """Level indices ``(..., d)`` -> codes ``(..., d)`` in the decode dtype."""
@@ -276,7 +281,7 @@ class FSQ(nn.Module):
             raise ValueError(f"codes must have last dimension {self.codebook_dim} (len(levels)), got shape {tuple(codes.shape)}")
         if not tracing() and not functorch_active() and not bool(torch.isfinite(codes).all()):
             raise ValueError("codes must be finite")
-        indices = self.index_plan.pack(self.layout.code_to_level(codes.to(torch.float64 if codes.dtype == torch.float64 else torch.float32)))
+        indices = self.index_plan.pack(self.layout.code_to_level(codes.to(compute_dtype(codes.dtype))))
         return indices if self.index_groups is not None else indices[..., 0]
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
@@ -325,7 +330,7 @@ class FSQ(nn.Module):
             raise TypeError(f"z must be a floating-point tensor, got {getattr(z, 'dtype', type(z).__name__)}")
         if z.shape[-1:] != (self.codebook_dim,):
             raise ValueError(f"z must have last dimension {self.codebook_dim} (len(levels)), got shape {tuple(z.shape)}")
-        flat = z.to(torch.float64 if z.dtype == torch.float64 else torch.float32).reshape(-1, self.codebook_dim)
+        flat = z.to(compute_dtype(z.dtype)).reshape(-1, self.codebook_dim)
         return kernels.quantize(flat, layout, None, self.backend).codes.view(z.shape)
 
     def _indices_to_codes(self, indices: Tensor) -> Tensor:
@@ -367,12 +372,12 @@ class FSQ(nn.Module):
                         and z.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(z.device.type) else nullcontext())
         with autocast_off:
             orig_dtype = z.dtype
-            compute_dtype = torch.float64 if orig_dtype == torch.float64 else torch.float32
-            flat = z.to(compute_dtype).reshape(-1, self.codebook_dim)
+            dtype = compute_dtype(orig_dtype)
+            flat = z.to(dtype).reshape(-1, self.codebook_dim)
             track = self.usage is not None and self.training
             if type(self).quantize is not FSQ.quantize:
                 # A subclass's own quantize() (vector-quantize-pytorch's extension point) makes the codes.
-                codes = self.quantize(z.to(compute_dtype))
+                codes = self.quantize(z.to(dtype))
                 indices = self.codes_to_indices(codes) if self.return_indices else None
                 if track:
                     self.usage._add(self.layout.code_to_level(codes.detach().reshape(-1, self.codebook_dim)))

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from .activations import Activation, HardClamp, get_activation
 from .bins import check_levels
-from .quantizer import FSQ, check_float_input
+from .quantizer import FSQ, check_float_input, compute_dtype
 
 __all__ = ["ResidualFSQ", "GroupedResidualFSQ"]
 
@@ -300,7 +300,7 @@ class ResidualFSQ(nn.Module):
     def _work_dtype(self, dtype: torch.dtype) -> torch.dtype:
         """The dtype the residual arithmetic runs in for a ``dtype`` module/input (see ``residual_f32``)."""
         if self.residual_f32:
-            return torch.float64 if dtype == torch.float64 else torch.float32
+            return compute_dtype(dtype)
         return dtype
 
     def _stage_scales(self, device: torch.device, work: torch.dtype) -> Tensor:
@@ -319,7 +319,7 @@ class ResidualFSQ(nn.Module):
         dropped = flat == DROPPED
         safe = flat.masked_fill(dropped, 0)  # look up a dummy code, zeroed below
         work = self._work_dtype(self.module_dtype)
-        code_dtype = torch.float64 if work == torch.float64 else torch.float32
+        code_dtype = compute_dtype(work)
         scales = self._stage_scales(indices.device, work)
         codes = []
         for i, layer in enumerate(self.layers):
