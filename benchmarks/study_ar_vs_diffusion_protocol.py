@@ -19,7 +19,6 @@ Writes ``ar_vs_diffusion_protocol.{json,md,png}`` to ``--out``.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from pathlib import Path
@@ -28,13 +27,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.study_ar_vs_diffusion import attention_flops, crossings, match_dit_width, params, step_flops
-from benchmarks.study_generation import AR, DIT, TOK
+from benchmarks.study_generation import AR, DIT, TOK, add_protocol_arguments, protocol_config
 from examples import pipeline as P
 from examples.data import load_font_digits
 from examples.diffusion import LatentNormalizer
 from examples.metrics import ProtocolEvaluator
 
-RESULTS = Path(__file__).resolve().parent / "results"
 ENV = P.Env(rank=0, world=1, device=torch.device("cpu"))
 SPLITS = dict(train=20_000, val=2_000, test=5_000, features=10_000)
 CONFIGS = {
@@ -172,27 +170,12 @@ def figure(rows: list[dict], protocol: dict, path: Path) -> None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1 seed, 1000 steps, small models, 4 checkpoints")
-    parser.add_argument("--seeds", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=None, help="override the steps of every model (tests)")
+    add_protocol_arguments(parser, "1 seed, 1000 steps, small models, 4 checkpoints", tuple(CONFIGS["full"]["splits"]))
     parser.add_argument("--eval-every", type=int, default=None)
-    parser.add_argument("--split-sizes", type=int, nargs=4, default=None, metavar=("TRAIN", "VAL", "TEST", "FEATURES"))
-    parser.add_argument("--num-generated", type=int, default=None)
-    parser.add_argument("--num-val-samples", type=int, default=None)
-    parser.add_argument("--n-boot", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     mode = "quick" if args.quick else "full"
-    cfg = copy.deepcopy(CONFIGS[mode])
-    if args.steps:
-        for k in ("features", "tokenizer", "ar", "diffusion"):
-            cfg[k]["steps"] = args.steps
-    if args.split_sizes:
-        cfg["splits"] = dict(zip(cfg["splits"], args.split_sizes))
-    for key in ("eval_every", "num_generated", "num_val_samples", "n_boot"):
-        if getattr(args, key) is not None:
-            cfg[key] = getattr(args, key)
+    cfg = protocol_config(args, CONFIGS, ("features", "tokenizer", "ar", "diffusion"), overrides=("eval_every",))
     seeds = list(range(args.seeds or cfg["seeds"]))
     t0 = time.perf_counter()
     data = {name: load_font_digits(name, n=n, seed=0) for name, n in cfg["splits"].items()}

@@ -15,7 +15,6 @@ Writes ``bits_protocol.{json,md,png}`` to ``--out``.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import time
@@ -28,7 +27,6 @@ from benchmarks import study_generation as G
 from examples import pipeline as P
 from examples.metrics import ProtocolEvaluator
 
-RESULTS = Path(__file__).resolve().parent / "results"
 LEVELS = (3, 5, 9, 17, 33)
 CONFIGS = {
     "quick": dict(G.CONFIGS["quick"], num_val_samples=300, n_boot=50, splits=dict(G.CONFIGS["quick"]["splits"], reference=2000)),
@@ -91,28 +89,12 @@ def figure(result: dict, path: Path) -> None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1 seed, short training")
+    G.add_protocol_arguments(parser, "1 seed, short training", tuple(CONFIGS["full"]["splits"]))
     parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
-    parser.add_argument("--seeds", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=None, help="override the steps of every model (tests)")
-    parser.add_argument("--split-sizes", type=int, nargs=5, default=None, metavar=("TRAIN", "VAL", "TEST", "FEATURES", "REFERENCE"))
-    parser.add_argument("--num-generated", type=int, default=None)
-    parser.add_argument("--num-val-samples", type=int, default=None)
-    parser.add_argument("--n-boot", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     mode = "quick" if args.quick else "full"
-    cfg = copy.deepcopy(CONFIGS[mode])
-    if args.steps:
-        for k in ("features", "tokenizer", "ar", "dit"):
-            cfg[k]["steps"] = args.steps
-        cfg["ar_eval_every"] = max(1, args.steps // 2)
-    if args.split_sizes:
-        cfg["splits"] = dict(zip(cfg["splits"], args.split_sizes))
-    for key in ("num_generated", "num_val_samples", "n_boot"):
-        if getattr(args, key) is not None:
-            cfg[key] = getattr(args, key)
+    cfg = G.protocol_config(args, CONFIGS, ("features", "tokenizer", "ar", "dit"))
     cfg["num_real"] = cfg["splits"]["test"]
     seeds = list(range(args.seeds or cfg["seeds"]))
     t0 = time.perf_counter()

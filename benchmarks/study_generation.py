@@ -71,6 +71,36 @@ CONFIGS = {
 }
 
 
+def add_protocol_arguments(parser: argparse.ArgumentParser, quick_help: str, splits: tuple[str, ...]) -> None:
+    """The command-line options every protocol study shares (mode, seeds, sizes, output)."""
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None, help="override the steps of every model (tests)")
+    parser.add_argument("--split-sizes", type=int, nargs=len(splits), default=None, metavar=tuple(s.upper() for s in splits))
+    parser.add_argument("--num-generated", type=int, default=None)
+    parser.add_argument("--num-val-samples", type=int, default=None)
+    parser.add_argument("--n-boot", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+
+
+def protocol_config(args: argparse.Namespace, configs: dict, models: tuple[str, ...], overrides: tuple[str, ...] = ()) -> dict:
+    """The mode's configuration with the shared options applied: ``--steps`` for every model in
+    ``models`` (and half of it as ``ar_eval_every`` where the config has one), ``--split-sizes``,
+    and ``num_generated``, ``num_val_samples``, ``n_boot`` and ``overrides`` where given."""
+    cfg = copy.deepcopy(configs["quick" if args.quick else "full"])
+    if args.steps:
+        for k in models:
+            cfg[k]["steps"] = args.steps
+        if "ar_eval_every" in cfg:
+            cfg["ar_eval_every"] = max(1, args.steps // 2)
+    if args.split_sizes:
+        cfg["splits"] = dict(zip(cfg["splits"], args.split_sizes))
+    for key in ("num_generated", "num_val_samples", "n_boot", *overrides):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    return cfg
+
+
 def load_splits(cfg: dict) -> dict:
     return {name: load_font_digits(name, n=n, seed=0) for name, n in cfg["splits"].items()}
 
@@ -249,30 +279,14 @@ def figure(result: dict, protocol: dict, path: Path) -> None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1 seed, short training, no LR sweep, no REPA (about 15 min)")
-    parser.add_argument("--seeds", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=None, help="override the steps of every model (tests)")
+    add_protocol_arguments(parser, "1 seed, short training, no LR sweep, no REPA (about 15 min)", tuple(CONFIGS["full"]["splits"]))
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--generators", nargs="+", default=["ar", "ar_repa", "dit"], choices=["ar", "ar_repa", "dit"])
     parser.add_argument("--repa", action=argparse.BooleanOptionalAction, default=None, help="train AR+REPA too (default: full mode only)")
-    parser.add_argument("--split-sizes", type=int, nargs=5, default=None, metavar=("TRAIN", "VAL", "TEST", "FEATURES", "REFERENCE"))
-    parser.add_argument("--num-generated", type=int, default=None)
-    parser.add_argument("--num-val-samples", type=int, default=None)
-    parser.add_argument("--n-boot", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     mode = "quick" if args.quick else "full"
-    cfg = copy.deepcopy(CONFIGS[mode])
-    if args.steps:
-        for k in ("features", "repa_encoder", "tokenizer", "ar", "dit"):
-            cfg[k]["steps"] = args.steps
-        cfg["ar_eval_every"] = max(1, args.steps // 2)
-    if args.split_sizes:
-        cfg["splits"] = dict(zip(cfg["splits"], args.split_sizes))
-    for key in ("num_generated", "num_val_samples", "n_boot", "repa"):
-        if getattr(args, key) is not None:
-            cfg[key] = getattr(args, key)
+    cfg = protocol_config(args, CONFIGS, ("features", "repa_encoder", "tokenizer", "ar", "dit"), overrides=("repa",))
     cfg["num_real"] = cfg["splits"]["test"]
     seeds = list(range(args.seeds or cfg["seeds"]))
     t0 = time.perf_counter()
