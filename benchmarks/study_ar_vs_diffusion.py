@@ -71,6 +71,21 @@ def attention_flops(seq: int, dim: int, depth: int, batch: int) -> int:
     return 3 * depth * batch * 2 * 2 * seq * seq * dim
 
 
+def matched_generators(tok, cfg: dict, latent: int, seed: int, labels, tokens, latents):
+    """An AR transformer and a DiT of matched parameter count on ``tok``'s latents, the DiT's
+    config, and the FLOPs of one training step of each (``flops``: counted; ``attention``: the
+    attention products the counter does not see)."""
+    ar = P.build_ar(tok, cfg["ar"], latent, seed)
+    dit_cfg = dict(cfg["diffusion"], dim=match_dit_width(tok, params(ar), cfg["diffusion"], latent))
+    dit = P.build_dit(tok, dit_cfg, latent, seed)
+    b = cfg["ar"]["batch_size"]
+    flops = dict(ar=step_flops(P.ar_loss, ar, (labels[:b], tokens[:b])),
+                 diffusion=step_flops(P.diffusion_loss, dit, (latents[:b], labels[:b])))
+    attention = dict(ar=attention_flops(latent * latent, cfg["ar"]["dim"], cfg["ar"]["depth"], b),
+                     diffusion=attention_flops(latent * latent, dit_cfg["dim"], dit_cfg["depth"], b))
+    return ar, dit, dit_cfg, flops, attention
+
+
 def crossings(ar_curve: list[dict], dit_curve: list[dict]) -> list[float]:
     """Training FLOPs where FD(AR) - FD(DiT) changes sign, both curves interpolated linearly in log FLOPs."""
     lo = max(ar_curve[0]["flops"], dit_curve[0]["flops"])
@@ -96,14 +111,7 @@ def run_seed(seed: int, cfg: dict, data, classifier, train_features) -> dict:
     normalizer = LatentNormalizer(codes.shape[1]).fit(codes)
     latents = normalizer.normalize(codes)
 
-    ar = P.build_ar(tok, cfg["ar"], latent, seed)
-    dit_cfg = dict(cfg["diffusion"], dim=match_dit_width(tok, params(ar), cfg["diffusion"], latent))
-    dit = P.build_dit(tok, dit_cfg, latent, seed)
-    b = cfg["ar"]["batch_size"]
-    flops = dict(ar=step_flops(P.ar_loss, ar, (train_set.labels[:b], tokens[:b])),
-                 diffusion=step_flops(P.diffusion_loss, dit, (latents[:b], train_set.labels[:b])))
-    attention = dict(ar=attention_flops(latent * latent, cfg["ar"]["dim"], cfg["ar"]["depth"], b),
-                     diffusion=attention_flops(latent * latent, dit_cfg["dim"], dit_cfg["depth"], b))
+    ar, dit, dit_cfg, flops, attention = matched_generators(tok, cfg, latent, seed, train_set.labels, tokens, latents)
     curves: dict[str, list[dict]] = {"ar": [], "diffusion": []}
     a = cfg["ar"]
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.study_ar_vs_diffusion import attention_flops, crossings, match_dit_width, params, step_flops
+from benchmarks.study_ar_vs_diffusion import crossings, matched_generators, params
 from benchmarks.study_generation import AR, DIT, TOK, add_protocol_arguments, protocol_config
 from examples import pipeline as P
 from examples.data import load_font_digits
@@ -63,14 +63,7 @@ def run_seed(seed: int, cfg: dict, data: dict, evaluator: ProtocolEvaluator) -> 
     normalizer = LatentNormalizer(codes.shape[1]).fit(codes)
     latents, val_latents = normalizer.normalize(codes), normalizer.normalize(P.encode_codes(tok, val_set.images))
 
-    ar = P.build_ar(tok, cfg["ar"], latent, seed)
-    dit_cfg = dict(cfg["diffusion"], dim=match_dit_width(tok, params(ar), cfg["diffusion"], latent))
-    dit = P.build_dit(tok, dit_cfg, latent, seed)
-    b = cfg["ar"]["batch_size"]
-    flops = dict(ar=step_flops(P.ar_loss, ar, (train_set.labels[:b], tokens[:b])),
-                 diffusion=step_flops(P.diffusion_loss, dit, (latents[:b], train_set.labels[:b])))
-    attention = dict(ar=attention_flops(latent * latent, cfg["ar"]["dim"], cfg["ar"]["depth"], b),
-                     diffusion=attention_flops(latent * latent, dit_cfg["dim"], dit_cfg["depth"], b))
+    ar, dit, dit_cfg, flops, attention = matched_generators(tok, cfg, latent, seed, train_set.labels, tokens, latents)
     curves: dict[str, list[dict]] = {"ar": [], "diffusion": []}
     a = cfg["ar"]
     probe = P.balanced_labels(20, 10)
