@@ -217,22 +217,20 @@ def test_onnx_export(name, dynamo):
     torch.testing.assert_close(torch.from_numpy(out), expected[0], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("force_f32", [True, False])
+# The residual modules have no force_quantization_f32 of their own (their stages quantize in float32).
+AUTOCAST_CASES = [(name, force_f32) for name in NAMES for force_f32 in (True, False) if force_f32 or name not in RESIDUAL]
+
+
+@pytest.mark.parametrize("name,force_f32", AUTOCAST_CASES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_autocast_cpu(name, force_f32, dtype):
     """Index packing stays exact inside autocast: indices equal the reference's under the same
     autocast (the projection is autocast either way), and decode/encode round trips exactly."""
-    if name in RESIDUAL and not force_f32:
-        pytest.skip("the residual modules have no force_quantization_f32 of their own; their stages quantize in float32")
     torch.manual_seed(0)
-    kwargs = {} if name in RESIDUAL else {"force_quantization_f32": force_f32}
     fast = MODULES[name]("auto")
     ref = MODULES[name]("reference")
-    for m in (fast, ref):
-        for stage in ([m] if not hasattr(m, "layers") else m.layers):
-            for k, v in kwargs.items():
-                setattr(stage, k, v)
+    if name not in RESIDUAL:
+        fast.force_quantization_f32 = ref.force_quantization_f32 = force_f32
     ref.load_state_dict(fast.state_dict())
     z = _input(name)
     with torch.autocast("cpu", dtype=dtype):
@@ -309,3 +307,15 @@ def test_vqp_agrees_in_the_contexts_it_supports():
     for context, got in runs.items():
         assert torch.equal(got[1], expected[1].long()), context
         assert torch.equal(got[0], expected[0]), context
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_autocast_indices_equal_plain_float32(backend):
+    """Without a projection autocast changes nothing before the quantizer: the indices inside
+    autocast (without force_quantization_f32) are those of plain float32, on both backends."""
+    q = iFSQ([17] * 4, force_quantization_f32=False, backend=backend)
+    z = torch.randn(8, 500, 4, generator=torch.Generator().manual_seed(3)) * 2
+    expected = q(z)[1]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(q(z)[1], expected)
+        assert torch.equal(q.codes_to_indices(q.indices_to_codes(expected)), expected)
