@@ -22,11 +22,11 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from examples import pipeline as P
 from examples.metrics import extract_features, frechet_distance
+from examples.report import seed_statistics
 
 LEVELS = (3, 5, 9, 17, 33)
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -105,9 +105,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     for L in sorted({r["L"] for r in rows}):
         group = [r for r in rows if r["L"] == L]
         s = dict(L=L, bits_per_dim=math.log2(L), seeds=len(group), ar_vocab_sizes=group[0]["ar_vocab_sizes"])
-        for k in METRICS:
-            vals = [r[k] for r in group]
-            s[k], s[k + "_std"] = float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+        s.update(seed_statistics(group, METRICS))
         out.append(s)
     return out
 

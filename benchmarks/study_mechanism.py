@@ -40,6 +40,7 @@ import torch.nn as nn
 
 from examples import pipeline as P
 from examples.data import load_font_digits
+from examples.report import seed_statistics
 from examples.tokenizer import Tokenizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -128,9 +129,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                       key=lambda k: (ENCODERS.index(k[0]), k[3], KINDS.index(k[1]), k[2])):
         group = [r for r in rows if (r["encoder"], r["kind"], r["s"], r["learnable"]) == key]
         s = dict(encoder=key[0], kind=key[1], s=key[2], learnable=key[3], seeds=len(group))
-        for k in KEYS:
-            vals = [r[k] for r in group]
-            s[k], s[k + "_std"] = float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+        s.update(seed_statistics(group, KEYS))
         out.append(s)
     return out
 

@@ -39,6 +39,7 @@ import torch.nn as nn
 from examples.data import load_dataset
 from examples.metrics import psnr
 from examples.pipeline import PRESETS, Env, evaluate_tokenizer, train
+from examples.report import seed_statistics
 from examples.tokenizer import Tokenizer
 from ifsq_quant import FSQ, iFSQ
 
@@ -166,11 +167,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     for dataset, L, variant in keys:
         group = [r for r in rows if (r["dataset"], r["L"], r["variant"]) == (dataset, L, variant)]
         s = dict(dataset=dataset, L=L, variant=variant, seeds=len(group))
-        for k in ("psnr", "ssim", "utilization", "codebook_usage", "learned_scale"):
-            vals = [r[k] for r in group if k in r]
-            if vals:
-                s[k] = float(np.mean(vals))
-                s[k + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+        s.update(seed_statistics(group, ("psnr", "ssim", "utilization", "codebook_usage", "learned_scale")))
         out.append(s)
     return out
 

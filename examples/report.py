@@ -114,6 +114,17 @@ def save_curves_figure(path: Path, curves: dict[str, list[float]]) -> None:
 # ----------------------------------------------------------------------------- report
 
 
+def seed_statistics(group: list[dict], keys) -> dict:
+    """``{k: mean, k + "_std": std}`` of each key over the runs in ``group`` (one per seed; std with
+    ddof = 1, 0 for a single seed); keys no run has are left out."""
+    out = {}
+    for k in keys:
+        vals = [r[k] for r in group if k in r]
+        if vals:
+            out[k], out[k + "_std"] = float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+    return out
+
+
 def fmt(x, digits: int = 3) -> str:
     if x is None:
         return "–"
