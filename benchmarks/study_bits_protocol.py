@@ -106,7 +106,7 @@ def main(argv=None):
     records = []
     for seed in seeds:
         for L in args.levels:
-            rs, _ = G.run_seed(seed, dict(cfg, levels=[L] * 4), data, evaluator, None, ["ifsq"], ["ar", "dit"])
+            rs, _ = G.run_seed(seed, dict(cfg, levels=[L] * 4), data, evaluator, None, ["ifsq"], ["ar", "dit"], {"ifsq": cfg["tokenizer_lrs"]})
             for r in rs:
                 r.update(L=L, bits_per_dim=math.log2(L), ar_vocab_sizes=P.group_vocab_sizes([L] * 4, cfg["index_groups"]))
             records += rs

@@ -10,7 +10,7 @@ Per seed and per bottleneck ``fsq`` (tanh), ``ifsq`` (2*sigmoid(1.6 z) - 1), ``e
 (erf with equal-width bins): an autoencoder tokenizer (same architecture, steps and seed; the
 learning rate picked from a small sweep by validation PSNR), then on its tokens an AR
 transformer (stopped at its best validation loss) and a DiT (flow matching), the same for every
-bottleneck; with ``--repa`` also the AR transformer with REPA (aligned to a frozen CNN trained on
+bottleneck; with ``--repa`` also the AR transformer with REPA on the tokenizers in ``repa_kinds`` (aligned to a frozen CNN trained on
 the generators' training split, not the evaluation network). Guidance is chosen per model from
 a sweep by FD on the validation split; the chosen scale's samples are then measured once on the
 test split: FD and KID against ``--num-real`` held-out images with 95 % bootstrap intervals,
@@ -24,7 +24,7 @@ paired differences; the configuration), ``protocol.json`` (calibration rows), ``
 and ``generation.png``.
 
     python -m benchmarks.study_generation --quick   # 1 seed, short training, n = 2,000 vs 5,000 (about 10-15 min, one thread)
-    python -m benchmarks.study_generation           # 3 seeds, LR sweep, longer training, REPA (estimated 2-3 h, one thread)
+    python -m benchmarks.study_generation           # 3 seeds, LR sweep on seed 0, longer training, REPA on iFSQ (about 1.5-2 h, one thread)
 """
 
 from __future__ import annotations
@@ -56,18 +56,18 @@ CONFIGS = {
     "quick": dict(seeds=1, levels=[17] * 4, index_groups=[2, 2], splits=dict(train=20_000, val=2_000, test=5_000, features=10_000, reference=5_000),
                   features=dict(steps=400, batch_size=64, lr=2e-3, width=32, feature_dim=64),
                   repa_encoder=dict(steps=300, batch_size=64, lr=2e-3, width=16, feature_dim=32),
-                  tokenizer=dict(TOK, steps=300), tokenizer_lrs=[2e-3],
+                  tokenizer=dict(TOK, steps=300), tokenizer_lrs=[2e-3], tokenizer_sweep_seeds=1,
                   ar=dict(AR, steps=1000, dim=64, depth=2, repa_layer=1), ar_eval_every=100,
                   dit=dict(DIT, steps=2000, dim=64, depth=2, sample_steps=8),
                   ar_guidance=[1.0, 2.0, 3.0], dit_guidance=[1.0, 2.0], num_val_samples=500,
-                  num_generated=2000, num_real=5000, n_boot=100, repa=False),
+                  num_generated=2000, num_real=5000, n_boot=100, repa=False, repa_kinds=list(KINDS)),
     "full": dict(seeds=3, levels=[17] * 4, index_groups=[2, 2], splits=dict(train=20_000, val=2_000, test=5_000, features=10_000, reference=5_000),
                  features=dict(steps=1500, batch_size=64, lr=2e-3, width=32, feature_dim=64),
                  repa_encoder=dict(steps=1000, batch_size=64, lr=2e-3, width=16, feature_dim=32),
-                 tokenizer=dict(TOK, steps=2000), tokenizer_lrs=[1e-3, 2e-3, 4e-3],
-                 ar=dict(AR), ar_eval_every=100, dit=dict(DIT),
-                 ar_guidance=[1.0, 1.5, 2.0, 3.0, 4.0], dit_guidance=[1.0, 1.5, 2.0, 3.0], num_val_samples=1000,
-                 num_generated=2000, num_real=5000, n_boot=200, repa=True),
+                 tokenizer=dict(TOK, steps=1000), tokenizer_lrs=[1e-3, 2e-3, 4e-3], tokenizer_sweep_seeds=1,
+                 ar=dict(AR), ar_eval_every=100, dit=dict(DIT, steps=1200, sample_steps=8),
+                 ar_guidance=[1.0, 1.5, 2.0, 3.0, 4.0], dit_guidance=[1.0, 1.5, 2.0, 3.0], num_val_samples=500,
+                 num_generated=2000, num_real=5000, n_boot=200, repa=True, repa_kinds=["ifsq"]),
 }
 
 
@@ -105,20 +105,27 @@ def load_splits(cfg: dict) -> dict:
     return {name: load_font_digits(name, n=n, seed=0) for name, n in cfg["splits"].items()}
 
 
-def train_tokenizer(kind: str, cfg: dict, data: dict, seed: int) -> tuple:
-    """The tokenizer of ``kind`` at every learning rate of the sweep; keeps the best by validation PSNR -> (tok, metrics)."""
+def train_tokenizer(kind: str, cfg: dict, data: dict, seed: int, lrs: list[float]) -> tuple:
+    """The tokenizer of ``kind`` at every learning rate in ``lrs``; keeps the best by validation PSNR -> (tok, metrics).
+
+    ``loss_drop_last_tenth``: how much the mean training loss of the last tenth of the steps is
+    below that of the tenth before it (relative), a check of how far from converged it stopped.
+    """
     best = None
     sweep = {}
-    for lr in cfg["tokenizer_lrs"]:
+    for lr in lrs:
         tok, losses = P.train_tokenizer(kind, cfg["levels"], cfg["index_groups"], dict(cfg["tokenizer"], lr=lr), data["train"], ENV, seed,
                                         f"tokenizer {kind} lr={lr:g} seed={seed}")
         m, _, _ = P.evaluate_tokenizer(tok, data["val"], ENV)
-        sweep[str(lr)] = dict(val_psnr=m["psnr"], final_loss=float(np.mean(losses[-50:])))
+        tenth = max(1, len(losses) // 10)
+        drop = 1.0 - float(np.mean(losses[-tenth:])) / float(np.mean(losses[-2 * tenth:-tenth]))
+        sweep[str(lr)] = dict(val_psnr=m["psnr"], final_loss=float(np.mean(losses[-50:])), loss_drop_last_tenth=drop)
         if best is None or m["psnr"] > best[1]["psnr"]:
             best = (tok, m, lr)
     tok, _, lr = best
     m, _, _ = P.evaluate_tokenizer(tok, data["test"], ENV)
-    return tok, dict(lr=lr, lr_sweep=sweep, psnr=m["psnr"], ssim=m["ssim"], utilization=m["utilization"], codebook_usage=m["codebook_usage"])
+    return tok, dict(lr=lr, lr_sweep=sweep, psnr=m["psnr"], ssim=m["ssim"], utilization=m["utilization"], codebook_usage=m["codebook_usage"],
+                     loss_drop_last_tenth=sweep[str(lr)]["loss_drop_last_tenth"])
 
 
 def train_ar_early_stopped(tok, cfg: dict, data: dict, seed: int, repa_encoder=None) -> tuple:
@@ -150,16 +157,19 @@ def measure(evaluator: ProtocolEvaluator, sample, scales: list[float], cfg: dict
     return dict(out, guidance=guidance, guidance_val_fd={str(k): v for k, v in val_fds.items()})
 
 
-def run_seed(seed: int, cfg: dict, data: dict, evaluator: ProtocolEvaluator, repa_encoder, kinds: list[str], generators: list[str]) -> tuple:
+def run_seed(seed: int, cfg: dict, data: dict, evaluator: ProtocolEvaluator, repa_encoder, kinds: list[str], generators: list[str],
+             tokenizer_lrs: dict[str, list[float]]) -> tuple:
+    """Every tokenizer of ``kinds`` for ``seed`` (at the learning rates ``tokenizer_lrs[kind]``) and its generators -> (records, tokenizers)."""
     records, tokenizers = [], {}
     for kind in kinds:
         t0 = time.perf_counter()
-        tok, tm = train_tokenizer(kind, cfg, data, seed)
+        tok, tm = train_tokenizer(kind, cfg, data, seed, tokenizer_lrs[kind])
         tokenizers[kind] = tok
-        base = dict(tokenizer=kind, seed=seed, tokenizer_psnr=tm["psnr"], tokenizer_lr=tm["lr"], tokenizer_utilization=tm["utilization"])
+        base = dict(tokenizer=kind, seed=seed, tokenizer_psnr=tm["psnr"], tokenizer_lr=tm["lr"], tokenizer_utilization=tm["utilization"],
+                    tokenizer_lr_sweep=tm["lr_sweep"], tokenizer_loss_drop_last_tenth=tm["loss_drop_last_tenth"])
         print(f"seed {seed} {kind}: test PSNR {tm['psnr']:.2f} dB (lr {tm['lr']:g}), {time.perf_counter() - t0:.0f} s", flush=True)
         for gen in [g for g in generators if g in ("ar", "ar_repa")]:
-            if gen == "ar_repa" and repa_encoder is None:
+            if gen == "ar_repa" and (repa_encoder is None or kind not in cfg["repa_kinds"]):
                 continue
             t0 = time.perf_counter()
             ar, info = train_ar_early_stopped(tok, cfg, data, seed, repa_encoder if gen == "ar_repa" else None)
@@ -299,8 +309,10 @@ def main(argv=None):
         repa_encoder, _ = P.train_classifier(data["train"], cfg["repa_encoder"], ENV, seed=1, desc="REPA encoder")
 
     records, first_tokenizers = [], None
-    for seed in seeds:
-        rs, toks = run_seed(seed, cfg, data, evaluator, repa_encoder, args.kinds, args.generators)
+    for i, seed in enumerate(seeds):  # the LR sweep on the first seeds; later seeds reuse each bottleneck's chosen LR
+        lrs = {k: cfg["tokenizer_lrs"] if i < cfg["tokenizer_sweep_seeds"] else [next(r["tokenizer_lr"] for r in records if r["tokenizer"] == k)]
+               for k in args.kinds}
+        rs, toks = run_seed(seed, cfg, data, evaluator, repa_encoder, args.kinds, args.generators, lrs)
         records += rs
         first_tokenizers = first_tokenizers or toks
     n = cfg["num_generated"]
