@@ -22,8 +22,8 @@ kurtosis, fraction with ``|f(s z)| > 0.95``: saturated), level utilization (entr
 PSNR; and the learned scale. Data: ``load_font_digits`` (train / val splits), 16x16, latents
 4x4x4, L = 17. Writes ``mechanism.{json,md,png}`` to ``--out``.
 
-    python -m benchmarks.study_mechanism --quick   # 1 seed, 150 steps, 5,000 training images (about 15 min, one thread)
-    python -m benchmarks.study_mechanism           # 2 seeds, 1,000 steps, 20,000 training images (estimated 2.5-3 h, one thread)
+    python -m benchmarks.study_mechanism --quick   # 1 seed, 100 steps, 5,000 training images (about 13 min, one thread)
+    python -m benchmarks.study_mechanism           # 2 seeds, 500 steps, 20,000 training images (about 1.5 h, one thread)
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ KINDS = ("fsq", "ifsq", "erf_equal")
 ENCODERS = ("normalized", "free")
 TOK = dict(batch_size=64, lr=2e-3, channels=[16, 32, 64], blocks=1, l1_weight=0.0, l2_weight=1.0)
 CONFIGS = {
-    "quick": dict(seeds=1, levels=[17] * 4, n_train=5_000, n_val=1_000, tokenizer=dict(TOK, steps=150)),
-    "full": dict(seeds=2, levels=[17] * 4, n_train=20_000, n_val=2_000, tokenizer=dict(TOK, steps=1000)),
+    "quick": dict(seeds=1, levels=[17] * 4, n_train=5_000, n_val=1_000, tokenizer=dict(TOK, steps=100)),
+    "full": dict(seeds=2, levels=[17] * 4, n_train=20_000, n_val=2_000, tokenizer=dict(TOK, steps=500)),
 }
 
 
@@ -182,7 +182,7 @@ def figure(summary: list[dict], path: Path) -> None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1 seed, 150 steps, 5,000 training images")
+    parser.add_argument("--quick", action="store_true", help="1 seed, 100 steps, 5,000 training images")
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None, help="override the tokenizer steps (tests)")
     parser.add_argument("--scales", type=float, nargs="+", default=list(SCALES))
