@@ -285,6 +285,67 @@ def test_modules_empty_batch_and_usage():
     assert ref.usage.summary() == tri.usage.summary()
 
 
+# --- the triton_op (torch.library) that serves CUDA tensors -------------------------------------
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_triton_op_eager_matches_reference(activation):
+    """``torch.ops.ifsq_quant.quantize_triton`` run eagerly (its body launches the interpreter's
+    kernels): codes, indices and level indices bit-identical, gradient through the backward
+    op within 1e-5, and a second derivative equal to the reference's."""
+    from ifsq_quant.kernels import triton_ops
+
+    layout, plan = make_layout([17, 8, 5, 5, 3], "round", activation), IndexPlan([17, 8, 5, 5, 3], [2, 3])
+    z = whole_rows(random_inputs(5, torch.float32, seed=3)).requires_grad_(True)
+    codes, indices, levels = triton_ops.quantize(z, layout, plan, need_levels=True)
+    z_ref = z.detach().clone().requires_grad_(True)
+    codes_ref, levels_ref = reference.quantize(z_ref, layout)
+    assert torch.equal(codes, codes_ref) and torch.equal(levels, levels_ref) and torch.equal(indices, plan.pack(levels_ref))
+    g = torch.randn(z.shape, generator=torch.Generator().manual_seed(1))
+    (grad,) = torch.autograd.grad(codes, z, g, retain_graph=True)
+    (grad_ref,) = torch.autograd.grad(codes_ref, z_ref, g, retain_graph=True)
+    torch.testing.assert_close(grad, grad_ref, atol=1e-5, rtol=1e-5)
+    if activation != "clamp":  # clamp's second derivative is zero everywhere
+        (gz,) = torch.autograd.grad(codes, z, g, create_graph=True)
+        (gz_ref,) = torch.autograd.grad(codes_ref, z_ref, g, create_graph=True)
+        (second,) = torch.autograd.grad(gz.sum(), z)
+        (second_ref,) = torch.autograd.grad(gz_ref.sum(), z_ref)
+        torch.testing.assert_close(second, second_ref, atol=1e-4, rtol=1e-4)
+        assert second.abs().max() > 0
+
+
+def test_triton_op_traces_to_kernel_launches(monkeypatch):
+    """Traced with fake CUDA tensors and a symbolic batch (as torch.compile and torch.export trace
+    a triton_op), the op bodies become ``triton_kernel_wrapper`` launches of the compiled kernels
+    with a grid that follows the batch, and no cache keeps a fake tensor."""
+    from torch._dynamo.source import ConstantSource
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv
+
+    from ifsq_quant.kernels import triton_kernels, triton_ops
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the kernels as triton.jit functions, as on a GPU
+    shape_env = ShapeEnv()
+    m = shape_env.create_symintnode(shape_env.create_symbol(1000, ConstantSource("m"), dynamic_dim=DimDynamic.DYNAMIC), hint=1000)
+    args = ([17, 17, 5, 5], "round", "sigmoid", 0.0)
+    with FakeTensorMode(shape_env=shape_env):
+        z, grad = torch.empty(m, 4, device="cuda"), torch.empty(m, 4, device="cuda")
+        forward = make_fx(lambda z: triton_ops._quantize_triton(z, *args, [2, 2], True, False), tracing_mode="fake")(z)
+        backward = make_fx(lambda g, z: triton_ops._quantize_triton_backward(g, z, *args), tracing_mode="fake")(grad, z)
+    for graph, expected in ((forward, dict(D=4, G=2, ACT=1, KIND=0, NEED_INDEX=True, NEED_LEVELS=False, INTERPRET=False)),
+                            (backward, dict(D=4, ACT=1, INTERPRET=False))):
+        launches = [n for n in graph.graph.nodes if "triton_kernel_wrapper" in str(n.target)]
+        assert len(launches) == 1
+        kwargs = launches[0].kwargs["kwargs"]
+        assert {k: kwargs[k] for k in expected} == expected and kwargs["enable_fp_fusion"] is False
+        assert kwargs["z_ptr"].meta["val"].device.type == "cuda"
+        (grid,) = launches[0].kwargs["grid"]
+        assert isinstance(grid[0], torch.fx.Node)  # ceil(m / block): follows the symbolic batch
+    cached = [t for per in (*triton_kernels._constant_tables.values(), *triton_kernels._pack_tables.values()) for t in per.values()]
+    assert not any(isinstance(t, FakeTensor) for t in cached)
+
+
 # --- the compiled CUDA path, without a GPU -----------------------------------------------------
 
 

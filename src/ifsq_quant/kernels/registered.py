@@ -21,6 +21,7 @@ import functools
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _disable_current_modes
 
 from ..activations import get_activation
 from ..bins import BinLayout
@@ -33,12 +34,15 @@ __all__ = ["quantize", "straight_through_grad"]
 
 @functools.lru_cache(maxsize=256)
 def _layout(levels: tuple[int, ...], kind: str, activation: str, eps: float) -> BinLayout:
-    return BinLayout(levels, kind, get_activation(activation), eps)
+    # Host-side tables: built from real CPU tensors even when the op's body is being traced.
+    with _disable_current_modes():
+        return BinLayout(levels, kind, get_activation(activation), eps)
 
 
 @functools.lru_cache(maxsize=256)
 def _plan(levels: tuple[int, ...], groups: tuple[int, ...]) -> IndexPlan:
-    return IndexPlan(levels, groups)
+    with _disable_current_modes():
+        return IndexPlan(levels, groups)
 
 
 def _empty(z: Tensor, dtype: torch.dtype | None = None) -> Tensor:
@@ -104,7 +108,17 @@ _quantize_op.register_autograd(_backward, setup_context=_setup_context)
 
 def quantize(z: Tensor, layout: BinLayout, plan: IndexPlan | None, impl: str, need_levels: bool = False):
     """``z (M, d)`` float32/float64 -> ``(codes (M, d), indices (M, G) | None, level indices | None)``
-    through the registered op; ``impl`` is ``"torch"`` (fused PyTorch) or ``"triton"``."""
+    through the registered op; ``impl`` is ``"torch"`` (fused PyTorch) or ``"triton"``.
+
+    Compiled Triton kernels (CUDA) run as the traceable ``triton_op`` of :mod:`.triton_ops`; the
+    interpreter's kernels (``TRITON_INTERPRET=1``) run inside this module's opaque op."""
+    if impl == "triton":
+        from . import triton_support
+
+        if not triton_support.interpreting():
+            from . import triton_ops
+
+            return triton_ops.quantize(z, layout, plan, need_levels)
     need_deriv = impl != "triton" and z.requires_grad and torch.is_grad_enabled()
     groups = list(plan.groups) if plan is not None else [len(layout.levels)]
     codes, indices, level_indices, _ = _quantize_op(

@@ -3,7 +3,8 @@
 :func:`forward` has the contract of :func:`.torch_fused.forward`: ``z (M, d)`` float32 or
 float64 -> ``codes (M, d)`` in ``z``'s dtype, ``indices (M, G)`` int64 (``None`` without a plan)
 and, on request, level indices ``(M, d)`` as exact-integer floats; :func:`backward` gives the
-straight-through gradient. Both run inside the registered op (:mod:`.registered`).
+straight-through gradient. On CUDA both run inside the ``triton_op`` operators of
+:mod:`.triton_ops`; under the interpreter, inside the opaque op of :mod:`.registered`.
 
 Forward: one kernel reads each row of ``z`` once and writes the codes, the level indices (when
 asked for) and the ``G`` packed indices. A program owns a ``[BLOCK_M, BLOCK_D]`` tile of whole
@@ -59,10 +60,14 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.library import wrap_triton
+from torch.utils._python_dispatch import _disable_current_modes
 from triton.language.extra import libdevice
+from triton.runtime.jit import JITFunction
 
 from ..activations import vector_sigmoid
 from ..bins import BinLayout
+from ..contexts import cached, tracing
 from ..indexing import IndexPlan
 from . import triton_support
 
@@ -290,8 +295,6 @@ def _kernels(interpret: bool):
 
             wrap = InterpretedFunction
         else:
-            from triton.runtime.jit import JITFunction
-
             wrap = JITFunction
         _kernel_cache[interpret] = (wrap(_quantize_forward_kernel), wrap(_quantize_backward_kernel))
     return _kernel_cache[interpret]
@@ -305,23 +308,21 @@ _pack_tables: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def _constant_table(layout: BinLayout, device: torch.device, dtype: torch.dtype) -> Tensor:
     """``(8, d)`` table of the layout's per-dimension constants (rows ``_CONSTANT_ROWS``)."""
-    per_layout = _constant_tables.setdefault(layout, {})
-    key = (torch.device(device), dtype)
-    if key not in per_layout:
-        c = layout.constants(device, dtype)
-        zeros = torch.zeros_like(c["scale"])
-        per_layout[key] = torch.stack([c.get(name, zeros) for name in _CONSTANT_ROWS]).contiguous()
-    return per_layout[key]
+    def make() -> Tensor:  # computed on the host, then made a tensor afresh (a graph constant when traced)
+        with _disable_current_modes():
+            c = layout.constants(torch.device("cpu"), dtype)
+            zeros = torch.zeros_like(c["scale"])
+            rows = torch.stack([c.get(name, zeros) for name in _CONSTANT_ROWS]).tolist()
+        return torch.tensor(rows, dtype=dtype, device=device)
+
+    return cached(_constant_tables.setdefault(layout, {}), (torch.device(device), dtype), make)
 
 
 def _pack_table(plan: IndexPlan, device: torch.device) -> Tensor:
     """``(2, d)`` int64: the basis ``B_i`` of each dimension and the number of its group."""
-    per_plan = _pack_tables.setdefault(plan, {})
-    key = torch.device(device)
-    if key not in per_plan:
-        group_of = [gi for gi, size in enumerate(plan.groups) for _ in range(size)]
-        per_plan[key] = torch.tensor([list(plan.basis), group_of], dtype=torch.int64).to(device)
-    return per_plan[key]
+    group_of = [gi for gi, size in enumerate(plan.groups) for _ in range(size)]
+    return cached(_pack_tables.setdefault(plan, {}), torch.device(device),
+                  lambda: torch.tensor([list(plan.basis), group_of], dtype=torch.int64, device=device))
 
 
 def _next_pow2(n: int) -> int:
@@ -329,11 +330,14 @@ def _next_pow2(n: int) -> int:
 
 
 def _launch(kernel, grid, z: Tensor, *args, **kwargs) -> None:
-    if z.is_cuda:
+    """Runs ``kernel`` through ``wrap_triton``: a direct launch in eager code, a
+    ``triton_kernel_wrapper`` node when the enclosing ``triton_op`` is traced (compile, export)."""
+    launch = (wrap_triton(kernel) if isinstance(kernel, JITFunction) else kernel)[grid]  # the interpreter's run as they are
+    if z.is_cuda and not tracing():  # the launch goes to the current device
         with torch.cuda.device(z.device):
-            kernel[grid](*args, **kwargs)
+            launch(*args, **kwargs)
     else:
-        kernel[grid](*args, **kwargs)
+        launch(*args, **kwargs)
 
 
 def forward(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: bool):
@@ -351,7 +355,6 @@ def forward(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: b
     block_m = max(1, TILE_ELEMENTS // block_d)  # powers of two throughout
     if groups > 1:
         block_m = min(block_m, max(1, PACK_ELEMENTS // (block_d * block_g)))
-    block_m = min(block_m, _next_pow2(m))
     constants = _constant_table(layout, z.device, z.dtype)
     pack = _pack_table(plan, z.device) if plan is not None else constants
     grid = (triton.cdiv(m, block_m),)
@@ -379,7 +382,7 @@ def backward(grad: Tensor, z: Tensor, layout: BinLayout) -> Tensor:
         return out
     interpret = triton_support.interpreting()
     _, backward_kernel = _kernels(interpret)
-    block = min(BACKWARD_BLOCK, _next_pow2(n))
+    block = BACKWARD_BLOCK
     _launch(
         backward_kernel, (triton.cdiv(n, block),), z,
         grad, z, _constant_table(layout, z.device, z.dtype), out, n,

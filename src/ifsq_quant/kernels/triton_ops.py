@@ -1,0 +1,75 @@
+"""The Triton kernels as ``torch.library.triton_op`` operators, for CUDA tensors.
+
+``torch.ops.ifsq_quant.quantize_triton`` (forward) and ``quantize_triton_backward`` launch the
+kernels of :mod:`.triton_kernels` through ``wrap_triton``. Unlike an opaque custom op, a
+``triton_op`` is traceable: ``torch.compile`` and ``torch.export`` see the kernel launches
+themselves (``triton_kernel_wrapper`` nodes), so inductor calls the kernels from its generated
+code (no Python op in between, CUDA graphs allowed) and its fake implementation is the body
+itself. In eager code the body launches the kernels directly.
+
+The schema is that of ``ifsq_quant::quantize`` (:mod:`.registered`) without the arguments that
+only the CPU path uses. The gradient is the backward kernel (recomputed from ``z``), or, when
+the backward itself is differentiated, the differentiable formula of :mod:`.registered`.
+
+Under ``TRITON_INTERPRET=1`` (CPU) these ops run in eager code only: the interpreter's kernels
+cannot be traced, so the package then uses ``ifsq_quant::quantize`` with ``impl="triton"``.
+This module imports Triton; it is loaded on the first Triton call, and a program exported with
+these ops needs ``import ifsq_quant.kernels.triton_ops`` before it is loaded.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.library import triton_op
+
+from . import triton_kernels
+from .registered import _empty, _layout, _plan, straight_through_grad
+
+__all__ = ["quantize"]
+
+
+def _quantize_triton(z: Tensor, levels: list[int], kind: str, activation: str, eps: float, groups: list[int],
+                     pack: bool, need_levels: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``z (M, d)`` -> ``codes (M, d)``, ``indices (M, G)`` int64 (empty unless ``pack``), level
+    indices ``(M, d)`` (empty unless ``need_levels``)."""
+    plan = _plan(tuple(levels), tuple(groups)) if pack else None
+    codes, indices, level_indices = triton_kernels.forward(z, _layout(tuple(levels), kind, activation, eps), plan, need_levels)
+    return (codes, _empty(z, torch.int64) if indices is None else indices,
+            _empty(z) if level_indices is None else level_indices)
+
+
+def _quantize_triton_backward(grad: Tensor, z: Tensor, levels: list[int], kind: str, activation: str, eps: float) -> Tensor:
+    """The straight-through gradient ``(M, d)`` of :func:`_quantize_triton`'s codes."""
+    return triton_kernels.backward(grad, z, _layout(tuple(levels), kind, activation, eps))
+
+
+quantize_op = triton_op("ifsq_quant::quantize_triton", mutates_args=())(_quantize_triton)
+backward_op = triton_op("ifsq_quant::quantize_triton_backward", mutates_args=())(_quantize_triton_backward)
+
+
+def _setup_context(ctx, inputs, output):
+    z, levels, kind, activation, eps, *_ = inputs
+    ctx.layout_key = (list(levels), kind, activation, eps)
+    ctx.save_for_backward(z)
+
+
+def _backward(ctx, grad_codes, *_unused):
+    (z,) = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: a gradient that can itself be differentiated
+        levels, kind, activation, eps = ctx.layout_key
+        grad = straight_through_grad(grad_codes, z, _layout(tuple(levels), kind, activation, eps))
+    else:
+        grad = backward_op(grad_codes.contiguous(), z, *ctx.layout_key)
+    return (grad,) + (None,) * 7
+
+
+quantize_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def quantize(z: Tensor, layout, plan, need_levels: bool = False):
+    """``z (M, d)`` -> ``(codes, indices | None, level indices | None)`` through ``quantize_triton``."""
+    groups = list(plan.groups) if plan is not None else [len(layout.levels)]
+    codes, indices, level_indices = quantize_op(z.contiguous(), list(layout.levels), layout.kind, layout.activation.name, layout.eps,
+                                                groups, plan is not None, need_levels)
+    return codes, indices if plan is not None else None, level_indices if need_levels else None
