@@ -87,6 +87,8 @@ def candidates(levels, z, device, backward, compiled=False):
         out["sigmoid"] = sigmoid_step
     else:
         out["sigmoid"] = lambda: torch.sigmoid(z)
+    if device.type == "cuda":  # the bandwidth reference: one device-to-device copy of z
+        out["copy"] = lambda: z.clone()
     return out
 
 
@@ -126,7 +128,8 @@ def main(argv=None):
             for label in args.levels:
                 for backward in (False, True):
                     t = measure(LEVELS[label], numel, device, backward, args.repeats, compiled=args.compiled)
-                    rows.append(_ratios({"elements": numel, "levels": label, "pass": "fwd+bwd" if backward else "fwd", "seconds": t}))
+                    rows.append(_ratios({"elements": numel, "levels": label, "pass": "fwd+bwd" if backward else "fwd", "seconds": t},
+                                        len(LEVELS[label])))
                     print(json.dumps(rows[-1]))
     finally:
         for process in busy:
@@ -143,9 +146,19 @@ def main(argv=None):
     print(to_markdown(rows, meta))
 
 
-def _ratios(row):
-    """Adds the ratios of a row's median times (``a/b`` > 1: ``b`` is faster)."""
+def _ratios(row, d):
+    """Adds the ratios of a row's median times (``a/b`` > 1: ``b`` is faster) and, where a copy was
+    timed (CUDA), the forward's effective bandwidth: the bytes it must move (read float32 ``z``,
+    write the codes and one int64 index per ``d`` elements) over its time, in GB/s and as a
+    fraction of the copy's (a clone reads and writes ``z``: 8 bytes per element)."""
     t = row["seconds"]
+    if "copy" in t and row["pass"] == "fwd":
+        n = row["elements"] // d * d
+        row["copy GB/s"] = 8 * n / t["copy"] / 1e9
+        for ours in ("FSQ", "iFSQ", "vqp FSQ"):
+            if ours in t:
+                row[f"{ours} GB/s"] = (8 * n + 8 * n // d) / t[ours] / 1e9
+                row[f"{ours} GB/s / copy"] = row[f"{ours} GB/s"] / row["copy GB/s"]
     for ours in ("FSQ", "iFSQ"):
         row[f"vqp/{ours}"] = t["vqp FSQ"] / t[ours] if "vqp FSQ" in t else None
         row[f"{ours}/sigmoid"] = t[ours] / t["sigmoid"]
@@ -194,6 +207,14 @@ def to_markdown(rows, meta):
                 f"{fmt(r['iFSQ compiled/eager'])} | {fmt(r.get('vqp compiled/FSQ compiled'))} | "
                 f"{fmt(r.get('vqp compiled/iFSQ compiled'))} | {fmt(r.get('reference compiled/iFSQ compiled'))} | "
                 f"{'n/a' if vqp_c is None else f'{vqp_c * 1e3:.1f}'} |")
+    bandwidth = [r for r in rows if "copy GB/s" in r]
+    if bandwidth:
+        lines += ["", "Forward effective bandwidth (read z, write codes and indices) against a device-to-device copy of z:", "",
+                  "| elements | levels | copy GB/s | FSQ GB/s | iFSQ GB/s | vqp GB/s | iFSQ / copy |", "|---:|---|---:|---:|---:|---:|---:|"]
+        for r in bandwidth:
+            vqp = f"{r['vqp FSQ GB/s']:.0f}" if "vqp FSQ GB/s" in r else "n/a"
+            lines.append(f"| {r['elements'] / 2**20:.0f}M | {r['levels']} | {r['copy GB/s']:.0f} | {r['FSQ GB/s']:.0f} | "
+                         f"{r['iFSQ GB/s']:.0f} | {vqp} | {r['iFSQ GB/s / copy']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
