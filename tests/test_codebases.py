@@ -10,9 +10,16 @@ without it these tests skip. They build small configurations and download nothin
   configurations ship ``name="taae_fsq"``, a subclass overriding ``quantize()`` that calls
   ``bound()`` and rounds again; with vector-quantize-pytorch 1.32, whose ``bound()`` already
   rounds, that gives degenerate codes, so it is no reference to compare against.)
+* magvit2-pytorch (``magvit2_pytorch``, VideoTokenizer: MAGVIT-v2's video and image tokenizer)
+  builds ``vector_quantize_pytorch.FSQ(levels, dim=..., num_codebooks=...)`` with ``use_fsq=True``.
 """
 
 from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import types
 
 import pytest
 import torch
@@ -123,6 +130,91 @@ def test_sq_codec_fsq_swap(monkeypatch, train, codebook_dim):
     """build_vq("fsq"): its presets (3, 4, 5 dimensions: [8, 6, 5], [8, 5, 5, 5], [7, 5, 5, 5, 5]) and explicit levels."""
     anchor, ours = _sq_pair(monkeypatch, dict(name="fsq", codebook_dim=codebook_dim), ifsq_quant.FSQ)
     _check_sq(anchor, ours, train)
+
+
+# --- magvit2-pytorch ---------------------------------------------------------------------------
+# VideoTokenizer (MAGVIT-v2, a video/image tokenizer) builds vector_quantize_pytorch.FSQ(levels,
+# dim=..., num_codebooks=...) with use_fsq=True. Its model module is loaded without the package's
+# __init__, which imports the trainer (accelerate, video I/O); and where torchvision does not
+# import (its PyPI wheel is the CUDA build, which does not load with CPU torch), with a stand-in
+# that holds the one name the model module needs, VGG16_Weights, for the VGG perceptual loss the
+# tests switch off (perceptual_loss_weight=0: VGG is never built).
+
+_MAGVIT2 = "magvit2_pytorch.magvit2_pytorch"
+
+
+def _magvit2():
+    """magvit2-pytorch's model module (see above); skips when it is not installed."""
+    if _MAGVIT2 in sys.modules:
+        return sys.modules[_MAGVIT2]
+    spec = importlib.util.find_spec("magvit2_pytorch")
+    if spec is None:
+        pytest.skip('magvit2-pytorch is not installed (pip install -e ".[codebases]")')
+    names = ("magvit2_pytorch", "torchvision", "torchvision.models")
+    saved = {name: sys.modules.get(name) for name in names}
+    try:
+        try:
+            import torchvision  # noqa: F401
+        except Exception:  # the CUDA build with CPU torch: "operator torchvision::nms does not exist"
+            stand_in = types.ModuleType("torchvision")
+            stand_in.models = types.ModuleType("torchvision.models")
+            stand_in.models.VGG16_Weights = type("VGG16_Weights", (), {"DEFAULT": None})
+            sys.modules.update({"torchvision": stand_in, "torchvision.models": stand_in.models})
+        package = types.ModuleType("magvit2_pytorch")
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules["magvit2_pytorch"] = package
+        return importlib.import_module(_MAGVIT2)
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+
+
+def _magvit2_pair(monkeypatch, num_codebooks):
+    """(anchor, ours): a small VideoTokenizer built with vqp's FSQ and with ours patched in;
+    ours loads the anchor's state_dict strictly."""
+    m2 = _magvit2()
+
+    def build(seed):
+        torch.manual_seed(seed)
+        return m2.VideoTokenizer(image_size=16, init_dim=8, layers=("residual", "compress_space", "residual", "compress_time"),
+                                 use_fsq=True, fsq_levels=[8, 5, 5, 5], num_codebooks=num_codebooks, use_gan=False,
+                                 perceptual_loss_weight=0.0, flash_attn=False)
+
+    anchor = build(0)
+    with monkeypatch.context() as m:
+        m.setattr(m2, "FSQ", ifsq_quant.FSQ)
+        ours = build(1)  # a different init: the checkpoint must bring every weight
+    assert isinstance(ours.quantizers, ifsq_quant.FSQ) and not isinstance(anchor.quantizers, ifsq_quant.FSQ)
+    ours.load_state_dict(anchor.state_dict(), strict=True)
+    _state_equal(anchor, ours)
+    return anchor, ours
+
+
+@pytest.mark.parametrize("num_codebooks", [1, 2])
+@pytest.mark.parametrize("train", [False, True])
+def test_magvit2_video_tokenizer_fsq_swap(monkeypatch, train, num_codebooks):
+    """Tokens, reconstruction and loss bit-identical, gradients close; videos and images; tokens
+    decode through the tokenizer's own decode_from_code_indices to the same reconstruction."""
+    anchor, ours = _magvit2_pair(monkeypatch, num_codebooks)
+    g = torch.Generator().manual_seed(0)
+    for batch in (torch.randn(2, 3, 5, 16, 16, generator=g), torch.randn(3, 3, 16, 16, generator=g)):  # video, images
+        tokens_a, tokens_b = anchor.tokenize(batch), ours.tokenize(batch)
+        assert tokens_b.shape == tokens_a.shape and torch.equal(tokens_a.long(), tokens_b.long())
+        with torch.no_grad():
+            assert torch.equal(anchor.decode_from_code_indices(tokens_a), ours.decode_from_code_indices(tokens_b))
+        anchor.train(train), ours.train(train)
+        anchor.zero_grad(), ours.zero_grad()
+        loss_a, recon_a = anchor(batch, return_recon_loss_only=True)
+        loss_b, recon_b = ours(batch, return_recon_loss_only=True)
+        assert torch.equal(recon_a, recon_b) and torch.equal(loss_a, loss_b)
+        loss_a.backward()
+        loss_b.backward()
+        grads_a = _grads(anchor)
+        assert len(grads_a) > 20
+        _assert_grads_close(grads_a, _grads(ours))
 
 
 # --- residual quantizers as published audio codecs configure them ------------------------------
