@@ -8,8 +8,8 @@ two vocabularies of L^2; stopped at its best validation loss, the validation los
 test PSNR. The paper reports an optimum near 4 bits/dim (L = 17) for generation.
 Writes ``bits_protocol.{json,md,png}`` to ``--out``.
 
-    python -m benchmarks.study_bits_protocol --quick   # 1 seed, short training (about 15 min, one thread)
-    python -m benchmarks.study_bits_protocol           # 2 seeds, the generation study's full training (estimated 2.5-3 h)
+    python -m benchmarks.study_bits_protocol --quick   # 1 seed, short training (tokenizer 200, AR 600, DiT 1,200 steps; about 10 min, one thread)
+    python -m benchmarks.study_bits_protocol           # 2 seeds, the generation study's full training (about 2 h from its stage times; not run yet)
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ from examples.metrics import ProtocolEvaluator
 
 LEVELS = (3, 5, 9, 17, 33)
 CONFIGS = {
-    "quick": dict(G.CONFIGS["quick"], num_val_samples=300, n_boot=50, splits=dict(G.CONFIGS["quick"]["splits"], reference=2000)),
+    "quick": dict(G.CONFIGS["quick"], num_val_samples=300, n_boot=50, splits=dict(G.CONFIGS["quick"]["splits"], reference=2000),
+                  tokenizer=dict(G.CONFIGS["quick"]["tokenizer"], steps=200), ar=dict(G.CONFIGS["quick"]["ar"], steps=600),
+                  dit=dict(G.CONFIGS["quick"]["dit"], steps=1200)),
     "full": dict(G.CONFIGS["full"], seeds=2, tokenizer_lrs=[2e-3], tokenizer=dict(G.CONFIGS["full"]["tokenizer"], steps=1200),
                  ar=dict(G.CONFIGS["full"]["ar"]), repa=False),
 }
