@@ -13,7 +13,7 @@ way over one sampling batch at the chosen guidance: guidance doubles the batch).
 Writes ``ar_vs_diffusion_protocol.{json,md,png}`` to ``--out``.
 
     python -m benchmarks.study_ar_vs_diffusion_protocol --quick   # 1 seed, 1000 steps, small models, 4 checkpoints (about 10-15 min)
-    python -m benchmarks.study_ar_vs_diffusion_protocol           # 2 seeds, 3000 steps, width 128 / 4 blocks, 6 checkpoints (estimated 2-3 h)
+    python -m benchmarks.study_ar_vs_diffusion_protocol           # 2 seeds, 3000 steps, width 128 / 4 blocks, 6 checkpoints (about 1 h from the generation study's stage times; not run yet)
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ CONFIGS = {
                   ar_guidance=[1.0, 2.0, 3.0], dit_guidance=[1.0, 2.0], num_val_samples=300, num_generated=2000, n_boot=50),
     "full": dict(seeds=2, levels=[17] * 4, index_groups=[2, 2], splits=dict(SPLITS), eval_every=500,
                  features=dict(steps=1500, batch_size=64, lr=2e-3, width=32, feature_dim=64), tokenizer=dict(TOK, steps=2000),
-                 ar=dict(AR, steps=3000), diffusion=dict(DIT, steps=3000),
-                 ar_guidance=[1.0, 1.5, 2.0, 3.0], dit_guidance=[1.0, 1.5, 2.0, 3.0], num_val_samples=1000, num_generated=2000, n_boot=100),
+                 ar=dict(AR, steps=3000), diffusion=dict(DIT, steps=3000, sample_steps=8),
+                 ar_guidance=[1.0, 1.5, 2.0, 3.0], dit_guidance=[1.0, 1.5, 2.0, 3.0], num_val_samples=500, num_generated=2000, n_boot=100),
 }
 
 
