@@ -87,7 +87,7 @@ def candidates(levels, z, device, backward, compiled=False):
         out["sigmoid"] = sigmoid_step
     else:
         out["sigmoid"] = lambda: torch.sigmoid(z)
-    if device.type == "cuda":  # the bandwidth reference: one device-to-device copy of z
+    if device.type == "cuda" and not backward:  # the bandwidth reference: one device-to-device copy of z
         out["copy"] = lambda: z.clone()
     return out
 
@@ -148,17 +148,18 @@ def main(argv=None):
 
 def _ratios(row, d):
     """Adds the ratios of a row's median times (``a/b`` > 1: ``b`` is faster) and, where a copy was
-    timed (CUDA), the forward's effective bandwidth: the bytes it must move (read float32 ``z``,
-    write the codes and one int64 index per ``d`` elements) over its time, in GB/s and as a
-    fraction of the copy's (a clone reads and writes ``z``: 8 bytes per element)."""
+    timed (CUDA forward rows), each eager forward's effective bandwidth: the bytes it must move
+    (read float32 ``z``, write the codes and one index per ``d`` elements: int64 ours, int32
+    vector-quantize-pytorch's) over its time, in GB/s and as a fraction of the copy's (a clone
+    reads and writes ``z``: 8 bytes per element)."""
     t = row["seconds"]
-    if "copy" in t and row["pass"] == "fwd":
+    if "copy" in t:
         n = row["elements"] // d * d
         row["copy GB/s"] = 8 * n / t["copy"] / 1e9
-        for ours in ("FSQ", "iFSQ", "vqp FSQ"):
-            if ours in t:
-                row[f"{ours} GB/s"] = (8 * n + 8 * n // d) / t[ours] / 1e9
-                row[f"{ours} GB/s / copy"] = row[f"{ours} GB/s"] / row["copy GB/s"]
+        for name, index_bytes in (("FSQ", 8), ("iFSQ", 8), ("vqp FSQ", 4)):
+            if name in t:
+                row[f"{name} GB/s"] = (8 * n + index_bytes * n // d) / t[name] / 1e9
+                row[f"{name} GB/s / copy"] = row[f"{name} GB/s"] / row["copy GB/s"]
     for ours in ("FSQ", "iFSQ"):
         row[f"vqp/{ours}"] = t["vqp FSQ"] / t[ours] if "vqp FSQ" in t else None
         row[f"{ours}/sigmoid"] = t[ours] / t["sigmoid"]

@@ -9,7 +9,7 @@ test PSNR. The paper reports an optimum near 4 bits/dim (L = 17) for generation.
 Writes ``bits_protocol.{json,md,png}`` to ``--out``.
 
     python -m benchmarks.study_bits_protocol --quick   # 1 seed, short training (tokenizer 200, AR 600, DiT 1,200 steps; about 10 min, one thread)
-    python -m benchmarks.study_bits_protocol           # 2 seeds, the generation study's full training (about 2 h from its stage times; not run yet)
+    python -m benchmarks.study_bits_protocol           # 2 seeds, full AR and DiT, tokenizers 1,200 steps (about 2 h; not run yet)
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def main(argv=None):
     records = []
     for seed in seeds:
         for L in args.levels:
-            rs, _ = G.run_seed(seed, dict(cfg, levels=[L] * 4), data, evaluator, None, ["ifsq"], ["ar", "dit"], {"ifsq": cfg["tokenizer_lrs"]})
+            rs, _, _ = G.run_seed(seed, dict(cfg, levels=[L] * 4), data, evaluator, None, ["ifsq"], ["ar", "dit"], {"ifsq": cfg["tokenizer_lrs"]})
             for r in rs:
                 r.update(L=L, bits_per_dim=math.log2(L), ar_vocab_sizes=P.group_vocab_sizes([L] * 4, cfg["index_groups"]))
             records += rs

@@ -159,12 +159,13 @@ def measure(evaluator: ProtocolEvaluator, sample, scales: list[float], cfg: dict
 
 def run_seed(seed: int, cfg: dict, data: dict, evaluator: ProtocolEvaluator, repa_encoder, kinds: list[str], generators: list[str],
              tokenizer_lrs: dict[str, list[float]]) -> tuple:
-    """Every tokenizer of ``kinds`` for ``seed`` (at the learning rates ``tokenizer_lrs[kind]``) and its generators -> (records, tokenizers)."""
-    records, tokenizers = [], {}
+    """Every tokenizer of ``kinds`` for ``seed`` (at the learning rates ``tokenizer_lrs[kind]``) and its generators
+    -> (records, tokenizers, the learning rate chosen for each kind)."""
+    records, tokenizers, chosen_lrs = [], {}, {}
     for kind in kinds:
         t0 = time.perf_counter()
         tok, tm = train_tokenizer(kind, cfg, data, seed, tokenizer_lrs[kind])
-        tokenizers[kind] = tok
+        tokenizers[kind], chosen_lrs[kind] = tok, tm["lr"]
         base = dict(tokenizer=kind, seed=seed, tokenizer_psnr=tm["psnr"], tokenizer_lr=tm["lr"], tokenizer_utilization=tm["utilization"],
                     tokenizer_lr_sweep=tm["lr_sweep"], tokenizer_loss_drop_last_tenth=tm["loss_drop_last_tenth"])
         print(f"seed {seed} {kind}: test PSNR {tm['psnr']:.2f} dB (lr {tm['lr']:g}), {time.perf_counter() - t0:.0f} s", flush=True)
@@ -195,7 +196,7 @@ def run_seed(seed: int, cfg: dict, data: dict, evaluator: ProtocolEvaluator, rep
             records.append(dict(base, generator="dit", **m, val_loss=val_loss, train_loss=float(np.mean(losses[-50:])),
                                 seconds=round(time.perf_counter() - t0, 1)))
             print(f"  dit: FD {m['fd']:.2f} {m['fd_ci']}, KID {m['kid']:.4f}, accuracy {m['accuracy']:.3f}, guidance {m['guidance']}", flush=True)
-    return records, tokenizers
+    return records, tokenizers, chosen_lrs
 
 
 def paired(records: list[dict]) -> list[dict]:
@@ -305,14 +306,14 @@ def main(argv=None):
     feature_net, _ = P.train_classifier(data["features"], cfg["features"], ENV, seed=0, desc="feature network")
     evaluator = ProtocolEvaluator(feature_net, data["test"].images, data["test"].labels, data["val"].images, n_boot=cfg["n_boot"])
     repa_encoder = None
-    if cfg["repa"] and "ar_repa" in args.generators:  # a different network, on the generators' own training split
+    if cfg["repa"] and "ar_repa" in args.generators and set(args.kinds) & set(cfg["repa_kinds"]):
+        # a different network than the evaluation's, on the generators' own training split
         repa_encoder, _ = P.train_classifier(data["train"], cfg["repa_encoder"], ENV, seed=1, desc="REPA encoder")
 
-    records, first_tokenizers = [], None
+    records, first_tokenizers, chosen_lrs = [], None, {}
     for i, seed in enumerate(seeds):  # the LR sweep on the first seeds; later seeds reuse each bottleneck's chosen LR
-        lrs = {k: cfg["tokenizer_lrs"] if i < cfg["tokenizer_sweep_seeds"] else [next(r["tokenizer_lr"] for r in records if r["tokenizer"] == k)]
-               for k in args.kinds}
-        rs, toks = run_seed(seed, cfg, data, evaluator, repa_encoder, args.kinds, args.generators, lrs)
+        lrs = {k: cfg["tokenizer_lrs"] if i < cfg["tokenizer_sweep_seeds"] else [chosen_lrs[k]] for k in args.kinds}
+        rs, toks, chosen_lrs = run_seed(seed, cfg, data, evaluator, repa_encoder, args.kinds, args.generators, lrs)
         records += rs
         first_tokenizers = first_tokenizers or toks
     n = cfg["num_generated"]

@@ -149,22 +149,21 @@ def _magvit2():
         return sys.modules[_MAGVIT2]
     spec = importlib.util.find_spec("magvit2_pytorch")
     if spec is None:
-        pytest.skip('magvit2-pytorch is not installed (pip install -e ".[codebases]")')
-    names = ("magvit2_pytorch", "torchvision", "torchvision.models")
-    saved = {name: sys.modules.get(name) for name in names}
+        pytest.skip('magvit2-pytorch is not installed (bash dev.sh setup installs it: pip install --no-deps "magvit2-pytorch==0.5.1" '
+                    'next to the codebases extra)')
+    stand_ins = {"magvit2_pytorch": types.ModuleType("magvit2_pytorch")}  # the package without its __init__
+    stand_ins["magvit2_pytorch"].__path__ = list(spec.submodule_search_locations)
     try:
-        try:
-            import torchvision  # noqa: F401
-        except Exception:  # the CUDA build with CPU torch: "operator torchvision::nms does not exist"
-            stand_in = types.ModuleType("torchvision")
-            stand_in.models = types.ModuleType("torchvision.models")
-            stand_in.models.VGG16_Weights = type("VGG16_Weights", (), {"DEFAULT": None})
-            sys.modules.update({"torchvision": stand_in, "torchvision.models": stand_in.models})
-        package = types.ModuleType("magvit2_pytorch")
-        package.__path__ = list(spec.submodule_search_locations)
-        sys.modules["magvit2_pytorch"] = package
+        import torchvision  # noqa: F401
+    except Exception:  # the CUDA build with CPU torch: "operator torchvision::nms does not exist"
+        stand_ins["torchvision"] = types.ModuleType("torchvision")
+        stand_ins["torchvision.models"] = stand_ins["torchvision"].models = types.ModuleType("torchvision.models")
+        stand_ins["torchvision.models"].VGG16_Weights = type("VGG16_Weights", (), {"DEFAULT": None})
+    saved = {name: sys.modules.get(name) for name in stand_ins}
+    sys.modules.update(stand_ins)
+    try:
         return importlib.import_module(_MAGVIT2)
-    finally:
+    finally:  # only the stand-ins leave; the model module keeps its references
         for name, module in saved.items():
             if module is None:
                 sys.modules.pop(name, None)

@@ -34,11 +34,19 @@ def inputs(rows: int, d: int, dtype=torch.float32, seed: int = 0) -> torch.Tenso
     return (torch.randn(rows, d, generator=g, dtype=torch.float64) * 2).to(dtype).to(DEVICE)
 
 
-def test_runs_the_triton_op():
-    if DEVICE == "cuda":
-        assert kernels.resolve_backend("auto", inputs(4, 5), BinLayout(LEVELS, "round", get_activation("sigmoid"), 0.0)) == "triton"
-        assert not triton_support.interpreting()
+def test_runs_the_triton_op(monkeypatch):
+    """On CUDA the module's default backend reaches ``torch.ops.ifsq_quant.quantize_triton``."""
     assert triton_support.available()
+    if DEVICE != "cuda":
+        pytest.skip("the triton_op serves CUDA tensors only (IFSQ_TEST_DEVICE=cpu checks the rest of this file)")
+    from ifsq_quant.kernels import triton_ops
+
+    calls = []
+    op = triton_ops.quantize_op
+    monkeypatch.setattr(triton_ops, "quantize_op", lambda *args: calls.append(args[1]) or op(*args))
+    assert not triton_support.interpreting()
+    iFSQ([17] * 4, index_groups=[2, 2]).to(DEVICE)(inputs(64, 4))
+    assert calls == [[17] * 4]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -111,15 +119,20 @@ def test_export_dynamic_batch():
 
 @pytest.mark.parametrize("force_f32", [True, False])
 def test_autocast_indices_exact(force_f32):
-    """Inside a bf16 autocast region the indices are those of the codes (exact packing), and with
-    ``force_quantization_f32`` the same as outside it."""
-    model = iFSQ([17] * 6, force_quantization_f32=force_f32).to(DEVICE)
-    x = inputs(4096, 6)
-    _, expected = model(x)
-    with torch.autocast("cuda" if DEVICE == "cuda" else "cpu", dtype=torch.bfloat16):
-        codes, indices = model(x)
+    """Inside a bf16 autocast region (the projection then runs in bf16) the indices are the exact
+    packing of the codes: against codes_to_indices outside autocast, inside it, and after a round
+    trip through the codes of the indices."""
+    torch.manual_seed(0)
+    model = iFSQ([17] * 6, dim=32, force_quantization_f32=force_f32).to(DEVICE)
+    x = inputs(4096, 32).reshape(16, 256, 32)
+    autocast = torch.autocast("cuda" if DEVICE == "cuda" else "cpu", dtype=torch.bfloat16)
+    with autocast:
+        _, indices = model(x)
+        projected = model.project_in(x)
+    assert projected.dtype == torch.bfloat16
+    codes = model.quantize(projected.float())  # the codes the forward made (it quantizes half inputs in float32)
+    expected = model.codes_to_indices(codes)
+    with autocast:
         repacked = model.codes_to_indices(codes)
-        decoded = model.codes_to_indices(model.indices_to_codes(indices))
-    if force_f32:
-        assert torch.equal(indices, expected)
-    assert torch.equal(repacked, indices) and torch.equal(decoded, indices)
+        decoded = model.codes_to_indices(model._indices_to_codes(indices))  # codes before the projection
+    assert torch.equal(indices, expected) and torch.equal(repacked, expected) and torch.equal(decoded, indices)

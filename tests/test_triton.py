@@ -315,33 +315,44 @@ def test_triton_op_eager_matches_reference(activation):
 
 
 def test_triton_op_traces_to_kernel_launches(monkeypatch):
-    """Traced with fake CUDA tensors and a symbolic batch (as torch.compile and torch.export trace
-    a triton_op), the op bodies become ``triton_kernel_wrapper`` launches of the compiled kernels
-    with a grid that follows the batch, and no cache keeps a fake tensor."""
+    """The registered ops traced as torch.compile traces them (fake CUDA tensors, a symbolic batch,
+    functionalization): each becomes one functional launch of the compiled kernel, the op's
+    outputs are the kernel's output buffers (codes, indices; the gradient), the batch stays
+    unbounded (no guard on it), and no cache keeps a fake tensor."""
     from torch._dynamo.source import ConstantSource
     from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+    from torch._subclasses.functional_tensor import dispatch_functionalize
     from torch.fx.experimental.proxy_tensor import make_fx
     from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv
 
-    from ifsq_quant.kernels import triton_kernels, triton_ops
+    from ifsq_quant.kernels import triton_kernels, triton_ops  # noqa: F401  (registers the ops)
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # the kernels as triton.jit functions, as on a GPU
     shape_env = ShapeEnv()
     m = shape_env.create_symintnode(shape_env.create_symbol(1000, ConstantSource("m"), dynamic_dim=DimDynamic.DYNAMIC), hint=1000)
     args = ([17, 17, 5, 5], "round", "sigmoid", 0.0)
+    ops = torch.ops.ifsq_quant
+
+    def trace(fn, *tensors):
+        return make_fx(dispatch_functionalize(fn), tracing_mode="fake")(*tensors)
+
     with FakeTensorMode(shape_env=shape_env):
         z, grad = torch.empty(m, 4, device="cuda"), torch.empty(m, 4, device="cuda")
-        forward = make_fx(lambda z: triton_ops._quantize_triton(z, *args, [2, 2], True, False), tracing_mode="fake")(z)
-        backward = make_fx(lambda g, z: triton_ops._quantize_triton_backward(g, z, *args), tracing_mode="fake")(grad, z)
-    for graph, expected in ((forward, dict(D=4, G=2, ACT=1, KIND=0, NEED_INDEX=True, NEED_LEVELS=False, INTERPRET=False)),
-                            (backward, dict(D=4, ACT=1, INTERPRET=False))):
-        launches = [n for n in graph.graph.nodes if "triton_kernel_wrapper" in str(n.target)]
+        forward = trace(lambda z: ops.quantize_triton(z, *args, [2, 2], True, False), z)
+        backward = trace(lambda g, z: ops.quantize_triton_backward(g, z, *args), grad, z)
+    assert not shape_env.guards  # nothing bounds the batch
+    for graph, outputs, expected in (
+            (forward, ["codes_ptr", "index_ptr"], dict(D=4, G=2, ACT=1, KIND=0, NEED_INDEX=True, NEED_LEVELS=False, WIDE=True)),
+            (backward, ["out_ptr"], dict(D=4, ACT=1, WIDE=True))):
+        launches = [n for n in graph.graph.nodes if n.target is torch.ops.higher_order.triton_kernel_wrapper_functional]
         assert len(launches) == 1
         kwargs = launches[0].kwargs["kwargs"]
-        assert {k: kwargs[k] for k in expected} == expected and kwargs["enable_fp_fusion"] is False
-        assert kwargs["z_ptr"].meta["val"].device.type == "cuda"
+        assert {k: kwargs[k] for k in expected} == expected and not kwargs["INTERPRET"] and kwargs["enable_fp_fusion"] is False
         (grid,) = launches[0].kwargs["grid"]
         assert isinstance(grid[0], torch.fx.Node)  # ceil(m / block): follows the symbolic batch
+        returned = graph.graph.output_node().args[0]
+        returned = returned if isinstance(returned, (tuple, list)) else [returned]
+        assert [(r.args[0], r.args[1]) for r in returned[:len(outputs)]] == [(launches[0], key) for key in outputs]
     cached = [t for per in (*triton_kernels._constant_tables.values(), *triton_kernels._pack_tables.values()) for t in per.values()]
     assert not any(isinstance(t, FakeTensor) for t in cached)
 

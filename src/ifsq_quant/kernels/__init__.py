@@ -6,9 +6,11 @@ codes with a straight-through gradient, packed indices and (on request) level in
 ``"triton"`` (CUDA; CPU only under ``TRITON_INTERPRET=1``), ``"auto"`` (Triton for CUDA tensors
 when it imports, else torch), ``"reference"`` (the oracle, for tests).
 
-The fused paths run inside the registered op ``torch.ops.ifsq_quant.quantize``
-(:mod:`.registered`), which eager code, ``torch.compile``, ``torch.export`` and
-``FakeTensorMode`` all see as one node. Under ``torch.func`` transforms, ``torch.jit.trace`` and
+The fused paths run inside registered ops: the CPU path (and the Triton interpreter) inside
+``torch.ops.ifsq_quant.quantize`` (:mod:`.registered`), which eager code, ``torch.compile``,
+``torch.export`` and ``FakeTensorMode`` all see as one node; the compiled Triton kernels (CUDA)
+inside ``torch.ops.ifsq_quant.quantize_triton`` (:mod:`.triton_ops`), which ``torch.compile``
+traces into. Under ``torch.func`` transforms, ``torch.jit.trace`` and
 ONNX export the reference runs instead: plain PyTorch operations that every transform
 understands and that a traced or ONNX graph can hold without this package.
 """

@@ -3,7 +3,9 @@
 Registering the kernel (``torch.library.custom_op``) makes it one opaque node with a fake
 implementation and an autograd formula, so that ``torch.compile`` (no graph break; the fused
 kernel runs inside the compiled graph), ``torch.export``, ``FakeTensorMode`` and
-``inference_mode`` all see the same op, whichever implementation runs inside it.
+``inference_mode`` all see the same op, whichever implementation runs inside it: the fused CPU
+path, or the Triton interpreter's kernels. The compiled Triton kernels (CUDA) have their own,
+traceable op (:mod:`.triton_ops`).
 
 The op takes only tensors and plain values; the layout and the index plan are rebuilt from
 them (and cached). Outputs that were not asked for are empty tensors.
@@ -43,6 +45,13 @@ def _layout(levels: tuple[int, ...], kind: str, activation: str, eps: float) -> 
 def _plan(levels: tuple[int, ...], groups: tuple[int, ...]) -> IndexPlan:
     with _disable_current_modes():
         return IndexPlan(levels, groups)
+
+
+def op_arguments(layout: BinLayout, plan: IndexPlan | None) -> tuple:
+    """``layout`` and ``plan`` as the ops' plain arguments: ``levels, kind, activation, eps, groups, pack``
+    (the inverse of :func:`_layout` and :func:`_plan`)."""
+    groups = list(plan.groups) if plan is not None else [len(layout.levels)]
+    return list(layout.levels), layout.kind, layout.activation.name, layout.eps, groups, plan is not None
 
 
 def _empty(z: Tensor, dtype: torch.dtype | None = None) -> Tensor:
@@ -120,8 +129,5 @@ def quantize(z: Tensor, layout: BinLayout, plan: IndexPlan | None, impl: str, ne
 
             return triton_ops.quantize(z, layout, plan, need_levels)
     need_deriv = impl != "triton" and z.requires_grad and torch.is_grad_enabled()
-    groups = list(plan.groups) if plan is not None else [len(layout.levels)]
-    codes, indices, level_indices, _ = _quantize_op(
-        z.contiguous(), list(layout.levels), layout.kind, layout.activation.name, layout.eps, groups,
-        plan is not None, need_levels, need_deriv, impl)
+    codes, indices, level_indices, _ = _quantize_op(z.contiguous(), *op_arguments(layout, plan), need_levels, need_deriv, impl)
     return codes, indices if plan is not None else None, level_indices if need_levels else None

@@ -329,6 +329,12 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def _wide(largest_offset) -> bool:
+    """Whether element offsets up to ``largest_offset`` need int64 arithmetic; always for a
+    symbolic size (a traced graph serves every batch size, and a comparison would bound it)."""
+    return isinstance(largest_offset, torch.SymInt) or largest_offset >= 2**31
+
+
 def _launch(kernel, grid, z: Tensor, *args, **kwargs) -> None:
     """Runs ``kernel`` through ``wrap_triton``: a direct launch in eager code, a
     ``triton_kernel_wrapper`` node when the enclosing ``triton_op`` is traced (compile, export)."""
@@ -355,17 +361,18 @@ def forward(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: b
     block_m = max(1, TILE_ELEMENTS // block_d)  # powers of two throughout
     if groups > 1:
         block_m = min(block_m, max(1, PACK_ELEMENTS // (block_d * block_g)))
-    constants = _constant_table(layout, z.device, z.dtype)
-    pack = _pack_table(plan, z.device) if plan is not None else constants
+    # Pointers the kernel never touches get placeholders of their own: an output passed twice would
+    # make a traced (functionalized) launch return the wrong copy as the codes.
+    placeholder = z.new_empty(1, dtype=torch.int64)
     grid = (triton.cdiv(m, block_m),)
     _launch(
         forward_kernel, grid, z,
-        z, constants, pack, codes, levels if levels is not None else codes,
-        indices if indices is not None else codes, m,
+        z, _constant_table(layout, z.device, z.dtype), _pack_table(plan, z.device) if plan is not None else placeholder, codes,
+        levels if levels is not None else z.new_empty(1), indices if indices is not None else placeholder.clone(), m,
         D=d, G=groups, ACT=_ACTIVATIONS[layout.activation.name], KIND=_KINDS[layout.kind],
         HAS_SHIFT=layout.has_shift, NEED_LEVELS=need_levels, NEED_INDEX=plan is not None,
         FP64=z.dtype == torch.float64,
-        WIDE=(m + block_m) * max(d, groups) >= 2**31,
+        WIDE=_wide((m + block_m) * max(d, groups)),
         BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_G=block_g,
         INTERPRET=interpret, HOST=_HOST if interpret else None,
         num_warps=NUM_WARPS, enable_fp_fusion=False,
@@ -388,7 +395,7 @@ def backward(grad: Tensor, z: Tensor, layout: BinLayout) -> Tensor:
         grad, z, _constant_table(layout, z.device, z.dtype), out, n,
         D=z.shape[1], ACT=_ACTIVATIONS[layout.activation.name], HAS_SHIFT=layout.has_shift,
         FP64=z.dtype == torch.float64,
-        WIDE=n + block >= 2**31, BLOCK=block,
+        WIDE=_wide(n + block), BLOCK=block,
         INTERPRET=interpret, HOST=_HOST if interpret else None,
         num_warps=NUM_WARPS, enable_fp_fusion=False,
     )

@@ -2,10 +2,10 @@
 
 ``torch.ops.ifsq_quant.quantize_triton`` (forward) and ``quantize_triton_backward`` launch the
 kernels of :mod:`.triton_kernels` through ``wrap_triton``. Unlike an opaque custom op, a
-``triton_op`` is traceable: ``torch.compile`` and ``torch.export`` see the kernel launches
+``triton_op`` is traceable: ``torch.compile`` traces into it and sees the kernel launches
 themselves (``triton_kernel_wrapper`` nodes), so inductor calls the kernels from its generated
-code (no Python op in between, CUDA graphs allowed) and its fake implementation is the body
-itself. In eager code the body launches the kernels directly.
+code, with no Python op in between; ``torch.export`` keeps each op as one node. The fake
+implementation is the body itself. In eager code the body launches the kernels directly.
 
 The schema is that of ``ifsq_quant::quantize`` (:mod:`.registered`) without the arguments that
 only the CPU path uses. The gradient is the backward kernel (recomputed from ``z``), or, when
@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.library import triton_op
 
 from . import triton_kernels
-from .registered import _empty, _layout, _plan, straight_through_grad
+from .registered import _empty, _layout, _plan, op_arguments, straight_through_grad
 
 __all__ = ["quantize"]
 
@@ -69,7 +69,5 @@ quantize_op.register_autograd(_backward, setup_context=_setup_context)
 
 def quantize(z: Tensor, layout, plan, need_levels: bool = False):
     """``z (M, d)`` -> ``(codes, indices | None, level indices | None)`` through ``quantize_triton``."""
-    groups = list(plan.groups) if plan is not None else [len(layout.levels)]
-    codes, indices, level_indices = quantize_op(z.contiguous(), list(layout.levels), layout.kind, layout.activation.name, layout.eps,
-                                                groups, plan is not None, need_levels)
+    codes, indices, level_indices = quantize_op(z.contiguous(), *op_arguments(layout, plan), need_levels)
     return codes, indices if plan is not None else None, level_indices if need_levels else None
