@@ -22,7 +22,7 @@ kurtosis, fraction with ``|f(s z)| > 0.95``: saturated), level utilization (entr
 PSNR; and the learned scale. Data: ``load_font_digits`` (train / val splits), 16x16, latents
 4x4x4, L = 17. Writes ``mechanism.{json,md,png}`` to ``--out``.
 
-    python -m benchmarks.study_mechanism --quick   # 1 seed, 100 steps, 5,000 training images (about 13 min, one thread)
+    python -m benchmarks.study_mechanism --quick   # 1 seed, 100 steps, 5,000 training images (about 8 min, one thread)
     python -m benchmarks.study_mechanism           # 2 seeds, 500 steps, 20,000 training images (about 1.5 h, one thread)
 """
 
