@@ -33,6 +33,7 @@ from benchmarks.study_bits import ENV, configure, load_evaluation
 from examples import pipeline as P
 from examples.diffusion import LatentNormalizer
 from examples.pipeline import PRESETS
+from examples.report import study_command
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONFIGS = {
@@ -205,7 +206,7 @@ def main(argv=None):
               f"crossings {r['crossings_flops']}", flush=True)
     meta = dict(mode=mode, seeds=seeds, num_samples=cfg["num_samples"], batch_size=cfg["ar"]["batch_size"], fd_real=fd_real, config=cfg,
                 seconds=round(time.perf_counter() - t0, 1),
-                command="python -m benchmarks.study_ar_vs_diffusion" + (" --quick" if args.quick else ""))
+                command=study_command("study_ar_vs_diffusion", argv))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ar_vs_diffusion.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     md = to_markdown(rows, meta)

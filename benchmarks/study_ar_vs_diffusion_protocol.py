@@ -32,6 +32,7 @@ from examples import pipeline as P
 from examples.data import load_font_digits
 from examples.diffusion import LatentNormalizer
 from examples.metrics import ProtocolEvaluator
+from examples.report import study_command
 
 ENV = P.Env(rank=0, world=1, device=torch.device("cpu"))
 SPLITS = dict(train=20_000, val=2_000, test=5_000, features=10_000)
@@ -180,7 +181,7 @@ def main(argv=None):
     rows = [run_seed(seed, cfg, data, evaluator) for seed in seeds]
     meta = dict(mode=mode, seeds=seeds, num_generated=n, num_real=cfg["splits"]["test"], n_boot=cfg["n_boot"], config=cfg,
                 seconds=round(time.perf_counter() - t0, 1),
-                command="python -m benchmarks.study_ar_vs_diffusion_protocol" + (" --quick" if args.quick else ""))
+                command=study_command("study_ar_vs_diffusion_protocol", argv))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ar_vs_diffusion_protocol.json").write_text(json.dumps(dict(meta=meta, protocol=protocol, rows=rows), indent=1))
     md = to_markdown(rows, meta, protocol)

@@ -26,7 +26,7 @@ import torch
 
 from examples import pipeline as P
 from examples.metrics import extract_features, frechet_distance
-from examples.report import seed_statistics
+from examples.report import seed_statistics, study_command
 
 LEVELS = (3, 5, 9, 17, 33)
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -174,7 +174,7 @@ def main(argv=None):
                   f"(snapped {row['diffusion_fd_snapped']:.3f}), {row['seconds']} s", flush=True)
     summary = summarize(rows)
     meta = dict(mode=mode, seeds=seeds, levels=args.levels, num_samples=cfg["num_samples"], fd_real=fd_real, config=cfg,
-                seconds=round(time.perf_counter() - t0, 1), command="python -m benchmarks.study_bits" + (" --quick" if args.quick else ""))
+                seconds=round(time.perf_counter() - t0, 1), command=study_command("study_bits", argv))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bits.json").write_text(json.dumps(dict(meta=meta, summary=summary, rows=rows), indent=1))
     md = to_markdown(summary, meta)

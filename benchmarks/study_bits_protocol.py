@@ -26,6 +26,7 @@ import torch
 from benchmarks import study_generation as G
 from examples import pipeline as P
 from examples.metrics import ProtocolEvaluator
+from examples.report import study_command
 
 LEVELS = (3, 5, 9, 17, 33)
 CONFIGS = {
@@ -113,7 +114,7 @@ def main(argv=None):
                 r.update(L=L, bits_per_dim=math.log2(L), ar_vocab_sizes=P.group_vocab_sizes([L] * 4, cfg["index_groups"]))
             records += rs
     meta = dict(mode=mode, seeds=seeds, levels=args.levels, num_generated=n, num_real=cfg["num_real"], n_boot=cfg["n_boot"], config=cfg,
-                seconds=round(time.perf_counter() - t0, 1), command="python -m benchmarks.study_bits_protocol" + (" --quick" if args.quick else ""))
+                seconds=round(time.perf_counter() - t0, 1), command=study_command("study_bits_protocol", argv))
     result = dict(meta=meta, real_vs_real=real_vs_real, records=records)
     best = {}
     for g in {r["generator"] for r in records}:

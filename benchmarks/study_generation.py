@@ -41,6 +41,7 @@ import torch
 from examples import pipeline as P
 from examples.data import load_font_digits
 from examples.metrics import ProtocolEvaluator, paired_difference
+from examples.report import study_command
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ENV = P.Env(rank=0, world=1, device=torch.device("cpu"))
@@ -326,7 +327,7 @@ def main(argv=None):
                           "images vs test; random_tokens: decoded uniformly random indices. Same n, same test set, same bootstrap.")
     meta = dict(mode=mode, seeds=seeds, kinds=args.kinds, generators=args.generators, num_generated=n, num_real=cfg["num_real"],
                 num_val_samples=cfg["num_val_samples"], n_boot=cfg["n_boot"], config=cfg, seconds=round(time.perf_counter() - t0, 1),
-                command="python -m benchmarks.study_generation" + (" --quick" if args.quick else ""))
+                command=study_command("study_generation", argv))
     result = dict(meta=meta, records=records, paired=paired(records))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "generation.json").write_text(json.dumps(result, indent=1))

@@ -40,7 +40,7 @@ import torch.nn as nn
 
 from examples import pipeline as P
 from examples.data import load_font_digits
-from examples.report import seed_statistics
+from examples.report import seed_statistics, study_command
 from examples.tokenizer import Tokenizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -215,7 +215,7 @@ def main(argv=None):
     summary = summarize(rows)
     meta = dict(mode=mode, seeds=seeds, scales=args.scales, kinds=args.kinds, encoders=args.encoders, config=cfg,
                 seconds=round(time.perf_counter() - t0, 1),
-                command="python -m benchmarks.study_mechanism" + (" --quick" if args.quick else ""))
+                command=study_command("study_mechanism", argv))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "mechanism.json").write_text(json.dumps(dict(meta=meta, summary=summary, rows=rows), indent=1))
     md = to_markdown(summary, meta)

@@ -39,7 +39,7 @@ import torch.nn as nn
 from examples.data import load_dataset
 from examples.metrics import psnr
 from examples.pipeline import PRESETS, Env, evaluate_tokenizer, train
-from examples.report import seed_statistics
+from examples.report import seed_statistics, study_command
 from examples.tokenizer import Tokenizer
 from ifsq_quant import FSQ, iFSQ
 
@@ -255,7 +255,7 @@ def main(argv=None):
     shown = ("steps", "batch_size", "lr", "channels")
     meta = dict(mode=mode, training={d: {k: c[k] for k in shown} for d, c in training.items()}, seeds=seeds, levels=args.levels,
                 datasets=datasets, variants=variants, fsp_available=fsp_available, eval_every=EVAL_EVERY,
-                seconds=round(time.perf_counter() - t0, 1), command="python -m benchmarks.study_tokenizers" + (" --quick" if args.quick else ""))
+                seconds=round(time.perf_counter() - t0, 1), command=study_command("study_tokenizers", argv))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tokenizers.json").write_text(json.dumps(dict(meta=meta, summary=summary, rows=rows), indent=1))
     md = to_markdown(summary, meta)

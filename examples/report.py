@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,15 @@ def save_curves_figure(path: Path, curves: dict[str, list[float]]) -> None:
 
 
 # ----------------------------------------------------------------------------- report
+
+
+def study_command(module: str, argv: list[str] | None) -> str:
+    """The command that reproduces a study's run, for its outputs: ``python -m benchmarks.<module>``
+    with the run's arguments (``argv``, or the process's when None), less ``--out`` and its value."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--out" in args:
+        del args[args.index("--out"):args.index("--out") + 2]
+    return " ".join([f"python -m benchmarks.{module}", *args])
 
 
 def seed_statistics(group: list[dict], keys) -> dict:

@@ -93,6 +93,9 @@ def test_generation_study_smallest_configuration(tmp_path):
                            "--num-val-samples", "20", "--n-boot", "10", "--repa", "--seeds", "2", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "generation.json").read_text())
     assert set(result) == {"meta", "records", "paired"}
+    command = result["meta"]["command"]  # the run's own arguments, so the outputs say how to reproduce them
+    assert command.startswith("python -m benchmarks.study_generation --quick --steps 4 ") and "--seeds 2" in command
+    assert "--out" not in command
     records = result["records"]
     assert len(records) == 2 * 3 * 3  # seeds x tokenizers x generators
     assert {(r["tokenizer"], r["generator"]) for r in records} == {(t, g) for t in ("fsq", "ifsq", "erf_equal") for g in ("ar", "ar_repa", "dit")}
