@@ -27,7 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.study_ar_vs_diffusion import crossings, matched_generators, params
-from benchmarks.study_generation import AR, DIT, TOK, add_protocol_arguments, protocol_config
+from benchmarks.study_generation import AR, DIT, TOK, add_protocol_arguments, load_splits, protocol_config
 from examples import pipeline as P
 from examples.data import load_font_digits
 from examples.diffusion import LatentNormalizer
@@ -172,7 +172,7 @@ def main(argv=None):
     cfg = protocol_config(args, CONFIGS, ("features", "tokenizer", "ar", "diffusion"), overrides=("eval_every",))
     seeds = list(range(args.seeds or cfg["seeds"]))
     t0 = time.perf_counter()
-    data = {name: load_font_digits(name, n=n, seed=0) for name, n in cfg["splits"].items()}
+    data = load_splits(cfg)
     feature_net, _ = P.train_classifier(data["features"], cfg["features"], ENV, seed=0, desc="feature network")
     evaluator = ProtocolEvaluator(feature_net, data["test"].images, data["test"].labels, data["val"].images, n_boot=cfg["n_boot"])
     n = cfg["num_generated"]

@@ -320,9 +320,11 @@ def _constant_table(layout: BinLayout, device: torch.device, dtype: torch.dtype)
 
 def _pack_table(plan: IndexPlan, device: torch.device) -> Tensor:
     """``(2, d)`` int64: the basis ``B_i`` of each dimension and the number of its group."""
-    group_of = [gi for gi, size in enumerate(plan.groups) for _ in range(size)]
-    return cached(_pack_tables.setdefault(plan, {}), torch.device(device),
-                  lambda: torch.tensor([list(plan.basis), group_of], dtype=torch.int64, device=device))
+    def make() -> Tensor:
+        group_of = [gi for gi, size in enumerate(plan.groups) for _ in range(size)]
+        return torch.tensor([list(plan.basis), group_of], dtype=torch.int64, device=device)
+
+    return cached(_pack_tables.setdefault(plan, {}), torch.device(device), make)
 
 
 def _next_pow2(n: int) -> int:
