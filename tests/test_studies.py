@@ -184,3 +184,21 @@ def test_bits_protocol_study_smallest_configuration(tmp_path):
             assert r["val_curve"] and r["val_loss"] == min(p["val_loss"] for p in r["val_curve"])
     assert set(result["lowest_fd_L"]) == {"ar", "dit"} and result["real_vs_real"]["n_generated"] == 40
     assert (tmp_path / "bits_protocol.png").stat().st_size > 5000
+
+
+def test_speed_bandwidth_columns():
+    """bench_speed on CUDA: each eager forward's effective bandwidth (read z, write codes and one
+    index per row: int64 ours, int32 vector-quantize-pytorch's) against a copy of z; none without a copy."""
+    from benchmarks import bench_speed
+
+    n, d = 4 << 20, 4
+    seconds = {"FSQ": 2e-3, "iFSQ": 1e-3, "vqp FSQ": 4e-3, "sigmoid": 1e-3}
+    row = bench_speed._ratios({"elements": n, "levels": "[17]*4", "pass": "fwd", "seconds": dict(seconds, copy=5e-4)}, d)
+    assert row["copy GB/s"] == pytest.approx(8 * n / 5e-4 / 1e9)
+    assert row["iFSQ GB/s"] == pytest.approx((8 * n + 8 * n // d) / 1e-3 / 1e9)
+    assert row["vqp FSQ GB/s"] == pytest.approx((8 * n + 4 * n // d) / 4e-3 / 1e9)
+    assert row["iFSQ GB/s / copy"] == pytest.approx(row["iFSQ GB/s"] / row["copy GB/s"])
+    md = bench_speed.to_markdown([row], dict(device="test", torch="x", threads=1, repeats=1))
+    assert "effective bandwidth" in md and f"{row['iFSQ GB/s / copy']:.2f} |" in md
+    cpu = bench_speed._ratios({"elements": n, "levels": "[17]*4", "pass": "fwd", "seconds": dict(seconds)}, d)
+    assert "copy GB/s" not in cpu and "effective bandwidth" not in bench_speed.to_markdown([cpu], dict(device="t", torch="x", threads=1, repeats=1))
