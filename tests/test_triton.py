@@ -318,8 +318,11 @@ def test_triton_op_traces_to_kernel_launches(monkeypatch):
     """The registered ops traced as torch.compile traces them (fake CUDA tensors, a symbolic batch,
     functionalization): each becomes one functional launch of the compiled kernel, the op's
     outputs are the kernel's output buffers (codes, indices; the gradient), the batch stays
-    unbounded (no guard on it), and no cache keeps a fake tensor."""
+    unbounded (no guard on it), no cache keeps a fake tensor, and torch finds the kernel in the
+    op's source (so the compile caches key on the kernel's source)."""
     from torch._dynamo.source import ConstantSource
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+    from torch._library.triton import get_triton_kernels_for_op
     from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
     from torch._subclasses.functional_tensor import dispatch_functionalize
     from torch.fx.experimental.proxy_tensor import make_fx
@@ -341,11 +344,16 @@ def test_triton_op_traces_to_kernel_launches(monkeypatch):
         forward = trace(lambda z: ops.quantize_triton(z, *args, [2, 2], True, False), z)
         backward = trace(lambda g, z: ops.quantize_triton_backward(g, z, *args), grad, z)
     assert not shape_env.guards  # nothing bounds the batch
-    for graph, outputs, expected in (
-            (forward, ["codes_ptr", "index_ptr"], dict(D=4, G=2, ACT=1, KIND=0, NEED_INDEX=True, NEED_LEVELS=False, WIDE=True)),
-            (backward, ["out_ptr"], dict(D=4, ACT=1, WIDE=True))):
+    for graph, op, kernel, outputs, expected in (
+            (forward, "quantize_triton", triton_kernels.FORWARD_KERNEL, ["codes_ptr", "index_ptr"],
+             dict(D=4, G=2, ACT=1, KIND=0, NEED_INDEX=True, NEED_LEVELS=False, WIDE=True)),
+            (backward, "quantize_triton_backward", triton_kernels.BACKWARD_KERNEL, ["out_ptr"], dict(D=4, ACT=1, WIDE=True))):
         launches = [n for n in graph.graph.nodes if n.target is torch.ops.higher_order.triton_kernel_wrapper_functional]
         assert len(launches) == 1
+        # The launched kernel is the one triton_op found in the op's source: the compile caches key on its source.
+        launched = kernel_side_table.get_kernel(launches[0].kwargs["kernel_idx"])
+        assert getattr(launched, "fn", launched) is kernel  # torch wraps it in an Autotuner for the launch options
+        assert get_triton_kernels_for_op(f"ifsq_quant::{op}") == [kernel]
         kwargs = launches[0].kwargs["kwargs"]
         assert {k: kwargs[k] for k in expected} == expected and not kwargs["INTERPRET"] and kwargs["enable_fp_fusion"] is False
         (grid,) = launches[0].kwargs["grid"]

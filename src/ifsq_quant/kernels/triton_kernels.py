@@ -282,22 +282,27 @@ class _HostMath:
 
 
 _HOST = _HostMath()
-_kernel_cache: dict[bool, tuple] = {}
+# The compiled kernels, created once. ``triton_ops`` names them at its ``wrap_triton`` calls, where
+# ``torch.library.triton_op``'s source scan finds them, so the compile caches key on their source.
+FORWARD_KERNEL = JITFunction(_quantize_forward_kernel)
+BACKWARD_KERNEL = JITFunction(_quantize_backward_kernel)
+_interpreted_kernels: list = []
 
 
-def _kernels(interpret: bool):
-    """The (forward, backward) kernels, compiled with ``triton.jit`` or wrapped for the
-    interpreter. Chosen per call from ``TRITON_INTERPRET`` rather than when Triton was first
-    imported, so the mode follows the environment variable at the time of the call."""
-    if interpret not in _kernel_cache:
-        if interpret:
-            from triton.runtime.interpreter import InterpretedFunction
+def interpreted_kernels():
+    """The (forward, backward) kernels wrapped for the Triton interpreter (``TRITON_INTERPRET=1``)."""
+    if not _interpreted_kernels:
+        from triton.runtime.interpreter import InterpretedFunction
 
-            wrap = InterpretedFunction
-        else:
-            wrap = JITFunction
-        _kernel_cache[interpret] = (wrap(_quantize_forward_kernel), wrap(_quantize_backward_kernel))
-    return _kernel_cache[interpret]
+        _interpreted_kernels.extend(InterpretedFunction(k) for k in (_quantize_forward_kernel, _quantize_backward_kernel))
+    return _interpreted_kernels
+
+
+def _default_kernel(which: int):
+    """Kernel ``which`` (0 forward, 1 backward) for the mode ``TRITON_INTERPRET`` sets at the time of the call."""
+    if triton_support.interpreting():
+        return interpreted_kernels()[which]
+    return wrap_triton((FORWARD_KERNEL, BACKWARD_KERNEL)[which])
 
 
 # --- per-layout and per-plan tables, cached on the device --------------------------------------
@@ -338,9 +343,9 @@ def _wide(largest_offset) -> bool:
 
 
 def _launch(kernel, grid, z: Tensor, *args, **kwargs) -> None:
-    """Runs ``kernel`` through ``wrap_triton``: a direct launch in eager code, a
-    ``triton_kernel_wrapper`` node when the enclosing ``triton_op`` is traced (compile, export)."""
-    launch = (wrap_triton(kernel) if isinstance(kernel, JITFunction) else kernel)[grid]  # the interpreter's run as they are
+    """Runs ``kernel`` (an interpreted kernel, or a compiled one through ``wrap_triton``: a direct
+    launch in eager code, a ``triton_kernel_wrapper`` node when the enclosing ``triton_op`` is traced)."""
+    launch = kernel[grid]
     if z.is_cuda and not tracing():  # the launch goes to the current device
         with torch.cuda.device(z.device):
             launch(*args, **kwargs)
@@ -348,8 +353,9 @@ def _launch(kernel, grid, z: Tensor, *args, **kwargs) -> None:
         launch(*args, **kwargs)
 
 
-def forward(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: bool):
-    """``z (M, d)`` contiguous float32/float64 -> ``codes (M, d)``, ``indices (M, G) | None``, level indices ``(M, d) | None``."""
+def forward(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: bool, kernel=None):
+    """``z (M, d)`` contiguous float32/float64 -> ``codes (M, d)``, ``indices (M, G) | None``, level
+    indices ``(M, d) | None``. ``kernel``: the forward kernel to launch (default: for the current mode)."""
     m, d = z.shape
     codes = torch.empty_like(z)
     levels = torch.empty_like(z) if need_levels else None
@@ -358,7 +364,6 @@ def forward(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: b
     if m == 0:
         return codes, indices, levels
     interpret = triton_support.interpreting()
-    forward_kernel, _ = _kernels(interpret)
     block_d, block_g = _next_pow2(d), _next_pow2(groups)
     block_m = max(1, TILE_ELEMENTS // block_d)  # powers of two throughout
     if groups > 1:
@@ -368,7 +373,7 @@ def forward(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: b
     placeholder = z.new_empty(1, dtype=torch.int64)
     grid = (triton.cdiv(m, block_m),)
     _launch(
-        forward_kernel, grid, z,
+        kernel or _default_kernel(0), grid, z,
         z, _constant_table(layout, z.device, z.dtype), _pack_table(plan, z.device) if plan is not None else placeholder, codes,
         levels if levels is not None else z.new_empty(1), indices if indices is not None else placeholder.clone(), m,
         D=d, G=groups, ACT=_ACTIVATIONS[layout.activation.name], KIND=_KINDS[layout.kind],
@@ -382,18 +387,18 @@ def forward(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: b
     return codes, indices, levels
 
 
-def backward(grad: Tensor, z: Tensor, layout: BinLayout) -> Tensor:
-    """The straight-through gradient ``grad * slope * f'(z + shift)``, ``(M, d)``, recomputed from ``z``."""
+def backward(grad: Tensor, z: Tensor, layout: BinLayout, kernel=None) -> Tensor:
+    """The straight-through gradient ``grad * slope * f'(z + shift)``, ``(M, d)``, recomputed from
+    ``z``. ``kernel``: the backward kernel to launch (default: for the current mode)."""
     grad = grad.to(z.dtype).contiguous()
     out = torch.empty_like(z)
     n = z.numel()
     if n == 0:
         return out
     interpret = triton_support.interpreting()
-    _, backward_kernel = _kernels(interpret)
     block = BACKWARD_BLOCK
     _launch(
-        backward_kernel, (triton.cdiv(n, block),), z,
+        kernel or _default_kernel(1), (triton.cdiv(n, block),), z,
         grad, z, _constant_table(layout, z.device, z.dtype), out, n,
         D=z.shape[1], ACT=_ACTIVATIONS[layout.activation.name], HAS_SHIFT=layout.has_shift,
         FP64=z.dtype == torch.float64,

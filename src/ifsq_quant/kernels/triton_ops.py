@@ -5,7 +5,10 @@ kernels of :mod:`.triton_kernels` through ``wrap_triton``. Unlike an opaque cust
 ``triton_op`` is traceable: ``torch.compile`` traces into it and sees the kernel launches
 themselves (``triton_kernel_wrapper`` nodes), so inductor calls the kernels from its generated
 code, with no Python op in between; ``torch.export`` keeps each op as one node. The fake
-implementation is the body itself. In eager code the body launches the kernels directly.
+implementation is the body itself. In eager code the body launches the kernels directly. The
+bodies name the kernels at their ``wrap_triton`` calls, where ``triton_op`` finds them by reading
+the source: the AOTAutograd cache then keys on the kernels' source, so a changed kernel (an edit,
+a new release) is compiled afresh instead of served from a stale cache.
 
 The schema is that of ``ifsq_quant::quantize`` (:mod:`.registered`) without the arguments that
 only the CPU path uses. The gradient is the backward kernel (recomputed from ``z``), or, when
@@ -21,10 +24,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.library import triton_op
+from torch.library import triton_op, wrap_triton
 
-from . import triton_kernels
+from . import triton_kernels, triton_support
 from .registered import _empty, _layout, _plan, op_arguments, straight_through_grad
+from .triton_kernels import BACKWARD_KERNEL, FORWARD_KERNEL
 
 __all__ = ["quantize"]
 
@@ -34,14 +38,17 @@ def _quantize_triton(z: Tensor, levels: list[int], kind: str, activation: str, e
     """``z (M, d)`` -> ``codes (M, d)``, ``indices (M, G)`` int64 (empty unless ``pack``), level
     indices ``(M, d)`` (empty unless ``need_levels``)."""
     plan = _plan(tuple(levels), tuple(groups)) if pack else None
-    codes, indices, level_indices = triton_kernels.forward(z, _layout(tuple(levels), kind, activation, eps), plan, need_levels)
+    # ``wrap_triton(FORWARD_KERNEL)`` written out here, where triton_op's source scan finds it.
+    kernel = None if triton_support.interpreting() else wrap_triton(FORWARD_KERNEL)  # None: the interpreter's
+    codes, indices, level_indices = triton_kernels.forward(z, _layout(tuple(levels), kind, activation, eps), plan, need_levels, kernel)
     return (codes, _empty(z, torch.int64) if indices is None else indices,
             _empty(z) if level_indices is None else level_indices)
 
 
 def _quantize_triton_backward(grad: Tensor, z: Tensor, levels: list[int], kind: str, activation: str, eps: float) -> Tensor:
     """The straight-through gradient ``(M, d)`` of :func:`_quantize_triton`'s codes."""
-    return triton_kernels.backward(grad, z, _layout(tuple(levels), kind, activation, eps))
+    kernel = None if triton_support.interpreting() else wrap_triton(BACKWARD_KERNEL)
+    return triton_kernels.backward(grad, z, _layout(tuple(levels), kind, activation, eps), kernel)
 
 
 quantize_op = triton_op("ifsq_quant::quantize_triton", mutates_args=())(_quantize_triton)
