@@ -106,21 +106,29 @@ def load_splits(cfg: dict) -> dict:
     return {name: load_font_digits(name, n=n, seed=0) for name, n in cfg["splits"].items()}
 
 
-def train_tokenizer(kind: str, cfg: dict, data: dict, seed: int, lrs: list[float]) -> tuple:
+def train_tokenizer(kind: str, cfg: dict, data: dict, seed: int, lrs: list[float], eval_every: int = 0) -> tuple:
     """The tokenizer of ``kind`` at every learning rate in ``lrs``; keeps the best by validation PSNR -> (tok, metrics).
 
     ``loss_drop_last_tenth``: how much the mean training loss of the last tenth of the steps is
     below that of the tenth before it (relative), a check of how far from converged it stopped.
+    ``eval_every > 0`` also logs the validation PSNR every that many steps (``val_curve``).
     """
     best = None
     sweep = {}
     for lr in lrs:
+        curve: list[dict] = []
+
+        def on_eval(step: int, tok, curve=curve) -> None:
+            curve.append(dict(step=step, val_psnr=P.evaluate_tokenizer(tok, data["val"], ENV)[0]["psnr"]))
+
         tok, losses = P.train_tokenizer(kind, cfg["levels"], cfg["index_groups"], dict(cfg["tokenizer"], lr=lr), data["train"], ENV, seed,
-                                        f"tokenizer {kind} lr={lr:g} seed={seed}")
+                                        f"tokenizer {kind} lr={lr:g} seed={seed}", callback=on_eval if eval_every else None,
+                                        callback_every=eval_every)
         m, _, _ = P.evaluate_tokenizer(tok, data["val"], ENV)
         tenth = max(1, len(losses) // 10)
         drop = 1.0 - float(np.mean(losses[-tenth:])) / float(np.mean(losses[-2 * tenth:-tenth]))
-        sweep[str(lr)] = dict(val_psnr=m["psnr"], final_loss=float(np.mean(losses[-50:])), loss_drop_last_tenth=drop)
+        sweep[str(lr)] = dict(val_psnr=m["psnr"], final_loss=float(np.mean(losses[-50:])), loss_drop_last_tenth=drop,
+                              **(dict(val_curve=curve) if eval_every else {}))
         if best is None or m["psnr"] > best[1]["psnr"]:
             best = (tok, m, lr)
     tok, _, lr = best

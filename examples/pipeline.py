@@ -407,13 +407,15 @@ def build_tokenizer(kind: str, levels: list[int], index_groups: list[int], tok_c
 
 
 def train_tokenizer(kind: str, levels: list[int], index_groups: list[int], tok_cfg: dict, train_set: ImageSet, env: Env, seed: int,
-                    desc: str | None = None) -> tuple[Tokenizer, list[float]]:
+                    desc: str | None = None, callback=None, callback_every: int = 0) -> tuple[Tokenizer, list[float]]:
     """Stage 2: an autoencoder with bottleneck ``kind`` trained on ``train_set`` -> (model in eval mode, losses).
 
     The training usage counts are all-reduced over the ranks (a no-op in one process).
+    ``callback(step, tok)`` runs every ``callback_every`` steps, as in :func:`train`.
     """
     tok = build_tokenizer(kind, levels, index_groups, tok_cfg, train_set.image_shape[0], seed).to(env.device)
-    losses = train(tok, tokenizer_loss, (train_set.images,), tok_cfg, env, seed, desc or f"tokenizer {kind}")
+    losses = train(tok, tokenizer_loss, (train_set.images,), tok_cfg, env, seed, desc or f"tokenizer {kind}",
+                   callback=callback, callback_every=callback_every)
     tok.usage.all_reduce()
     return tok.eval(), losses
 

@@ -121,6 +121,32 @@ def test_generation_study_smallest_configuration(tmp_path):
 
 
 @pytest.mark.slow
+def test_convergence_study_smallest_configuration(tmp_path):
+    """The tokenizer convergence study: the LR sweep on the first seed only, later seeds reuse each
+    bottleneck's choice, a validation curve per run, paired PSNR differences over the seeds."""
+    from benchmarks import study_convergence
+
+    study_convergence.main(["--quick", "--steps", "4", "--seeds", "2", "--lrs", "4e-3", "8e-3", "--split-sizes", "200", "100", "100",
+                            "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "convergence.json").read_text())
+    assert result["meta"]["command"].startswith("python -m benchmarks.study_convergence --quick --steps 4 ")
+    runs = result["runs"]
+    assert [(r["kind"], r["seed"]) for r in runs] == [(k, s) for s in (0, 1) for k in ("fsq", "ifsq", "erf_equal")]
+    for r in runs:
+        assert r["lr"] in (4e-3, 8e-3) and r["psnr"] > 0 and [c["step"] for c in r["val_curve"]] == [2, 4]
+        swept = list(r["lr_sweep"])
+        assert swept == (["0.004", "0.008"] if r["seed"] == 0 else [str(runs[["fsq", "ifsq", "erf_equal"].index(r["kind"])]["lr"])])
+        # the chosen LR is the best by validation PSNR, and its curve ends at that PSNR
+        assert r["lr_sweep"][str(r["lr"])]["val_psnr"] == max(v["val_psnr"] for v in r["lr_sweep"].values())
+        assert r["val_curve"][-1]["val_psnr"] == pytest.approx(r["lr_sweep"][str(r["lr"])]["val_psnr"])
+    diffs = {p["comparison"]: p["psnr"] for p in result["paired"]}
+    assert set(diffs) == {"ifsq - fsq", "erf_equal - ifsq", "erf_equal - fsq"}
+    psnr = {(r["kind"], r["seed"]): r["psnr"] for r in runs}
+    assert diffs["ifsq - fsq"]["differences"] == pytest.approx([psnr["ifsq", s] - psnr["fsq", s] for s in (0, 1)])
+    assert (tmp_path / "convergence.png").stat().st_size > 5000 and "Paired differences" in (tmp_path / "convergence.md").read_text()
+
+
+@pytest.mark.slow
 def test_mechanism_study_smallest_configuration(tmp_path):
     from benchmarks import study_mechanism
 
