@@ -286,23 +286,19 @@ _HOST = _HostMath()
 # ``torch.library.triton_op``'s source scan finds them, so the compile caches key on their source.
 FORWARD_KERNEL = JITFunction(_quantize_forward_kernel)
 BACKWARD_KERNEL = JITFunction(_quantize_backward_kernel)
-_interpreted_kernels: list = []
-
-
-def interpreted_kernels():
-    """The (forward, backward) kernels wrapped for the Triton interpreter (``TRITON_INTERPRET=1``)."""
-    if not _interpreted_kernels:
-        from triton.runtime.interpreter import InterpretedFunction
-
-        _interpreted_kernels.extend(InterpretedFunction(k) for k in (_quantize_forward_kernel, _quantize_backward_kernel))
-    return _interpreted_kernels
+_interpreted_cache: list = []
 
 
 def _default_kernel(which: int):
-    """Kernel ``which`` (0 forward, 1 backward) for the mode ``TRITON_INTERPRET`` sets at the time of the call."""
-    if triton_support.interpreting():
-        return interpreted_kernels()[which]
-    return wrap_triton((FORWARD_KERNEL, BACKWARD_KERNEL)[which])
+    """Kernel ``which`` (0 forward, 1 backward) for the mode ``TRITON_INTERPRET`` sets at the time
+    of the call: wrapped for the interpreter, or the compiled one through ``wrap_triton``."""
+    if not triton_support.interpreting():
+        return wrap_triton((FORWARD_KERNEL, BACKWARD_KERNEL)[which])
+    if not _interpreted_cache:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        _interpreted_cache.extend(InterpretedFunction(k) for k in (_quantize_forward_kernel, _quantize_backward_kernel))
+    return _interpreted_cache[which]
 
 
 # --- per-layout and per-plan tables, cached on the device --------------------------------------
