@@ -48,6 +48,43 @@ def test_levels_beyond_int32_and_float32():
     assert q.indices_to_codes(idx).view(-1).tolist() == [-1.0, 0.0, 1.0]
 
 
+@pytest.mark.parametrize("bins", ["round", "symmetric", "equal"])
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("L", [2**24 + 3, 2**31 - 1, 2**40 - 1])
+def test_float32_inputs_with_levels_beyond_float32(L, backend, bins):
+    """Where float32 cannot hold every level (L > 2**24), float32 and bf16 inputs are quantized in
+    float64: every index is in [0, L), the ends are 0 and L - 1, odd levels above 2**24 are
+    reached, and decoding the indices gives the forward's codes (in float32, as the forward)."""
+    quantizer = FSQ([L], eps=0.0, bins=bins, backend=backend)
+    hw = L // 2
+    # float64 inputs aimed at levels float32 cannot hold, and the saturating ends
+    targets = torch.tensor([2**24 + 1, L - 2, L - 4], dtype=torch.float64) if bins == "round" else None
+    inf = float("inf")
+    z64 = torch.tensor([[-inf], [-50.0], [0.0], [50.0], [inf]], dtype=torch.float64)
+    if targets is not None:
+        z64 = torch.cat([z64, torch.atanh((targets - hw) / hw)[:, None]])
+    for dtype in (torch.float32, torch.bfloat16):
+        z = z64.to(dtype)
+        out, idx = quantizer(z)
+        assert out.dtype == dtype and idx.min() >= 0 and idx.max() <= L - 1
+        assert idx[0] == 0 and idx[1] == 0 and idx[3] == L - 1 and idx[4] == L - 1
+        assert torch.equal(quantizer.indices_to_codes(idx).to(dtype), out)
+        # the same float64 computation as a float64 input of the same values
+        assert torch.equal(idx, quantizer(z.double())[1])
+    if targets is not None:  # exact targets need float64 inputs (float32 cannot place z that finely)
+        assert torch.equal(quantizer(z64)[1][5:].view(-1), targets.long())
+
+
+def test_clamp_bound_never_rounds_up():
+    """The float32 clamp bound L - 1 is rounded down where float32 cannot hold it."""
+    from ifsq_quant.activations import get_activation
+    from ifsq_quant.bins import BinLayout
+
+    for L in (2**24 + 3, 2**31 - 1):
+        top = BinLayout([L], "round", get_activation("tanh"), 0.0).constants(torch.device("cpu"), torch.float32)["top"]
+        assert top.item() <= L - 1 and torch.nextafter(top, torch.tensor(float("inf"))).item() > L - 1
+
+
 def test_indices_to_codes_checks_the_codebook_axis():
     q = FSQ([5, 5], num_codebooks=2)
     with pytest.raises(ValueError, match="codebook axis of size 2"):

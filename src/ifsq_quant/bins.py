@@ -85,7 +85,9 @@ class BinLayout:
         # bit for bit, in float64 too); float64 ones only where float32 cannot hold every level.
         geometry = self._geometry(torch.float32)
         self._tables = {torch.float32: geometry}
-        if max(self.levels) > FLOAT32_EXACT_INTEGERS:
+        # float32 cannot hold every level: the quantizer computes in float64 (``compute_dtype``)
+        self.needs_float64 = max(self.levels) > FLOAT32_EXACT_INTEGERS
+        if self.needs_float64:
             self._tables[torch.float64] = self._geometry(torch.float64)
         for name, value in geometry.items():
             setattr(self, name, value)
@@ -123,9 +125,15 @@ class BinLayout:
     def constants(self, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
         """The per-dimension constants as ``(d,)`` tensors of ``dtype`` on ``device`` (cached)."""
         table = self._tables.get(dtype, self._tables[torch.float32])
-        names = dict(table, top=self.num_levels - 1, levels=self.num_levels)
-        return cached(self._cache, (torch.device(device), dtype),
-                      lambda: {k: v.to(device=device, dtype=dtype) for k, v in names.items()})
+
+        def make() -> dict[str, Tensor]:
+            out = {k: v.to(device=device, dtype=dtype) for k, v in dict(table, levels=self.num_levels).items()}
+            # L - 1 rounded down where ``dtype`` cannot hold it: the clamp never makes an index >= L
+            top = (self.num_levels - 1).to(dtype)
+            out["top"] = torch.where(top.double() > (self.num_levels - 1).double(), torch.nextafter(top, torch.zeros_like(top)), top).to(device)
+            return out
+
+        return cached(self._cache, (torch.device(device), dtype), make)
 
     # --- the reference semantics, one readable function each -------------------------------
 

@@ -39,9 +39,10 @@ def _as_int(value):
     return operator.index(value)
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype quantization computes in for ``dtype`` values: float64 stays, everything else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def compute_dtype(dtype: torch.dtype, layout: BinLayout | None = None) -> torch.dtype:
+    """The dtype quantization computes in for ``dtype`` values: float64 stays, everything else
+    float32, except float64 for a ``layout`` with levels float32 cannot hold (``L > 2**24``)."""
+    return torch.float64 if dtype == torch.float64 or (layout is not None and layout.needs_float64) else torch.float32
 
 
 def check_float_input(x, name: str = "input") -> None:
@@ -99,7 +100,8 @@ class FSQ(nn.Module):
     ``(b, *spatial)`` / ``(b,)``, plus a codebook axis ``c`` when ``keep_num_codebooks_dim`` and
     a group axis ``G`` with ``index_groups``, int64 in ``[0, codebook_size)``.
 
-    Dtype policy: the quantization runs in float32 (float64 for float64 inputs); bf16/fp16
+    Dtype policy: the quantization runs in float32 (float64 for float64 inputs, and for levels
+    above ``2**24``, which float32 cannot hold); bf16/fp16
     outputs come back in the input dtype. Decoding (``indices_to_codes``,
     ``implicit_codebook``) returns the module's dtype (``.half()``, ``.double()``...): codes are
     computed in float32 (float64 for a float64 module, which then decodes exactly what its
@@ -236,7 +238,7 @@ class FSQ(nn.Module):
     @property
     def _decode_dtype(self) -> torch.dtype:
         """The dtype decoded codes are computed in: float64 for a float64 module, else float32."""
-        return compute_dtype(self._decode_like.dtype)
+        return compute_dtype(self._decode_like.dtype, self.layout)
 
     def _level_indices_to_codes(self, level_indices: Tensor) -> Tensor:
         """Level indices ``(..., d)`` -> codes ``(..., d)`` in the decode dtype."""
@@ -281,7 +283,7 @@ class FSQ(nn.Module):
             raise ValueError(f"codes must have last dimension {self.codebook_dim} (len(levels)), got shape {tuple(codes.shape)}")
         if not tracing() and not functorch_active() and not bool(torch.isfinite(codes).all()):
             raise ValueError("codes must be finite")
-        indices = self.index_plan.pack(self.layout.code_to_level(codes.to(compute_dtype(codes.dtype))))
+        indices = self.index_plan.pack(self.layout.code_to_level(codes.to(compute_dtype(codes.dtype, self.layout))))
         return indices if self.index_groups is not None else indices[..., 0]
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
@@ -330,7 +332,7 @@ class FSQ(nn.Module):
             raise TypeError(f"z must be a floating-point tensor, got {getattr(z, 'dtype', type(z).__name__)}")
         if z.shape[-1:] != (self.codebook_dim,):
             raise ValueError(f"z must have last dimension {self.codebook_dim} (len(levels)), got shape {tuple(z.shape)}")
-        flat = z.to(compute_dtype(z.dtype)).reshape(-1, self.codebook_dim)
+        flat = z.to(compute_dtype(z.dtype, layout)).reshape(-1, self.codebook_dim)
         return kernels.quantize(flat, layout, None, self.backend).codes.view(z.shape)
 
     def _indices_to_codes(self, indices: Tensor) -> Tensor:
@@ -372,7 +374,7 @@ class FSQ(nn.Module):
                         and z.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(z.device.type) else nullcontext())
         with autocast_off:
             orig_dtype = z.dtype
-            dtype = compute_dtype(orig_dtype)
+            dtype = compute_dtype(orig_dtype, self.layout)
             flat = z.to(dtype).reshape(-1, self.codebook_dim)
             track = self.usage is not None and self.training
             if type(self).quantize is not FSQ.quantize:

@@ -319,10 +319,10 @@ class ResidualFSQ(nn.Module):
         dropped = flat == DROPPED
         safe = flat.masked_fill(dropped, 0)  # look up a dummy code, zeroed below
         work = self._work_dtype(self.module_dtype)
-        code_dtype = compute_dtype(work)
         scales = self._stage_scales(indices.device, work)
         codes = []
         for i, layer in enumerate(self.layers):
+            code_dtype = compute_dtype(work, layer.layout)
             # The stage's level indices and layout directly: its forward computes codes in
             # code_dtype, whatever the dtype FSQ.indices_to_codes would return.
             code = layer.layout.code(layer.indices_to_level_indices(safe[:, i]).to(code_dtype))  # (N, d)
