@@ -85,6 +85,36 @@ def test_dtypes_match(dtype):
     _assert_same(ours, theirs, (torch.randn(2, 300, 4) * 2).to(dtype))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kwargs", [
+    dict(force_quantization_f32=False), dict(preserve_symmetry=True, force_quantization_f32=False),
+    dict(preserve_symmetry=True, bound_hard_clamp=True, force_quantization_f32=False),
+    dict(preserve_symmetry=True, allowed_dtypes="with the input's"), dict(preserve_symmetry=True, levels=[300, 5])])
+def test_half_inputs_not_upcast_match(dtype, kwargs):
+    """A bf16/fp16 input that theirs does not upcast (force_quantization_f32=False, or the dtype in
+    allowed_dtypes): their symmetric layout then computes in that dtype op by op, and so do we;
+    the gradients agree too. With L = 300 (forced to float32: the default) nothing changes."""
+    kwargs = dict(kwargs)
+    levels = kwargs.pop("levels", [8, 5, 5, 5])
+    if kwargs.get("allowed_dtypes") == "with the input's":
+        kwargs["allowed_dtypes"] = (torch.float32, torch.float64, dtype)
+    ours, theirs = _pair(levels, **kwargs)
+    torch.manual_seed(6)
+    z = (torch.randn(4, 4000, len(levels)) * 1.5).to(dtype).requires_grad_(True)
+    _assert_same(ours, theirs, z)
+    grads = [torch.autograd.grad(module(z)[0].float().sum(), z)[0] for module in (ours, theirs)]
+    torch.testing.assert_close(grads[0], grads[1], rtol=2e-2, atol=2e-2)
+    # the methods theirs exposes, called directly on a half-precision z (theirs never upcasts there)
+    flat = z.detach()[0]
+    for method in ("quantize", "symmetry_preserving_bound", "bound"):
+        a, b = getattr(ours, method)(flat), getattr(theirs, method)(flat)
+        # where the dtype rounds L - 0.5 up (L = 300 in bf16), theirs reaches level L, past the
+        # code 1; ours clamps to L - 1 (the forward above is forced to float32 there)
+        inside = b <= 1
+        assert torch.equal(a[inside], b[inside]) and a.max() <= 1
+        assert inside.all() or (levels[0] == 300 and dtype == torch.bfloat16)
+
+
 def test_noise_dropout_matches_under_one_seed():
     ours, theirs = _pair([5, 5, 5], preserve_symmetry=True, noise_dropout=0.5)
     ours.train(), theirs.train()

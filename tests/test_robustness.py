@@ -131,6 +131,18 @@ def test_vqp_method_surface_matches():
     assert torch.equal(a, theirs.maybe_apply_noise(codes)) and not torch.equal(a, codes)
 
 
+def test_bound_methods_default_to_the_soft_bound_as_theirs():
+    """bound() and symmetry_preserving_bound() default to hard_clamp=False, as theirs, also on a
+    module built with bound_hard_clamp=True (whose quantize() applies the hard clamp)."""
+    ours, theirs = FSQ([8, 5, 5, 5], bound_hard_clamp=True), vqp.FSQ([8, 5, 5, 5], bound_hard_clamp=True)
+    z = torch.randn(400, 4, generator=torch.Generator().manual_seed(7)) * 3
+    assert torch.equal(ours.bound(z), theirs.bound(z)) and torch.equal(ours.quantize(z), theirs.quantize(z))
+    assert torch.equal(ours.symmetry_preserving_bound(z), theirs.symmetry_preserving_bound(z))
+    assert not torch.equal(ours.bound(z), ours.quantize(z))  # the clamp matters for these inputs
+    for hard_clamp in (True, False):
+        assert torch.equal(ours.bound(z, hard_clamp=hard_clamp), theirs.bound(z, hard_clamp=hard_clamp))
+
+
 def test_symmetric_surface_matches():
     ours, theirs = FSQ([6, 5, 4], preserve_symmetry=True), vqp.FSQ([6, 5, 4], preserve_symmetry=True)
     codes = theirs.quantize(torch.randn(100, 3))

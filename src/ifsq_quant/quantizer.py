@@ -70,16 +70,14 @@ class FSQ(nn.Module):
         num_codebooks: split the features into this many codebooks of ``d`` dims each.
         keep_num_codebooks_dim: keep a codebook axis on the indices (default: ``num_codebooks > 1``).
         scale: accepted and ignored, as in vector-quantize-pytorch.
-        allowed_dtypes: accepted for compatibility. In vector-quantize-pytorch the dtypes not
-            listed are upcast to float32, and the listed half-precision ones are promoted to
-            float32 by its float32 constants anyway; here every input is quantized in float32
-            (float64 for float64), which is the same result (see the dtype policy below).
+        allowed_dtypes: with ``force_quantization_f32``, the input dtypes not upcast to float32,
+            as in vector-quantize-pytorch (see the dtype policy below).
         channel_first: a 3-D input is ``(batch, dim, seq)`` instead of ``(batch, seq, dim)``.
             4-D and 5-D inputs are always channel-first.
         projection_has_bias: bias of the projections.
         return_indices: compute indices (``False`` returns ``None`` and lifts the int64 limit).
         force_quantization_f32: disable autocast around the quantization and quantize
-            half-precision inputs in float32.
+            half-precision inputs (not in ``allowed_dtypes``) in float32.
         preserve_symmetry: the ``"symmetric"`` layout (same as ``bins="symmetric"``).
         noise_dropout: in training, replace this fraction of code values by ``code + U(-0.5,
             0.5)`` clamped to ``[-1, 1]`` (indices come from the clean codes).
@@ -101,7 +99,10 @@ class FSQ(nn.Module):
     a group axis ``G`` with ``index_groups``, int64 in ``[0, codebook_size)``.
 
     Dtype policy: the quantization runs in float32 (float64 for float64 inputs, and for levels
-    above ``2**24``, which float32 cannot hold); bf16/fp16
+    above ``2**24``, which float32 cannot hold). A bf16/fp16 input that is not upcast
+    (``force_quantization_f32=False``, or its dtype in ``allowed_dtypes``) is quantized as
+    vector-quantize-pytorch does: the ``"symmetric"`` layout in that dtype op by op, the others
+    in float32 (theirs promote to float32 before the bound); bf16/fp16
     outputs come back in the input dtype. Decoding (``indices_to_codes``,
     ``implicit_codebook``) returns the module's dtype (``.half()``, ``.double()``...): codes are
     computed in float32 (float64 for a float64 module, which then decodes exactly what its
@@ -164,6 +165,8 @@ class FSQ(nn.Module):
                 raise ValueError(f"bound_hard_clamp=True replaces the activation by clamp(z, -1, 1); it contradicts activation={activation!r}")
             activation = "clamp"
         self.activation = get_activation(self.default_activation if activation is None else activation)
+        # the bound of bound(..., hard_clamp=False) and symmetry_preserving_bound(...) on a hard-clamped module
+        self._soft_activation = get_activation(self.default_activation) if bound_hard_clamp else self.activation
         self.eps = self.default_eps if eps is None else eps
         self.bins = bins
         self.layout = BinLayout(levels, bins, self.activation, self.eps)
@@ -310,13 +313,15 @@ class FSQ(nn.Module):
         straight-through gradient; no projection, rotation or noise."""
         return self._quantize_with(self.layout, z)
 
-    def bound(self, z: Tensor, eps: float | None = None, hard_clamp: bool | None = None) -> Tensor:
+    def bound(self, z: Tensor, eps: float | None = None, hard_clamp: bool = False) -> Tensor:
         """Codes of ``z (..., d)`` in the ``"round"`` layout (vector-quantize-pytorch's ``bound``);
-        ``eps`` and ``hard_clamp`` default to this module's."""
+        ``eps`` defaults to this module's, ``hard_clamp`` to ``False`` as theirs (``quantize``
+        applies the module's ``bound_hard_clamp``)."""
         return self._quantize_with(self._layout_like("round", eps, hard_clamp), z)
 
-    def symmetry_preserving_bound(self, z: Tensor, hard_clamp: bool | None = None) -> Tensor:
-        """Codes of ``z (..., d)`` in the ``"symmetric"`` layout (``preserve_symmetry=True``)."""
+    def symmetry_preserving_bound(self, z: Tensor, hard_clamp: bool = False) -> Tensor:
+        """Codes of ``z (..., d)`` in the ``"symmetric"`` layout (``preserve_symmetry=True``);
+        ``hard_clamp`` defaults to ``False`` as theirs."""
         return self._quantize_with(self._layout_like("symmetric", None, hard_clamp), z)
 
     def _layout_like(self, kind: str, eps: float | None, hard_clamp: bool | None) -> BinLayout:
@@ -325,14 +330,15 @@ class FSQ(nn.Module):
         clamp = self.bound_hard_clamp if hard_clamp is None else hard_clamp
         if (kind, eps, clamp) == (self.layout.kind, self.eps, self.bound_hard_clamp):
             return self.layout
-        return BinLayout(self.levels, kind, HardClamp() if clamp else self.activation, eps)
+        return BinLayout(self.levels, kind, HardClamp() if clamp else self._soft_activation, eps)
 
     def _quantize_with(self, layout: BinLayout, z: Tensor) -> Tensor:
         if not isinstance(z, Tensor) or not z.is_floating_point():
             raise TypeError(f"z must be a floating-point tensor, got {getattr(z, 'dtype', type(z).__name__)}")
         if z.shape[-1:] != (self.codebook_dim,):
             raise ValueError(f"z must have last dimension {self.codebook_dim} (len(levels)), got shape {tuple(z.shape)}")
-        flat = z.to(compute_dtype(z.dtype, layout)).reshape(-1, self.codebook_dim)
+        # theirs never upcasts here: a bf16/fp16 z goes to the kernels as it is (see kernels.quantize)
+        flat = (z if z.dtype in kernels.HALF_DTYPES else z.to(compute_dtype(z.dtype, layout))).reshape(-1, self.codebook_dim)
         return kernels.quantize(flat, layout, None, self.backend).codes.view(z.shape)
 
     def _indices_to_codes(self, indices: Tensor) -> Tensor:
@@ -375,7 +381,9 @@ class FSQ(nn.Module):
         with autocast_off:
             orig_dtype = z.dtype
             dtype = compute_dtype(orig_dtype, self.layout)
-            flat = z.to(dtype).reshape(-1, self.codebook_dim)
+            # vector-quantize-pytorch quantizes a bf16/fp16 input in its own dtype unless forced to float32
+            in_input_dtype = orig_dtype in kernels.HALF_DTYPES and (not self.force_quantization_f32 or orig_dtype in self.allowed_dtypes)
+            flat = (z if in_input_dtype else z.to(dtype)).reshape(-1, self.codebook_dim)
             track = self.usage is not None and self.training
             if type(self).quantize is not FSQ.quantize:
                 # A subclass's own quantize() (vector-quantize-pytorch's extension point) makes the codes.

@@ -1,7 +1,10 @@
 """One entry point, several implementations of the quantization kernel.
 
 ``quantize(z, layout, plan, backend)`` takes ``(M, d)`` values in the compute dtype and returns
-codes with a straight-through gradient, packed indices and (on request) level indices.
+codes with a straight-through gradient, packed indices and (on request) level indices. A bf16 or
+fp16 ``z`` is quantized as vector-quantize-pytorch quantizes an input it does not upcast: the
+``"symmetric"`` layout op for op in that dtype (:func:`.reference.quantize_symmetric_in_input_dtype`),
+the others in float32 (theirs promote to float32 before the bound).
 ``backend``: ``"torch"`` (fused PyTorch path, or the reference for custom activations),
 ``"triton"`` (CUDA; CPU only under ``TRITON_INTERPRET=1``), ``"auto"`` (Triton for CUDA tensors
 when it imports, else torch), ``"reference"`` (the oracle, for tests).
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
 from ..bins import BinLayout
@@ -26,9 +30,10 @@ from ..contexts import exporting_to_portable_graph, functorch_active
 from ..indexing import IndexPlan
 from . import reference, registered, torch_fused
 
-__all__ = ["quantize", "QuantizeOutput", "BACKENDS", "resolve_backend"]
+__all__ = ["quantize", "QuantizeOutput", "BACKENDS", "HALF_DTYPES", "resolve_backend"]
 
 BACKENDS = ("auto", "torch", "triton", "reference")
+HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
 class QuantizeOutput(NamedTuple):
@@ -56,6 +61,12 @@ def resolve_backend(backend: str, z: Tensor, layout: BinLayout) -> str:
 def quantize(z: Tensor, layout: BinLayout, plan: IndexPlan | None, backend: str = "auto",
              need_level_indices: bool = False) -> QuantizeOutput:
     """Quantizes ``z (M, d)``; see the module docstring."""
+    if z.dtype in HALF_DTYPES:
+        if layout.kind != "symmetric" or layout.needs_float64:
+            return quantize(z.float() if not layout.needs_float64 else z.double(), layout, plan, backend, need_level_indices)
+        codes, level_indices = reference.quantize_symmetric_in_input_dtype(z, layout)
+        indices = plan.pack(level_indices) if plan is not None else None
+        return QuantizeOutput(codes, indices, level_indices if need_level_indices else None)
     impl = resolve_backend(backend, z, layout)
     if functorch_active() or exporting_to_portable_graph():
         impl = "reference"

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..bins import BinLayout
 
-__all__ = ["quantize"]
+__all__ = ["quantize", "quantize_symmetric_in_input_dtype"]
 
 
 def quantize(z: Tensor, layout: BinLayout) -> tuple[Tensor, Tensor]:
@@ -30,4 +30,24 @@ def quantize(z: Tensor, layout: BinLayout) -> tuple[Tensor, Tensor]:
     hard = layout.code(level_indices)
     # NaN inputs get level 0 (above); keep their straight-through term from turning the code NaN.
     soft = torch.nan_to_num(y) * layout.constants(z.device, z.dtype)["slope"]
+    return hard + (soft - soft.detach()), level_indices
+
+
+def quantize_symmetric_in_input_dtype(z: Tensor, layout: BinLayout) -> tuple[Tensor, Tensor]:
+    """The ``"symmetric"`` layout for a bf16/fp16 ``z`` that is not upcast, op for op as
+    vector-quantize-pytorch computes it: ``f(z)`` and ``(L - 1) * (f(z) + 1) / 2 + 0.5`` in
+    ``z``'s dtype (each operation rounds to it), then ``2 / (L - 1) * floor(.) - 1`` in float32.
+    The level index is clamped into ``[0, L)`` and NaN goes to level 0, as everywhere here
+    (theirs can reach ``L`` where the dtype rounds ``L - 0.5`` up, and keeps NaN).
+
+    Args: ``z`` ``(..., d)`` bf16 or fp16. Returns float32 ``codes`` (straight-through gradient
+    ``slope * f'(z)``) and float32 ``level_indices``, as :func:`quantize`.
+    """
+    c = layout.constants(z.device, torch.float32)
+    y = layout.bound(z)  # in z's dtype
+    bracket = (layout.num_levels - 1).to(z.device) * (y.detach() + 1) / 2.0 + 0.5  # int * half -> half
+    k = torch.floor(bracket).float()
+    level_indices = torch.where(torch.isnan(k), 0.0, torch.clamp(k, torch.zeros_like(c["top"]), c["top"]))
+    hard = level_indices * (2.0 / (layout.num_levels - 1).to(z.device)) - 1.0  # float32, as theirs
+    soft = torch.nan_to_num(y.float()) * c["slope"]
     return hard + (soft - soft.detach()), level_indices
