@@ -1,5 +1,7 @@
 """iFSQ equals the paper's Algorithm 1 / the official code's simple_bound for odd levels."""
 
+import warnings
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -23,6 +25,13 @@ def algorithm_1(z, levels, alpha=1.6):
     return codes, (level_indices * basis).sum(-1)
 
 
+def official_indices(codes, levels):
+    """The official code's codes_to_indices (one group): a float32 sum, truncated to int64."""
+    half_width = torch.tensor(levels, dtype=torch.int32) // 2
+    basis = torch.cumprod(torch.tensor([1] + list(levels[:-1])), dim=0, dtype=torch.int64)
+    return ((codes * half_width + half_width) * basis).sum(-1).to(torch.int64)
+
+
 odd_levels = st.lists(st.sampled_from([3, 5, 7, 9, 11, 15, 17, 33]), min_size=1, max_size=6)
 
 
@@ -35,6 +44,39 @@ def test_ifsq_is_algorithm_1(levels, scale, seed):
     ref_codes, ref_indices = algorithm_1(z, levels)
     assert torch.equal(codes, ref_codes)
     assert torch.equal(indices, ref_indices)
+    assert torch.equal(indices, official_indices(codes, levels))  # these levels: the official truncation is exact
+
+
+def _every_level(levels):
+    """One input at the centre of every level of every dimension, ``(1, max(levels), d)``."""
+    n = max(levels)
+    cols = []
+    for L in levels:
+        r = torch.arange(-(L // 2), L // 2 + 1, dtype=torch.float64) / (L // 2)
+        cols.append((torch.atanh(r.clamp(-0.999999, 0.999999)) / 0.8).float().repeat(n // L + 1)[:n])
+    return torch.stack(cols, 1)[None]
+
+
+def test_official_config_warns_where_the_official_indices_lose_a_level():
+    """For L = 27 the official codes_to_indices gives one level its neighbour's index (a float32
+    product truncated); the loader says so, keeps the exact indices, and the codes are the same."""
+    config = {"levels": [27], "do_simple_bound": True, "act_fun": "scale_sigmoid_16"}
+    with pytest.warns(UserWarning, match=r"L=27"):
+        q = iFSQ.from_official_config(config)
+    z = _every_level(config["levels"])
+    codes, indices = q(z)
+    ref_codes, ref_indices = algorithm_1(z, config["levels"])
+    assert torch.equal(codes, ref_codes) and torch.equal(indices[..., 0], ref_indices)
+    theirs = official_indices(codes, config["levels"])
+    differ = theirs != indices[..., 0]
+    assert 0 < int(differ.sum()) < 27 and torch.equal(theirs[differ], indices[..., 0][differ] - 1)
+    assert len(set(theirs.view(-1).tolist())) < len(set(indices[..., 0].view(-1).tolist()))  # theirs: two levels share an index
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        iFSQ.from_official_config({"levels": [17] * 4, "do_simple_bound": True, "act_fun": "scale_sigmoid_16",
+                                   "factorized_bits": [2, 2]})  # the paper's configuration: exact, no warning
+    with pytest.warns(UserWarning, match="more than 2..24 codes"):
+        iFSQ.from_official_config({"levels": [17] * 8, "do_simple_bound": True, "act_fun": "scale_sigmoid_16"})
 
 
 def test_official_config_with_factorized_bits():

@@ -20,7 +20,7 @@ from . import kernels
 from .activations import Activation, HardClamp, ScaledSigmoid, get_activation
 from .bins import LAYOUTS, BinLayout, check_levels
 from .contexts import functorch_active, tracing
-from .indexing import IndexPlan
+from .indexing import FLOAT32_EXACT_INTEGERS, IndexPlan
 from .usage import CodeUsage
 
 __all__ = ["FSQ", "iFSQ"]
@@ -438,6 +438,27 @@ class FSQ(nn.Module):
         return ", ".join(parts)
 
 
+def _official_lossy_indices(levels: list[int], groups: list[int]) -> list[str]:
+    """Where the official iFSQ code's ``codes_to_indices`` is not exact: it computes
+    ``sum((code * (L // 2) + L // 2) * basis)`` in float32 and truncates it to int64, so a level
+    whose float32 product falls just below its integer (L = 27: 11.999999) takes its neighbour's
+    index, and a group of more than 2**24 codes sums past float32's integers."""
+    out = [f"L={L}" for L in sorted(set(levels)) if L % 2 and not _official_levels_exact(L)]
+    start = 0
+    for size in groups:
+        if math.prod(levels[start:start + size]) > FLOAT32_EXACT_INTEGERS:
+            out.append(f"the group of levels {levels[start:start + size]} (more than 2**24 codes)")
+        start += size
+    return out
+
+
+def _official_levels_exact(L: int) -> bool:
+    """Whether the official truncation gives every level of odd ``L`` its own index (float32, as theirs)."""
+    half_width = torch.tensor(L // 2, dtype=torch.int32)
+    k = torch.arange(-(L // 2), L // 2 + 1, dtype=torch.float32)
+    return bool(((k / half_width * half_width + half_width).to(torch.int64) == k.to(torch.int64) + L // 2).all())
+
+
 class iFSQ(FSQ):  # noqa: N801 - the method's name
     """iFSQ: :class:`FSQ` with the bound ``2*sigmoid(1.6 z) - 1`` and ``eps = 0``.
 
@@ -485,5 +506,10 @@ class iFSQ(FSQ):  # noqa: N801 - the method's name
             kwargs.update(activation=ScaledSigmoid(alphas[act_fun]) if alphas[act_fun] != 1.6 else "sigmoid", eps=0.0)
         else:
             kwargs.update(activation="tanh", eps=1e-3)
+        lossy = _official_lossy_indices(list(config["levels"]), kwargs["index_groups"])
+        if lossy:
+            warnings.warn(f"the official code's indices differ from this module's for {lossy}: its codes_to_indices "
+                          "truncates a float32 sum, which gives some levels their neighbour's index; the codes are "
+                          "the same, and these indices are exact", stacklevel=2)
         kwargs.update(overrides)
         return cls(**kwargs)
