@@ -104,6 +104,18 @@ def test_compile_inductor():
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
+@pytest.mark.parametrize("name", RESIDUAL)
+def test_compile_inductor_residual(name):
+    """The residual modules under the default (inductor) backend: the reference's indices bit for
+    bit; outputs up to the rounding of fused projections."""
+    fast, ref = _pair(name)
+    torch._dynamo.reset()
+    z = _input(name)
+    got, expected = torch.compile(fast, fullgraph=True)(z), ref(z)
+    assert torch.equal(got[1], expected[1])
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_vmap(name):
     fast, ref = _pair(name)
