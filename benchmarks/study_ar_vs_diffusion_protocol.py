@@ -13,7 +13,7 @@ way over one sampling batch at the chosen guidance: guidance doubles the batch).
 Writes ``ar_vs_diffusion_protocol.{json,md,png}`` to ``--out``.
 
     python -m benchmarks.study_ar_vs_diffusion_protocol --quick   # 1 seed, 1000 steps, small models, 4 checkpoints (about 10-15 min)
-    python -m benchmarks.study_ar_vs_diffusion_protocol           # 2 seeds, 3000 steps, width 128 / 4 blocks, 6 checkpoints (about 42 min alone on one thread)
+    python -m benchmarks.study_ar_vs_diffusion_protocol           # 2 seeds, 3000 steps, width 128 / 4 blocks, 6 checkpoints (about 42 min alone)
 """
 
 from __future__ import annotations
