@@ -240,7 +240,7 @@ class FSQ(nn.Module):
 
     @property
     def _decode_dtype(self) -> torch.dtype:
-        """The dtype decoded codes are computed in: float64 for a float64 module, else float32."""
+        """The dtype decoded codes are computed in: float64 for a float64 module or levels above 2**24, else float32."""
         return compute_dtype(self._decode_like.dtype, self.layout)
 
     def _level_indices_to_codes(self, level_indices: Tensor) -> Tensor:
