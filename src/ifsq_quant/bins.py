@@ -106,34 +106,32 @@ class BinLayout:
         self._cache: dict[tuple[torch.device, torch.dtype], dict[str, Tensor]] = {}
 
     def _geometry(self, dtype: torch.dtype) -> dict[str, Tensor]:
-        """``scale``, ``bias``, ``shift``, ``slope`` (and ``half_width`` / ``code_step``) as ``(d,)``
+        """``scale``, ``bias``, ``shift``, ``slope``, ``top`` (and ``half_width`` / ``code_step``) as ``(d,)``
         tensors of ``dtype``, computed in ``dtype``."""
         L = self.num_levels.to(dtype)
         zeros = torch.zeros_like(L)
+        # L - 1 rounded down where ``dtype`` cannot hold it, so that the clamp never makes an index >= L
+        # (computed here, once, so that no traced or exported graph holds this arithmetic)
+        top = (self.num_levels - 1).to(dtype)
+        top = torch.where(top.double() > (self.num_levels - 1).double(), torch.nextafter(top, zeros), top)
         if self.kind == "round":
             half_l = (L - 1) * (1 + self.eps) / 2
             offset = torch.where(self.num_levels % 2 == 0, 0.5, 0.0).to(dtype)
             half_width = (self.num_levels // 2).to(dtype)
             return {"scale": half_l, "bias": -offset, "shift": self.activation.inverse(offset / half_l).to(dtype),
-                    "half_width": half_width, "slope": half_l / half_width}
+                    "half_width": half_width, "slope": half_l / half_width, "top": top}
         if self.kind == "symmetric":
             code_step = 2.0 / (L - 1)
             return {"scale": (L - 1) / 2, "bias": torch.full_like(zeros, 0.5), "shift": zeros,
-                    "code_step": code_step, "slope": code_step * (L - 1) / 2}
-        return {"scale": L / 2, "bias": zeros, "shift": zeros, "slope": torch.ones_like(zeros)}
+                    "code_step": code_step, "slope": code_step * (L - 1) / 2, "top": top}
+        return {"scale": L / 2, "bias": zeros, "shift": zeros, "slope": torch.ones_like(zeros), "top": top}
 
     def constants(self, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
         """The per-dimension constants as ``(d,)`` tensors of ``dtype`` on ``device`` (cached)."""
         table = self._tables.get(dtype, self._tables[torch.float32])
-
-        def make() -> dict[str, Tensor]:
-            out = {k: v.to(device=device, dtype=dtype) for k, v in dict(table, levels=self.num_levels).items()}
-            # L - 1 rounded down where ``dtype`` cannot hold it: the clamp never makes an index >= L
-            top = (self.num_levels - 1).to(dtype)
-            out["top"] = torch.where(top.double() > (self.num_levels - 1).double(), torch.nextafter(top, torch.zeros_like(top)), top).to(device)
-            return out
-
-        return cached(self._cache, (torch.device(device), dtype), make)
+        names = dict(table, levels=self.num_levels)
+        return cached(self._cache, (torch.device(device), dtype),
+                      lambda: {k: v.to(device=device, dtype=dtype) for k, v in names.items()})
 
     # --- the reference semantics, one readable function each -------------------------------
 
