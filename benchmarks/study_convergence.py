@@ -18,6 +18,7 @@ Outputs in ``--out``: ``convergence.json``, ``convergence.md``, ``convergence.pn
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -111,7 +112,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     mode = "quick" if args.quick else "full"
-    cfg = json.loads(json.dumps(CONFIGS[mode]))  # a deep copy
+    cfg = copy.deepcopy(CONFIGS[mode])
     if args.steps:
         cfg["tokenizer"]["steps"] = args.steps
         cfg["eval_every"] = max(1, args.steps // 2)

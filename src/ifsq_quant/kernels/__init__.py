@@ -63,7 +63,7 @@ def quantize(z: Tensor, layout: BinLayout, plan: IndexPlan | None, backend: str 
     """Quantizes ``z (M, d)``; see the module docstring."""
     if z.dtype in HALF_DTYPES:
         if layout.kind != "symmetric" or layout.needs_float64:
-            return quantize(z.float() if not layout.needs_float64 else z.double(), layout, plan, backend, need_level_indices)
+            return quantize(z.to(torch.float64 if layout.needs_float64 else torch.float32), layout, plan, backend, need_level_indices)
         codes, level_indices = reference.quantize_symmetric_in_input_dtype(z, layout)
         indices = plan.pack(level_indices) if plan is not None else None
         return QuantizeOutput(codes, indices, level_indices if need_level_indices else None)

@@ -44,10 +44,10 @@ def quantize_symmetric_in_input_dtype(z: Tensor, layout: BinLayout) -> tuple[Ten
     ``slope * f'(z)``) and float32 ``level_indices``, as :func:`quantize`.
     """
     c = layout.constants(z.device, torch.float32)
+    levels_minus_1 = (layout.num_levels - 1).to(z.device)  # int64: int * half stays half, as theirs
     y = layout.bound(z)  # in z's dtype
-    bracket = (layout.num_levels - 1).to(z.device) * (y.detach() + 1) / 2.0 + 0.5  # int * half -> half
-    k = torch.floor(bracket).float()
+    k = torch.floor(levels_minus_1 * (y.detach() + 1) / 2.0 + 0.5).float()
     level_indices = torch.where(torch.isnan(k), 0.0, torch.clamp(k, torch.zeros_like(c["top"]), c["top"]))
-    hard = level_indices * (2.0 / (layout.num_levels - 1).to(z.device)) - 1.0  # float32, as theirs
+    hard = level_indices * (2.0 / levels_minus_1) - 1.0  # float32, as theirs
     soft = torch.nan_to_num(y.float()) * c["slope"]
     return hard + (soft - soft.detach()), level_indices
