@@ -173,10 +173,11 @@ def run_seed(seed: int, cfg: dict, data: dict, evaluator: ProtocolEvaluator, rep
     records, tokenizers, chosen_lrs = [], {}, {}
     for kind in kinds:
         t0 = time.perf_counter()
-        tok, tm = train_tokenizer(kind, cfg, data, seed, tokenizer_lrs[kind])
+        tok, tm = train_tokenizer(kind, cfg, data, seed, tokenizer_lrs[kind], eval_every=cfg.get("tokenizer_eval_every", 0))
         tokenizers[kind], chosen_lrs[kind] = tok, tm["lr"]
         base = dict(tokenizer=kind, seed=seed, tokenizer_psnr=tm["psnr"], tokenizer_lr=tm["lr"], tokenizer_utilization=tm["utilization"],
-                    tokenizer_lr_sweep=tm["lr_sweep"], tokenizer_loss_drop_last_tenth=tm["loss_drop_last_tenth"])
+                    tokenizer_lr_sweep=tm["lr_sweep"], tokenizer_loss_drop_last_tenth=tm["loss_drop_last_tenth"],
+                    tokenizer_steps=cfg["tokenizer"]["steps"])
         print(f"seed {seed} {kind}: test PSNR {tm['psnr']:.2f} dB (lr {tm['lr']:g}), {time.perf_counter() - t0:.0f} s", flush=True)
         for gen in [g for g in generators if g in ("ar", "ar_repa")]:
             if gen == "ar_repa" and (repa_encoder is None or kind not in cfg["repa_kinds"]):
@@ -249,7 +250,9 @@ def to_markdown(result: dict, protocol: dict) -> str:
              f"FD and KID of {meta['num_generated']:,} generated samples against {meta['num_real']:,} held-out test images in the "
              f"feature space of a CNN trained on a disjoint split (test accuracy {protocol['feature_net']['test_accuracy']:.3f}); "
              f"95 % bootstrap intervals ({meta['n_boot']} replicates). Guidance chosen per model by validation FD "
-             f"({meta['num_val_samples']} samples). {meta['seconds']:.0f} s.", "",
+             f"({meta['num_val_samples']} samples). Tokenizers: {meta['config']['tokenizer']['steps']:,} steps, learning rates "
+             f"{meta['config']['tokenizer_lrs']}. {meta['seconds']:.0f} s"
+             + (" (the slowest of the parallel parts)" if "parts" in meta else "") + ".", "",
              "Calibration at the same n:", "", "| row | FD [95 % CI] | KID [95 % CI] | accuracy |", "|---|---|---|---|"]
     for name, r in protocol["rows"].items():
         acc = "–" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
@@ -303,12 +306,27 @@ def main(argv=None):
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--generators", nargs="+", default=["ar", "ar_repa", "dit"], choices=["ar", "ar_repa", "dit"])
     parser.add_argument("--repa", action=argparse.BooleanOptionalAction, default=None, help="train AR+REPA too (default: full mode only)")
+    parser.add_argument("--seed-list", type=int, nargs="+", default=None,
+                        help="run these seeds (instead of 0 .. --seeds - 1): one process per seed, then --merge")
+    parser.add_argument("--tokenizer-steps", type=int, default=None, help="train the tokenizers this many steps")
+    parser.add_argument("--tokenizer-lrs", type=float, nargs="+", default=None, help="the tokenizers' learning-rate sweep")
+    parser.add_argument("--tokenizer-eval-every", type=int, default=None, help="log the tokenizers' validation PSNR every this many steps")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="DIR",
+                        help="combine the outputs of runs with disjoint --seed-list into --out (trains nothing)")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out, argv)
     torch.set_num_threads(1)
     mode = "quick" if args.quick else "full"
     cfg = protocol_config(args, CONFIGS, ("features", "repa_encoder", "tokenizer", "ar", "dit"), overrides=("repa",))
     cfg["num_real"] = cfg["splits"]["test"]
-    seeds = list(range(args.seeds or cfg["seeds"]))
+    if args.tokenizer_steps:
+        cfg["tokenizer"]["steps"] = args.tokenizer_steps
+    if args.tokenizer_lrs:
+        cfg["tokenizer_lrs"] = args.tokenizer_lrs
+    if args.tokenizer_eval_every:
+        cfg["tokenizer_eval_every"] = args.tokenizer_eval_every
+    seeds = args.seed_list or list(range(args.seeds or cfg["seeds"]))
     t0 = time.perf_counter()
 
     data = load_splits(cfg)
@@ -329,7 +347,7 @@ def main(argv=None):
     random_kind = "ifsq" if "ifsq" in first_tokenizers else args.kinds[0]
     random_images = P.random_token_images(first_tokenizers[random_kind], n, P.latent_size(None, data["train"].image_shape[1]), seed=0)
     rows = evaluator.calibration(n, data["reference"].images, data["reference"].labels, data["train"].images, data["train"].labels, random_images)
-    protocol = dict(rows=rows, n_generated=n, n_real=cfg["num_real"], random_tokens_tokenizer=f"{random_kind}, seed 0",
+    protocol = dict(rows=rows, n_generated=n, n_real=cfg["num_real"], random_tokens_tokenizer=f"{random_kind}, seed {seeds[0]}",
                     feature_net=dict(split="features", n_train=cfg["splits"]["features"], test_accuracy=evaluator.test_accuracy, **cfg["features"]),
                     notes="real_vs_real: the reference split (disjoint from test) vs test; memorizer: the generators' first n training "
                           "images vs test; random_tokens: decoded uniformly random indices. Same n, same test set, same bootstrap.")
@@ -337,13 +355,41 @@ def main(argv=None):
                 num_val_samples=cfg["num_val_samples"], n_boot=cfg["n_boot"], config=cfg, seconds=round(time.perf_counter() - t0, 1),
                 command=study_command("study_generation", argv))
     result = dict(meta=meta, records=records, paired=paired(records))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "generation.json").write_text(json.dumps(result, indent=1))
-    (args.out / "protocol.json").write_text(json.dumps(dict(meta=dict(command=meta["command"], mode=mode), **protocol), indent=1))
+    protocol = dict(meta=dict(command=meta["command"], mode=mode), **protocol)
+    write_outputs(result, protocol, args.out)
+    return result
+
+
+def write_outputs(result: dict, protocol: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "generation.json").write_text(json.dumps(result, indent=1))
+    (out / "protocol.json").write_text(json.dumps(protocol, indent=1))
     md = to_markdown(result, protocol)
-    (args.out / "generation.md").write_text(md)
-    figure(result, protocol, args.out / "generation.png")
+    (out / "generation.md").write_text(md)
+    figure(result, protocol, out / "generation.png")
     print(md)
+
+
+def merge(parts: list[Path], out: Path, argv) -> dict:
+    """One result from runs of the same configuration on disjoint seeds (``--seed-list``, one process each).
+
+    The calibration rows are those of the part with the lowest seed (the real-vs-real and memorizer rows are
+    the same in every part; the decoded random tokens come from that part's first tokenizer).
+    """
+    results = [json.loads((p / "generation.json").read_text()) for p in parts]
+    protocols = [json.loads((p / "protocol.json").read_text()) for p in parts]
+    if any(r["meta"]["config"] != results[0]["meta"]["config"] for r in results):
+        raise ValueError("--merge: the parts were run with different configurations")
+    seeds = [s for r in results for s in r["meta"]["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--merge: the parts' seeds overlap: {seeds}")
+    first = min(range(len(parts)), key=lambda i: min(results[i]["meta"]["seeds"]))
+    records = sorted((x for r in results for x in r["records"]), key=lambda x: x["seed"])
+    meta = dict(results[first]["meta"], seeds=sorted(seeds), seconds=max(r["meta"]["seconds"] for r in results),
+                parts=[dict(command=r["meta"]["command"], seeds=r["meta"]["seeds"], seconds=r["meta"]["seconds"]) for r in results],
+                command=study_command("study_generation", argv))
+    result = dict(meta=meta, records=records, paired=paired(records))
+    write_outputs(result, dict(protocols[first], meta=dict(protocols[first]["meta"], command=meta["command"])), out)
     return result
 
 

@@ -121,6 +121,33 @@ def test_generation_study_smallest_configuration(tmp_path):
 
 
 @pytest.mark.slow
+def test_generation_study_seeds_in_parallel_parts_merge_to_the_serial_result(tmp_path):
+    """``--seed-list`` runs one seed per process; ``--merge`` gives the records and paired differences
+    one process over both seeds gives (every model is seeded by its seed alone)."""
+    from benchmarks import study_generation
+
+    small = ["--quick", "--steps", "4", "--split-sizes", "200", "100", "300", "200", "100", "--num-generated", "50",
+             "--num-val-samples", "20", "--n-boot", "10", "--generators", "ar", "--kinds", "fsq", "ifsq",
+             "--tokenizer-steps", "6", "--tokenizer-lrs", "3e-3", "--tokenizer-eval-every", "3"]
+    serial = study_generation.main(small + ["--seeds", "2", "--out", str(tmp_path / "serial")])
+    for seed in (1, 0):
+        study_generation.main(small + ["--seed-list", str(seed), "--out", str(tmp_path / f"part{seed}")])
+    merged = study_generation.main(["--merge", str(tmp_path / "part1"), str(tmp_path / "part0"), "--out", str(tmp_path / "merged")])
+    assert merged["meta"]["seeds"] == [0, 1] and len(merged["meta"]["parts"]) == 2
+    assert merged["meta"]["config"]["tokenizer"]["steps"] == 6 and merged["meta"]["config"]["tokenizer_lrs"] == [3e-3]
+    for a, b in zip(serial["records"], merged["records"], strict=True):
+        drop = ("seconds",)
+        assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+        assert b["tokenizer_steps"] == 6 and [c["step"] for c in b["tokenizer_lr_sweep"]["0.003"]["val_curve"]] == [3, 6]
+    assert serial["paired"] == merged["paired"]
+    protocol = json.loads((tmp_path / "merged" / "protocol.json").read_text())
+    assert protocol["rows"] == json.loads((tmp_path / "serial" / "protocol.json").read_text())["rows"]
+    assert "--merge" in protocol["meta"]["command"] and (tmp_path / "merged" / "generation.png").exists()
+    with pytest.raises(ValueError, match="overlap"):
+        study_generation.main(["--merge", str(tmp_path / "part0"), str(tmp_path / "serial"), "--out", str(tmp_path / "bad")])
+
+
+@pytest.mark.slow
 def test_convergence_study_smallest_configuration(tmp_path):
     """The tokenizer convergence study: the LR sweep on the first seed only, later seeds reuse each
     bottleneck's choice, a validation curve per run, paired PSNR differences over the seeds."""
