@@ -27,7 +27,8 @@ and ``generation.png``.
     python -m benchmarks.study_generation           # 3 seeds, LR sweep on seed 0, longer training, REPA on iFSQ (about 1.5-2 h, one thread)
 
 One process per seed (each seed's models depend on that seed alone, so the merged result is the one
-process's result), for example the 9,000-step tokenizers of ``results/generation_9k``::
+process's result, provided there is a single tokenizer learning rate: each part would sweep a list of them
+on its own first seed), for example the 9,000-step tokenizers of ``results/generation_9k``::
 
     for s in 0 1 2; do python -m benchmarks.study_generation --seed-list $s --tokenizer-steps 9000 --tokenizer-lrs 1.6e-2 \
         --tokenizer-eval-every 1000 --generators ar dit --no-repa --out part$s & done; wait
