@@ -388,6 +388,9 @@ def merge(parts: list[Path], out: Path, argv) -> dict:
     protocols = [json.loads((p / "protocol.json").read_text()) for p in parts]
     if any(r["meta"]["config"] != results[0]["meta"]["config"] for r in results):
         raise ValueError("--merge: the parts were run with different configurations")
+    if len(results[0]["meta"]["config"]["tokenizer_lrs"]) > 1:
+        raise ValueError("--merge: the parts swept several tokenizer learning rates, each on its own first seed, which one "
+                         "process over all seeds would not do; run the parts with one --tokenizer-lrs value")
     seeds = [s for r in results for s in r["meta"]["seeds"]]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"--merge: the parts' seeds overlap: {seeds}")

@@ -145,6 +145,14 @@ def test_generation_study_seeds_in_parallel_parts_merge_to_the_serial_result(tmp
     assert "--merge" in protocol["meta"]["command"] and (tmp_path / "merged" / "generation.png").exists()
     with pytest.raises(ValueError, match="overlap"):
         study_generation.main(["--merge", str(tmp_path / "part0"), str(tmp_path / "serial"), "--out", str(tmp_path / "bad")])
+    for part in ("part0", "part1"):  # parts that swept two learning rates, each on its own seed
+        (tmp_path / f"swept_{part}").mkdir()
+        (tmp_path / f"swept_{part}" / "protocol.json").write_text((tmp_path / part / "protocol.json").read_text())
+        result = json.loads((tmp_path / part / "generation.json").read_text())
+        result["meta"]["config"]["tokenizer_lrs"] = [3e-3, 6e-3]
+        (tmp_path / f"swept_{part}" / "generation.json").write_text(json.dumps(result))
+    with pytest.raises(ValueError, match="learning rates"):
+        study_generation.main(["--merge", str(tmp_path / "swept_part0"), str(tmp_path / "swept_part1"), "--out", str(tmp_path / "bad")])
 
 
 @pytest.mark.slow
