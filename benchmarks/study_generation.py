@@ -319,6 +319,8 @@ def main(argv=None):
     parser.add_argument("--tokenizer-steps", type=int, default=None, help="train the tokenizers this many steps")
     parser.add_argument("--tokenizer-lrs", type=float, nargs="+", default=None, help="the tokenizers' learning-rate sweep")
     parser.add_argument("--tokenizer-eval-every", type=int, default=None, help="log the tokenizers' validation PSNR every this many steps")
+    parser.add_argument("--ar-steps", type=int, default=None, help="train the AR transformers this many steps (the best validation step is kept)")
+    parser.add_argument("--ar-eval-every", type=int, default=None, help="the AR transformers' validation loss every this many steps")
     parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="DIR",
                         help="combine the outputs of runs with disjoint --seed-list into --out (trains nothing)")
     args = parser.parse_args(argv)
@@ -334,6 +336,10 @@ def main(argv=None):
         cfg["tokenizer_lrs"] = args.tokenizer_lrs
     if args.tokenizer_eval_every:
         cfg["tokenizer_eval_every"] = args.tokenizer_eval_every
+    if args.ar_steps:
+        cfg["ar"]["steps"] = args.ar_steps
+    if args.ar_eval_every:
+        cfg["ar_eval_every"] = args.ar_eval_every
     seeds = args.seed_list or list(range(args.seeds or cfg["seeds"]))
     t0 = time.perf_counter()
 

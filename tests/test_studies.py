@@ -128,7 +128,7 @@ def test_generation_study_seeds_in_parallel_parts_merge_to_the_serial_result(tmp
 
     small = ["--quick", "--steps", "4", "--split-sizes", "200", "100", "300", "200", "100", "--num-generated", "50",
              "--num-val-samples", "20", "--n-boot", "10", "--generators", "ar", "--kinds", "fsq", "ifsq",
-             "--tokenizer-steps", "6", "--tokenizer-lrs", "3e-3", "--tokenizer-eval-every", "3"]
+             "--tokenizer-steps", "6", "--tokenizer-lrs", "3e-3", "--tokenizer-eval-every", "3", "--ar-steps", "8", "--ar-eval-every", "2"]
     serial = study_generation.main(small + ["--seeds", "2", "--out", str(tmp_path / "serial")])
     for seed in (1, 0):
         study_generation.main(small + ["--seed-list", str(seed), "--out", str(tmp_path / f"part{seed}")])
@@ -139,6 +139,7 @@ def test_generation_study_seeds_in_parallel_parts_merge_to_the_serial_result(tmp
         drop = ("seconds",)
         assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
         assert b["tokenizer_steps"] == 6 and [c["step"] for c in b["tokenizer_lr_sweep"]["0.003"]["val_curve"]] == [3, 6]
+        assert [c["step"] for c in b["val_curve"]] == [2, 4, 6, 8] and b["val_loss"] == min(c["val_loss"] for c in b["val_curve"])
     assert serial["paired"] == merged["paired"]
     protocol = json.loads((tmp_path / "merged" / "protocol.json").read_text())
     assert protocol["rows"] == json.loads((tmp_path / "serial" / "protocol.json").read_text())["rows"]
