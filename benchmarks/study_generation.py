@@ -328,18 +328,11 @@ def main(argv=None):
         return merge(args.merge, args.out, argv)
     torch.set_num_threads(1)
     mode = "quick" if args.quick else "full"
-    cfg = protocol_config(args, CONFIGS, ("features", "repa_encoder", "tokenizer", "ar", "dit"), overrides=("repa",))
+    cfg = protocol_config(args, CONFIGS, ("features", "repa_encoder", "tokenizer", "ar", "dit"),
+                          overrides=("repa", "tokenizer_lrs", "tokenizer_eval_every", "ar_eval_every"))
     cfg["num_real"] = cfg["splits"]["test"]
-    if args.tokenizer_steps:
-        cfg["tokenizer"]["steps"] = args.tokenizer_steps
-    if args.tokenizer_lrs:
-        cfg["tokenizer_lrs"] = args.tokenizer_lrs
-    if args.tokenizer_eval_every:
-        cfg["tokenizer_eval_every"] = args.tokenizer_eval_every
-    if args.ar_steps:
-        cfg["ar"]["steps"] = args.ar_steps
-    if args.ar_eval_every:
-        cfg["ar_eval_every"] = args.ar_eval_every
+    for model, steps in (("tokenizer", args.tokenizer_steps), ("ar", args.ar_steps)):
+        cfg[model]["steps"] = steps or cfg[model]["steps"]
     seeds = args.seed_list or list(range(args.seeds or cfg["seeds"]))
     t0 = time.perf_counter()
 
