@@ -2,11 +2,13 @@
 
 Reads any number of result files, each either a generation study's ``generation.json`` (tokenizer
 PSNR and, per generator, FD) or the convergence study's ``convergence.json`` (tokenizer PSNR only),
-groups them by the tokenizers' training steps, and prints, per length, the mean test PSNR of each
-bottleneck and the paired differences over seeds (mean and 95 % Student-t interval).
+groups them by the training steps of the tokenizers and of the AR transformers, and prints, per pair of
+lengths, the mean test PSNR of each bottleneck and the paired differences over seeds (mean and 95 %
+Student-t interval).
 
     python -m benchmarks.training_length benchmarks/results/generation.json benchmarks/results/convergence.json \\
-        benchmarks/results/generation_9k/generation.json > benchmarks/results/training_length.md
+        benchmarks/results/generation_9k/generation.json benchmarks/results/generation_ar_converged/generation.json \\
+        > benchmarks/results/training_length.md
 """
 
 from __future__ import annotations
@@ -23,16 +25,19 @@ KINDS = ("fsq", "ifsq", "erf_equal")
 COMPARISONS = (("ifsq", "fsq"), ("erf_equal", "ifsq"))
 
 
-def rows_of(result: dict) -> tuple[int, list[dict]]:
-    """(tokenizer steps, one row per (bottleneck, seed, generator)) of a study's result; generator None: the tokenizer alone."""
+Lengths = tuple[int, int | None]  # (tokenizer steps, AR transformer steps; None where no AR model was trained)
+
+
+def rows_of(result: dict) -> tuple[Lengths, list[dict]]:
+    """(lengths, one row per (bottleneck, seed, generator)) of a study's result; generator None: the tokenizer alone."""
     cfg = result["meta"]["config"]
     steps = cfg["tokenizer"]["steps"]
     if "runs" in result:  # the convergence study
-        return steps, [dict(kind=r["kind"], seed=r["seed"], generator=None, psnr=r["psnr"]) for r in result["runs"]]
+        return (steps, None), [dict(kind=r["kind"], seed=r["seed"], generator=None, psnr=r["psnr"]) for r in result["runs"]]
     rows = [dict(kind=r["tokenizer"], seed=r["seed"], generator=r["generator"], psnr=r["tokenizer_psnr"], fd=r["fd"])
             for r in result["records"]]
     tokenizers = {(r["kind"], r["seed"]): r["psnr"] for r in rows}
-    return steps, rows + [dict(kind=k, seed=s, generator=None, psnr=p) for (k, s), p in tokenizers.items()]
+    return (steps, cfg["ar"]["steps"]), rows + [dict(kind=k, seed=s, generator=None, psnr=p) for (k, s), p in tokenizers.items()]
 
 
 def difference(rows: list[dict], a: str, b: str, generator, key: str) -> dict | None:
@@ -47,15 +52,17 @@ def fmt(d: dict | None, digits: int) -> str:
     return "–" if d is None else f"{d['mean']:+.{digits}f} [{d['ci'][0]:+.{digits}f}, {d['ci'][1]:+.{digits}f}]"
 
 
-def to_markdown(by_steps: dict[int, list[dict]], sources: dict[int, list[str]]) -> str:
-    lines = ["| tokenizer steps | source | test PSNR (dB): FSQ / iFSQ / erf + equal | PSNR: iFSQ - FSQ | PSNR: erf + equal - iFSQ "
-             "| AR FD: iFSQ - FSQ | DiT FD: iFSQ - FSQ |", "|---:|---|---|---|---|---|---|"]
-    for steps in sorted(by_steps):
-        rows = by_steps[steps]
-        means = " / ".join(f"{np.mean([r['psnr'] for r in rows if r['kind'] == k and r['generator'] is None]):.2f}" for k in KINDS)
+def to_markdown(by_steps: dict[Lengths, list[dict]], sources: dict[Lengths, list[str]]) -> str:
+    lines = ["| tokenizer steps | AR steps | source | test PSNR (dB): FSQ / iFSQ / erf + equal | PSNR: iFSQ - FSQ "
+             "| PSNR: erf + equal - iFSQ | AR FD: iFSQ - FSQ | DiT FD: iFSQ - FSQ |", "|---:|---:|---|---|---|---|---|---|"]
+    for steps, ar_steps in sorted(by_steps, key=lambda lengths: (lengths[0], lengths[1] or 0)):
+        rows = by_steps[steps, ar_steps]
+        psnrs = [[r["psnr"] for r in rows if r["kind"] == k and r["generator"] is None] for k in KINDS]
+        means = " / ".join(f"{np.mean(p):.2f}" if p else "–" for p in psnrs)
         cells = [fmt(difference(rows, a, b, None, "psnr"), 2) for a, b in COMPARISONS]
         cells += [fmt(difference(rows, "ifsq", "fsq", g, "fd"), 1) for g in ("ar", "dit")]
-        lines.append(f"| {steps:,} | {', '.join(sources[steps])} | {means} | " + " | ".join(cells) + " |")
+        ar = "–" if ar_steps is None else f"{ar_steps:,}"
+        lines.append(f"| {steps:,} | {ar} | {', '.join(sources[steps, ar_steps])} | {means} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -63,12 +70,12 @@ def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path, nargs="+", help="generation.json / convergence.json files")
     args = parser.parse_args(argv)
-    by_steps: dict[int, list[dict]] = {}
-    sources: dict[int, list[str]] = {}
+    by_steps: dict[Lengths, list[dict]] = {}
+    sources: dict[Lengths, list[str]] = {}
     for path in args.results:
-        steps, rows = rows_of(json.loads(path.read_text()))
-        by_steps.setdefault(steps, []).extend(rows)
-        sources.setdefault(steps, []).append(f"`{path.parent.name}/{path.name}`")
+        lengths, rows = rows_of(json.loads(path.read_text()))
+        by_steps.setdefault(lengths, []).extend(rows)
+        sources.setdefault(lengths, []).append(f"`{path.parent.name}/{path.name}`")
     md = to_markdown(by_steps, sources)
     print(md, end="")
     return md

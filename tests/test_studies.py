@@ -267,27 +267,38 @@ def test_speed_bandwidth_columns():
 
 
 def test_training_length_table_groups_by_steps_and_pairs_by_seed(tmp_path):
-    """The trend table: one row per tokenizer length, PSNR taken once per tokenizer, differences paired by seed."""
+    """The trend table: one row per (tokenizer, AR) length, PSNR taken once per tokenizer, differences paired by seed."""
     from benchmarks import training_length
 
     def gen_record(kind, seed, psnr, fd, generator):
         return dict(tokenizer=kind, seed=seed, generator=generator, tokenizer_psnr=psnr, fd=fd)
 
     psnr = {("fsq", 0): 30.0, ("fsq", 1): 31.0, ("ifsq", 0): 30.5, ("ifsq", 1): 31.1, ("erf_equal", 0): 31.0, ("erf_equal", 1): 31.2}
-    generation = dict(meta=dict(config=dict(tokenizer=dict(steps=1000))),
-                      records=[gen_record(k, s, p, 50.0 + 10 * s + (k == "ifsq") * (2 + 2 * s), g)
-                               for (k, s), p in psnr.items() for g in ("ar", "dit")])
+
+    def generation(ar_steps, ifsq_fd_gap):
+        return dict(meta=dict(config=dict(tokenizer=dict(steps=1000), ar=dict(steps=ar_steps))),
+                    records=[gen_record(k, s, p, 50.0 + 10 * s + (k == "ifsq") * ifsq_fd_gap * (1 + s), g)
+                             for (k, s), p in psnr.items() for g in ("ar", "dit")])
+
     convergence = dict(meta=dict(config=dict(tokenizer=dict(steps=3000))),
                        runs=[dict(kind=k, seed=s, psnr=p + 3) for (k, s), p in psnr.items()])
+    ifsq_only = dict(meta=dict(config=dict(tokenizer=dict(steps=9000))),
+                     runs=[dict(kind=k, seed=s, psnr=p + 5) for (k, s), p in psnr.items() if k == "ifsq"])
+    results = (("generation.json", generation(1200, 2)), ("generation_long_ar.json", generation(9000, -4)), ("convergence.json", convergence),
+               ("ifsq_only.json", ifsq_only))
     paths = []
-    for name, result in (("generation.json", generation), ("convergence.json", convergence)):
+    for name, result in results:
         paths.append(tmp_path / name)
         paths[-1].write_text(json.dumps(result))
     md = training_length.main([str(p) for p in reversed(paths)]).splitlines()
-    assert len(md) == 4 and md[2].startswith("| 1,000 |") and md[3].startswith("| 3,000 |")
+    assert len(md) == 6 and md[2].startswith("| 1,000 | 1,200 |") and md[3].startswith("| 1,000 | 9,000 |") and md[4].startswith("| 3,000 | – |")
     cells = [c.strip() for c in md[2].split("|")[1:-1]]
-    assert cells[2] == "30.50 / 30.80 / 31.10"  # each tokenizer once, not once per generator
-    assert cells[3].startswith("+0.30 [") and cells[4].startswith("+0.30 [")  # iFSQ - FSQ: +0.5, +0.1; erf - iFSQ: +0.5, +0.1
-    assert cells[5].startswith("+3.0 [") and cells[6].startswith("+3.0 [")  # FD: +2, +4
-    cells = [c.strip() for c in md[3].split("|")[1:-1]]
-    assert cells[2] == "33.50 / 33.80 / 34.10" and cells[5] == cells[6] == "–"
+    assert cells[3] == "30.50 / 30.80 / 31.10"  # each tokenizer once, not once per generator
+    assert cells[4].startswith("+0.30 [") and cells[5].startswith("+0.30 [")  # iFSQ - FSQ: +0.5, +0.1; erf - iFSQ: +0.5, +0.1
+    assert cells[6].startswith("+3.0 [") and cells[7].startswith("+3.0 [")  # FD: +2, +4
+    cells = [c.strip() for c in md[3].split("|")[1:-1]]  # same tokenizers, longer AR: its own row, not mixed with the 1,200-step one
+    assert cells[3] == "30.50 / 30.80 / 31.10" and cells[6].startswith("-6.0 [")  # FD: -4, -8
+    cells = [c.strip() for c in md[4].split("|")[1:-1]]
+    assert cells[3] == "33.50 / 33.80 / 34.10" and cells[6] == cells[7] == "–"
+    cells = [c.strip() for c in md[5].split("|")[1:-1]]  # bottlenecks a study did not train: a dash, not nan
+    assert cells[3] == "– / 35.80 / –" and cells[4] == "–"
