@@ -259,17 +259,19 @@ def to_markdown(result: dict, protocol: dict) -> str:
              f"feature space of a CNN trained on a disjoint split (test accuracy {protocol['feature_net']['test_accuracy']:.3f}); "
              f"95 % bootstrap intervals ({meta['n_boot']} replicates). Guidance chosen per model by validation FD "
              f"({meta['num_val_samples']} samples). Tokenizers: {meta['config']['tokenizer']['steps']:,} steps, learning rates "
-             f"{meta['config']['tokenizer_lrs']}. {meta['seconds']:.0f} s"
+             f"{meta['config']['tokenizer_lrs']}. AR transformers: {meta['config']['ar']['steps']:,} steps, the best validation "
+             f"checkpoint kept; DiTs: {meta['config']['dit']['steps']:,} steps. {meta['seconds']:.0f} s"
              + (" (the slowest of the parallel parts)" if "parts" in meta else "") + ".", "",
              "Calibration at the same n:", "", "| row | FD [95 % CI] | KID [95 % CI] | accuracy |", "|---|---|---|---|"]
     for name, r in protocol["rows"].items():
         acc = "–" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
         lines.append(f"| {name} | {r['fd']:.2f} [{r['fd_ci'][0]:.2f}, {r['fd_ci'][1]:.2f}] | {r['kid']:.4f} "
                      f"[{r['kid_ci'][0]:.4f}, {r['kid_ci'][1]:.4f}] | {acc} |")
-    lines += ["", "| tokenizer | generator | seed | tokenizer PSNR | guidance | FD [95 % CI] | KID [95 % CI] | accuracy |",
-              "|---|---|---:|---:|---:|---|---|---:|"]
+    lines += ["", "| tokenizer | generator | seed | tokenizer PSNR | val. loss (best step) | guidance | FD [95 % CI] | KID [95 % CI] | accuracy |",
+              "|---|---|---:|---:|---:|---:|---|---|---:|"]
     for r in result["records"]:
-        lines.append(f"| {r['tokenizer']} | {r['generator']} | {r['seed']} | {r['tokenizer_psnr']:.2f} | {r['guidance']} | "
+        val = f"{r['val_loss']:.3f}" + (f" ({r['best_step']:,})" if "best_step" in r else "")
+        lines.append(f"| {r['tokenizer']} | {r['generator']} | {r['seed']} | {r['tokenizer_psnr']:.2f} | {val} | {r['guidance']} | "
                      f"{r['fd']:.2f} [{r['fd_ci'][0]:.2f}, {r['fd_ci'][1]:.2f}] | {r['kid']:.4f} [{r['kid_ci'][0]:.4f}, {r['kid_ci'][1]:.4f}] | "
                      f"{r['accuracy']:.3f} |")
     if result["paired"]:
