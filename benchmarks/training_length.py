@@ -23,8 +23,6 @@ from examples.metrics import paired_difference
 
 KINDS = ("fsq", "ifsq", "erf_equal")
 COMPARISONS = (("ifsq", "fsq"), ("erf_equal", "ifsq"))
-
-
 Lengths = tuple[int, int | None]  # (tokenizer steps, AR transformer steps; None where no AR model was trained)
 
 
@@ -52,11 +50,11 @@ def fmt(d: dict | None, digits: int) -> str:
     return "–" if d is None else f"{d['mean']:+.{digits}f} [{d['ci'][0]:+.{digits}f}, {d['ci'][1]:+.{digits}f}]"
 
 
-def to_markdown(by_steps: dict[Lengths, list[dict]], sources: dict[Lengths, list[str]]) -> str:
+def to_markdown(by_lengths: dict[Lengths, list[dict]], sources: dict[Lengths, list[str]]) -> str:
     lines = ["| tokenizer steps | AR steps | source | test PSNR (dB): FSQ / iFSQ / erf + equal | PSNR: iFSQ - FSQ "
              "| PSNR: erf + equal - iFSQ | AR FD: iFSQ - FSQ | DiT FD: iFSQ - FSQ |", "|---:|---:|---|---|---|---|---|---|"]
-    for steps, ar_steps in sorted(by_steps, key=lambda lengths: (lengths[0], lengths[1] or 0)):
-        rows = by_steps[steps, ar_steps]
+    for steps, ar_steps in sorted(by_lengths, key=lambda lengths: (lengths[0], lengths[1] or 0)):
+        rows = by_lengths[steps, ar_steps]
         psnrs = [[r["psnr"] for r in rows if r["kind"] == k and r["generator"] is None] for k in KINDS]
         means = " / ".join(f"{np.mean(p):.2f}" if p else "–" for p in psnrs)
         cells = [fmt(difference(rows, a, b, None, "psnr"), 2) for a, b in COMPARISONS]
@@ -70,13 +68,17 @@ def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path, nargs="+", help="generation.json / convergence.json files")
     args = parser.parse_args(argv)
-    by_steps: dict[Lengths, list[dict]] = {}
+    by_lengths: dict[Lengths, list[dict]] = {}
     sources: dict[Lengths, list[str]] = {}
     for path in args.results:
         lengths, rows = rows_of(json.loads(path.read_text()))
-        by_steps.setdefault(lengths, []).extend(rows)
+        seen = {(r["kind"], r["seed"], r["generator"]) for r in by_lengths.get(lengths, [])}
+        if seen & {(r["kind"], r["seed"], r["generator"]) for r in rows}:
+            raise SystemExit(f"{path} repeats a (bottleneck, seed, generator) of {', '.join(sources[lengths])} at the same "
+                             "training lengths: pass one result per model")
+        by_lengths.setdefault(lengths, []).extend(rows)
         sources.setdefault(lengths, []).append(f"`{path.parent.name}/{path.name}`")
-    md = to_markdown(by_steps, sources)
+    md = to_markdown(by_lengths, sources)
     print(md, end="")
     return md
 

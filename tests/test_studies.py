@@ -302,3 +302,5 @@ def test_training_length_table_groups_by_steps_and_pairs_by_seed(tmp_path):
     assert cells[3] == "33.50 / 33.80 / 34.10" and cells[6] == cells[7] == "–"
     cells = [c.strip() for c in md[5].split("|")[1:-1]]  # bottlenecks a study did not train: a dash, not nan
     assert cells[3] == "– / 35.80 / –" and cells[4] == "–"
+    with pytest.raises(SystemExit, match="repeats"):  # the same models twice would be counted twice
+        training_length.main([str(paths[0]), str(paths[0])])
