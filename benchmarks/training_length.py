@@ -1,4 +1,4 @@
-"""Do the bottleneck comparisons change as the tokenizers train longer? A table from the studies' JSON.
+"""Do the bottleneck comparisons change as the tokenizers (and the AR models) train longer? A table from the studies' JSON.
 
 Reads any number of result files, each either a generation study's ``generation.json`` (tokenizer
 PSNR and, per generator, FD) or the convergence study's ``convergence.json`` (tokenizer PSNR only),
