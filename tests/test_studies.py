@@ -141,6 +141,8 @@ def test_generation_study_seeds_in_parallel_parts_merge_to_the_serial_result(tmp
         assert b["tokenizer_steps"] == 6 and [c["step"] for c in b["tokenizer_lr_sweep"]["0.003"]["val_curve"]] == [3, 6]
         assert [c["step"] for c in b["val_curve"]] == [2, 4, 6, 8] and b["val_loss"] == min(c["val_loss"] for c in b["val_curve"])
     assert serial["paired"] == merged["paired"]
+    md = (tmp_path / "merged" / "generation.md").read_text()  # the AR length in the header, each model's best validation loss in its row
+    assert "AR transformers: 8 steps" in md and f"| {b['val_loss']:.3f} ({b['best_step']:,}) |" in md
     protocol = json.loads((tmp_path / "merged" / "protocol.json").read_text())
     assert protocol["rows"] == json.loads((tmp_path / "serial" / "protocol.json").read_text())["rows"]
     assert "--merge" in protocol["meta"]["command"] and (tmp_path / "merged" / "generation.png").exists()
