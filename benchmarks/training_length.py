@@ -38,6 +38,11 @@ def rows_of(result: dict) -> tuple[Lengths, list[dict]]:
     return (steps, cfg["ar"]["steps"]), rows + [dict(kind=k, seed=s, generator=None, psnr=p) for (k, s), p in tokenizers.items()]
 
 
+def models_of(rows: list[dict]) -> set[tuple]:
+    """The (bottleneck, seed, generator) of each row: one trained model (generator None: the tokenizer)."""
+    return {(r["kind"], r["seed"], r["generator"]) for r in rows}
+
+
 def difference(rows: list[dict], a: str, b: str, generator, key: str) -> dict | None:
     value = {(r["kind"], r["seed"]): r[key] for r in rows if r["generator"] == generator and key in r}
     seeds = sorted(s for k, s in value if k == a and (b, s) in value)
@@ -72,8 +77,7 @@ def main(argv=None) -> str:
     sources: dict[Lengths, list[str]] = {}
     for path in args.results:
         lengths, rows = rows_of(json.loads(path.read_text()))
-        seen = {(r["kind"], r["seed"], r["generator"]) for r in by_lengths.get(lengths, [])}
-        if seen & {(r["kind"], r["seed"], r["generator"]) for r in rows}:
+        if models_of(by_lengths.get(lengths, [])) & models_of(rows):
             raise SystemExit(f"{path} repeats a (bottleneck, seed, generator) of {', '.join(sources[lengths])} at the same "
                              "training lengths: pass one result per model")
         by_lengths.setdefault(lengths, []).extend(rows)

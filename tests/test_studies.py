@@ -293,16 +293,20 @@ def test_training_length_table_groups_by_steps_and_pairs_by_seed(tmp_path):
         paths.append(tmp_path / name)
         paths[-1].write_text(json.dumps(result))
     md = training_length.main([str(p) for p in reversed(paths)]).splitlines()
+
+    def cells(row: int) -> list[str]:
+        return [c.strip() for c in md[row].split("|")[1:-1]]
+
     assert len(md) == 6 and md[2].startswith("| 1,000 | 1,200 |") and md[3].startswith("| 1,000 | 9,000 |") and md[4].startswith("| 3,000 | – |")
-    cells = [c.strip() for c in md[2].split("|")[1:-1]]
-    assert cells[3] == "30.50 / 30.80 / 31.10"  # each tokenizer once, not once per generator
-    assert cells[4].startswith("+0.30 [") and cells[5].startswith("+0.30 [")  # iFSQ - FSQ: +0.5, +0.1; erf - iFSQ: +0.5, +0.1
-    assert cells[6].startswith("+3.0 [") and cells[7].startswith("+3.0 [")  # FD: +2, +4
-    cells = [c.strip() for c in md[3].split("|")[1:-1]]  # same tokenizers, longer AR: its own row, not mixed with the 1,200-step one
-    assert cells[3] == "30.50 / 30.80 / 31.10" and cells[6].startswith("-6.0 [")  # FD: -4, -8
-    cells = [c.strip() for c in md[4].split("|")[1:-1]]
-    assert cells[3] == "33.50 / 33.80 / 34.10" and cells[6] == cells[7] == "–"
-    cells = [c.strip() for c in md[5].split("|")[1:-1]]  # bottlenecks a study did not train: a dash, not nan
-    assert cells[3] == "– / 35.80 / –" and cells[4] == "–"
+    row = cells(2)
+    assert row[3] == "30.50 / 30.80 / 31.10"  # each tokenizer once, not once per generator
+    assert row[4].startswith("+0.30 [") and row[5].startswith("+0.30 [")  # iFSQ - FSQ: +0.5, +0.1; erf - iFSQ: +0.5, +0.1
+    assert row[6].startswith("+3.0 [") and row[7].startswith("+3.0 [")  # FD: +2, +4
+    row = cells(3)  # same tokenizers, longer AR: its own row, not mixed with the 1,200-step one
+    assert row[3] == "30.50 / 30.80 / 31.10" and row[6].startswith("-6.0 [")  # FD: -4, -8
+    row = cells(4)
+    assert row[3] == "33.50 / 33.80 / 34.10" and row[6] == row[7] == "–"
+    row = cells(5)  # bottlenecks a study did not train: a dash, not nan
+    assert row[3] == "– / 35.80 / –" and row[4] == "–"
     with pytest.raises(SystemExit, match="repeats"):  # the same models twice would be counted twice
         training_length.main([str(paths[0]), str(paths[0])])
