@@ -16,7 +16,7 @@ setup() {
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
   "$VENV/bin/python" -m pip install -q -e ".[dev,examples,triton,codebases]"
-  # a second real codebase for tests/test_codebases.py; --no-deps: see the codebases extra
+  # a second real codebase for tests/parity/test_codebases.py; --no-deps: see the codebases extra
   "$VENV/bin/python" -m pip install -q --no-deps "magvit2-pytorch==0.5.1"
 }
 

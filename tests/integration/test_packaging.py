@@ -14,7 +14,7 @@ import pytest
 
 import ifsq_quant
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(*cmd, cwd=None):

@@ -3,7 +3,7 @@ the reference, in eager code, under ``torch.compile(fullgraph=True)``, ``torch.e
 
 Skipped, with the reason printed, where there is no CUDA device (CI); ``benchmarks/gpu_check.sh``
 runs this file and the GPU benchmark in one go on a machine that has one. To check the test code
-itself without a GPU: ``IFSQ_TEST_DEVICE=cpu TRITON_INTERPRET=1 pytest tests/test_cuda.py``
+itself without a GPU: ``IFSQ_TEST_DEVICE=cpu TRITON_INTERPRET=1 pytest tests/kernels/test_cuda.py``
 (the interpreter's kernels then run inside the opaque op instead of the ``triton_op``).
 """
 

@@ -28,7 +28,7 @@ from examples.metrics import FeatureClassifier, class_accuracy, frechet_distance
 from examples.tokenizer import Tokenizer
 from ifsq_quant import FSQ, iFSQ
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = ROOT / "examples" / "end_to_end.py"
 

@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks import study_utilization
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_utilization_study_smallest_configuration(tmp_path):
