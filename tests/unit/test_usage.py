@@ -1,16 +1,13 @@
 """CodeUsage statistics, track_usage, and the all-reduce over torch.distributed ranks."""
 
-import contextlib
+import copy
 import math
-import os
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from torch.utils.checkpoint import checkpoint
 
-from ifsq_quant import FSQ, CodeUsage, iFSQ
+from ifsq_quant import FSQ, CodeUsage, ResidualFSQ, iFSQ
 
 
 def test_entropy_utilization_and_usage_on_known_counts():
@@ -79,65 +76,6 @@ def test_usage_matches_the_quantizer_levels():
     assert q.usage.codebook_usage() == pytest.approx(1 / 1000)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _gloo_group(rank, world_size, port):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
-def _spawn(worker, world_size=2):
-    """Runs ``worker(rank, world_size, port, results)`` in ``world_size`` processes; returns ``results``."""
-    results = mp.Manager().dict()
-    mp.spawn(worker, args=(world_size, _free_port(), results), nprocs=world_size, join=True)
-    return results
-
-
-def _all_reduce_worker(rank, world_size, port, results):
-    with _gloo_group(rank, world_size, port):
-        usage = CodeUsage([3, 3])
-        usage.update(torch.full((rank + 1, 2), rank, dtype=torch.long))  # rank r adds r+1 rows of level r
-        usage.all_reduce()
-        results[rank] = (usage.bin_counts.tolist(), usage.code_counts.tolist())
-
-
-def test_all_reduce_sums_counts_over_two_gloo_processes():
-    results = _spawn(_all_reduce_worker)
-    expected_bins = [[1, 2, 0], [1, 2, 0]]
-    for rank in range(2):
-        bins, codes = results[rank]
-        assert bins == expected_bins
-        assert codes[0] == 1 and codes[4] == 2 and sum(codes) == 3  # codes 0 and 1 + 3*1
-
-
-def _ddp_worker(rank, world_size, port, results):
-    with _gloo_group(rank, world_size, port):
-        torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Linear(3, 3), FSQ([5, 5, 5], preserve_symmetry=True, track_usage=True))
-        ddp = torch.nn.parallel.DistributedDataParallel(model)  # default broadcast_buffers=True
-        for _ in range(2):
-            out, _ = ddp(torch.randn(10 * (rank + 1), 3))  # rank r sees 10 (r + 1) vectors per step
-            out.sum().backward()
-        usage = model[1].usage
-        before = usage.num_samples
-        usage.all_reduce()
-        results[rank] = (before, usage.num_samples)
-
-
-def test_usage_counts_survive_ddp_buffer_broadcast():
-    results = _spawn(_ddp_worker)
-    assert results[0] == (20, 60) and results[1] == (40, 60)
-
-
 def test_counts_are_state_not_buffers():
     q = iFSQ([5, 5], track_usage=True).train()
     q(torch.randn(100, 2))
@@ -165,31 +103,6 @@ def test_all_reduce_without_distributed_is_a_no_op():
     usage.all_reduce()
     assert usage.bin_counts.tolist() == [[0, 1, 0]]
     assert math.isclose(usage.bin_entropy().item(), 0.0)
-
-
-def _all_reduce_twice_worker(rank, world_size, port, results):
-    with _gloo_group(rank, world_size, port):
-        usage = CodeUsage([3, 3])
-        usage.update(torch.full((rank + 1, 2), rank, dtype=torch.long))  # rank r adds r+1 rows of level r
-        usage.all_reduce()
-        once = (usage.bin_counts.tolist(), usage.code_counts.tolist())
-        usage.all_reduce()
-        twice = (usage.bin_counts.tolist(), usage.code_counts.tolist())
-        local = usage.local_bin_counts.tolist()
-        usage.update(torch.full((1, 2), 2, dtype=torch.long))  # one more row of level 2 on each rank
-        before_reduce = usage.num_samples
-        usage.all_reduce()
-        results[rank] = (once, twice, local, before_reduce, usage.num_samples, usage.bin_counts.tolist())
-
-
-def test_all_reduce_twice_does_not_double_the_counts():
-    results = _spawn(_all_reduce_twice_worker)
-    for rank in range(2):
-        once, twice, local, before_reduce, after, bins = results[rank]
-        assert once == twice and once[0] == [[1, 2, 0], [1, 2, 0]]
-        assert sum(local) == 2 * (rank + 1)  # this rank's own counts are kept apart
-        assert before_reduce == 4 and after == 5  # counts added after a reduce are kept, then summed
-        assert bins == [[1, 2, 2], [1, 2, 2]]
 
 
 def test_utilization_on_mixed_level_counts():
@@ -244,3 +157,149 @@ def test_checkpoints_of_the_padded_layout_still_load():
     fresh = CodeUsage([3, 5])
     fresh.load_state_dict(legacy)
     assert torch.equal(fresh.flat_bin_counts, usage.flat_bin_counts) and fresh.num_samples == 3
+
+
+# --- activation checkpointing: one count per real forward --------------------------------------
+
+
+def _trackers(module):
+    return [m for m in module.modules() if isinstance(m, CodeUsage)]
+
+
+@pytest.mark.parametrize("use_reentrant", [True, False])
+@pytest.mark.parametrize("make", [
+    lambda: FSQ([8, 5, 5, 5], track_usage=True),
+    lambda: ResidualFSQ(dim=4, levels=[8, 5, 5, 5], num_quantizers=3, track_usage=True),
+], ids=["FSQ", "ResidualFSQ"])
+def test_checkpointed_forwards_are_counted_once(make, use_reentrant):
+    torch.manual_seed(0)
+    plain = make().train()
+    checkpointed = copy.deepcopy(plain)
+    h = torch.randn(2, 80, 4) * 2
+    x = h.clone().requires_grad_(True)
+    plain(x)[0].sum().backward()
+    y = h.clone().requires_grad_(True)
+    checkpoint(checkpointed, y, use_reentrant=use_reentrant)[0].sum().backward()
+    assert y.grad is not None  # the recompute ran
+    expected, got = _trackers(plain), _trackers(checkpointed)
+    assert len(got) == len(expected) >= 1
+    for ref, usage in zip(expected, got):
+        assert usage.num_samples == 160  # the real positions, once
+        assert torch.equal(usage.flat_bin_counts, ref.flat_bin_counts)
+        assert torch.equal(usage.code_counts, ref.code_counts)
+
+
+def test_update_counts_also_inside_a_backward_pass():
+    usage = CodeUsage([3])
+    x = torch.randn(2, requires_grad=True)
+    y = x * 2
+    y.register_hook(lambda g: (usage.update(torch.tensor([[1]])), g)[1])
+    y.sum().backward()
+    assert usage.num_samples == 1  # an explicit update always counts
+
+
+# --- arguments --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad,error", [(None, TypeError), (2.5, TypeError), ("8", TypeError), (True, TypeError), (-1, ValueError)])
+def test_max_counted_codebook_is_checked(bad, error):
+    with pytest.raises(error, match="max_counted_codebook"):
+        CodeUsage([5], max_counted_codebook=bad)
+
+
+def test_max_counted_codebook_zero_counts_no_codes():
+    usage = CodeUsage([5, 5], max_counted_codebook=0)
+    usage.update(torch.tensor([[1, 2]]))
+    assert usage.codebook_usage() is None and usage.num_samples == 1
+
+
+def test_update_rejects_a_meta_tensor():
+    with pytest.raises(ValueError, match="meta"):
+        CodeUsage([4, 4]).update(torch.zeros(3, 2, dtype=torch.long, device="meta"))
+
+
+# --- load_state_dict validates what it loads ---------------------------------------------------
+
+
+def _filled(levels, rows=((0, 1), (2, 3), (4, 4))):
+    usage = CodeUsage(levels)
+    usage.update(torch.tensor(rows))
+    return usage
+
+
+def test_state_dict_carries_the_levels():
+    state = _filled([5, 6]).state_dict()
+    assert state["levels"].dtype == torch.int64 and state["levels"].tolist() == [5, 6]
+    fresh = CodeUsage([5, 6])
+    fresh.load_state_dict(state)  # strict: no unexpected key
+    assert fresh.num_samples == 3
+
+
+def _load_error(levels, state):
+    with pytest.raises(RuntimeError) as info:
+        CodeUsage(levels).load_state_dict(state)
+    return str(info.value)
+
+
+def test_load_refuses_counts_of_other_levels_of_the_same_size():
+    state = _filled([6, 5]).state_dict()
+    message = _load_error([5, 6], state)
+    assert "levels" in message and "[6, 5]" in message and "[5, 6]" in message
+
+
+def _bad_states():
+    good = _filled([5, 6]).state_dict()
+    negative = good["bin_counts"].clone()
+    negative[0] -= 2
+    negative[1] += 2  # per-dimension sums unchanged: only the sign is wrong
+    uneven = good["bin_counts"].clone()
+    uneven[0] += 1  # dimension 0 counts 4 samples, dimension 1 three
+    codes = good["code_counts"].clone()
+    codes[0] += 1  # 4 codes for 3 samples
+    padded_other = torch.zeros(2, 6, dtype=torch.int64)
+    padded_other[0, 5] = 1  # a sixth level in the first dimension: other levels
+    padded_other[1, 0] = 1
+    return {
+        "negative": (dict(good, bin_counts=negative), "bin_counts", "non-negative"),
+        "float": (dict(good, bin_counts=good["bin_counts"].double()), "bin_counts", "integer"),
+        "float codes": (dict(good, code_counts=good["code_counts"].float()), "code_counts", "integer"),
+        "list": (dict(good, bin_counts=good["bin_counts"].tolist()), "bin_counts", "list"),
+        "list levels": (dict(good, levels=[5, 6]), "levels", "list"),
+        "uneven dimensions": (dict(good, bin_counts=uneven), "bin_counts", "same number of samples"),
+        "codes against bins": (dict(good, code_counts=codes), "code_counts", "sum to 4"),
+        "padded other levels": ({"bin_counts": padded_other, "code_counts": torch.zeros(30, dtype=torch.int64)},
+                                "bin_counts", "different levels"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_states()))
+def test_load_refuses_bad_counts_naming_the_key(case):
+    state, key, words = _bad_states()[case]
+    target = _filled([5, 6], rows=((1, 1),))
+    before = (target.flat_bin_counts.clone(), target.code_counts.clone())
+    with pytest.raises(RuntimeError) as info:
+        target.load_state_dict(state)
+    assert key in str(info.value) and words in str(info.value)
+    assert torch.equal(target.flat_bin_counts, before[0]) and torch.equal(target.code_counts, before[1])  # nothing loaded
+
+
+def test_bad_counts_are_error_msgs_inside_a_quantizer():
+    q = FSQ([5, 6], track_usage=True)
+    state = q.state_dict()
+    state["usage.bin_counts"] = -state["usage.bin_counts"] - 1
+    with pytest.raises(RuntimeError, match=r"usage\.bin_counts"):
+        q.load_state_dict(state)
+
+
+def test_checkpoints_without_levels_still_load():
+    usage = _filled([5, 6])
+    state = usage.state_dict()
+    del state["levels"]
+    fresh = CodeUsage([5, 6])
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.flat_bin_counts, usage.flat_bin_counts)
+    assert torch.equal(fresh.code_counts, usage.code_counts)
+    padded = dict(state, bin_counts=usage.bin_counts.clone())  # the (d, max L) layout
+    again = CodeUsage([5, 6])
+    again.load_state_dict(padded)
+    assert torch.equal(again.flat_bin_counts, usage.flat_bin_counts) and again.num_samples == 3
