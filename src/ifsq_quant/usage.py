@@ -327,8 +327,12 @@ class CodeUsage(nn.Module):
         padded[: len(self.levels)] = self._levels.to(device)
         gathered = [torch.empty_like(padded) for _ in range(world)]
         dist.all_gather(gathered, padded, group=group)
-        levels = ", ".join(f"rank {r}: {g[: p[0]].tolist()}" for r, (g, p) in enumerate(zip(gathered, prints)))
-        raise ValueError(f"CodeUsage.all_reduce: every rank of the group must count the same levels, got {levels}")
+        ranks_of: dict[tuple[int, ...], list[int]] = {}
+        for r, (g, p) in enumerate(zip(gathered, prints)):
+            ranks_of.setdefault(tuple(g[: p[0]].tolist()), []).append(r)
+        found = "; ".join(f"{list(levels)} on rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}"
+                          for levels, ranks in ranks_of.items())
+        raise ValueError(f"CodeUsage.all_reduce: every rank of the group must count the same levels, got {found}")
 
     @property
     def num_samples(self) -> int:
