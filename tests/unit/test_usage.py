@@ -1,4 +1,7 @@
-"""CodeUsage statistics, track_usage, and the all-reduce over torch.distributed ranks."""
+"""CodeUsage statistics, track_usage (once per forward under activation checkpointing), checkpoints and arguments.
+
+The collectives on two gloo ranks are in tests/integration/test_usage_distributed.py (slow tier).
+"""
 
 import copy
 import math
