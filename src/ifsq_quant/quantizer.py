@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import operator
+import random
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -16,7 +17,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from . import kernels
+from . import kernels, vqp_releases
 from .activations import Activation, HardClamp, ScaledSigmoid, get_activation
 from .bins import LAYOUTS, BinLayout, check_levels
 from .contexts import functorch_active, tracing
@@ -123,7 +124,7 @@ class FSQ(nn.Module):
         allowed_dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float64),
         channel_first: bool = False,
         projection_has_bias: bool = True,
-        return_indices: bool = True,
+        return_indices: bool | None = None,
         force_quantization_f32: bool = True,
         preserve_symmetry: bool = False,
         noise_dropout: float = 0.0,
@@ -136,9 +137,24 @@ class FSQ(nn.Module):
         index_groups: Sequence[int] | None = None,
         track_usage: bool = False,
         backend: str = "auto",
+        vqp_version: str | None = None,
     ):
         super().__init__()
         levels = check_levels(levels)
+        # The vector-quantize-pytorch release whose semantics this module has (vqp_releases.py).
+        self.vqp_version = vqp_version
+        self.vqp = release = vqp_releases.semantics(vqp_version)
+        if return_indices is None:
+            return_indices = release.return_indices_default
+        for name, is_default in (("allowed_dtypes", tuple(allowed_dtypes) == (torch.float32, torch.float64)),
+                                 ("channel_first", not channel_first), ("projection_has_bias", projection_has_bias is True),
+                                 ("return_indices", return_indices is release.return_indices_default),
+                                 ("force_quantization_f32", force_quantization_f32 is True),
+                                 ("preserve_symmetry", not preserve_symmetry), ("noise_dropout", noise_dropout == 0),
+                                 ("bound_hard_clamp", not bound_hard_clamp), ("orthogonal_rotation", not orthogonal_rotation)):
+            release.check_argument("FSQ", name, is_default)
+        if preserve_symmetry and release.symmetry == "rounded_again":
+            vqp_releases.refuse(release, "symmetry", " with preserve_symmetry=True")
         self.levels = list(levels)
         dim, num_codebooks = _as_int(dim), _as_int(num_codebooks)
         if isinstance(num_codebooks, bool) or not isinstance(num_codebooks, int) or num_codebooks < 1:
@@ -161,15 +177,23 @@ class FSQ(nn.Module):
         if bins not in LAYOUTS:
             raise ValueError(f"bins must be one of {LAYOUTS}, got {bins!r}")
         if bound_hard_clamp:
-            if activation is not None and not isinstance(get_activation(activation), HardClamp):
-                raise ValueError(f"bound_hard_clamp=True replaces the activation by clamp(z, -1, 1); it contradicts activation={activation!r}")
+            # The hard clamp replaces FSQ's default tanh, as in vector-quantize-pytorch; any other bound
+            # (given, or the default of a subclass such as iFSQ's sigmoid) contradicts it.
+            contradicted = (activation is not None and not isinstance(get_activation(activation), HardClamp)) or (
+                activation is None and self.default_activation != FSQ.default_activation)
+            if contradicted:
+                given = self.default_activation if activation is None else activation
+                raise ValueError(f"bound_hard_clamp=True replaces the bound by clamp(z, -1, 1); it contradicts "
+                                 f"{type(self).__name__}'s activation={given!r} (use FSQ(..., bound_hard_clamp=True) or "
+                                 "activation='clamp')")
             activation = "clamp"
         self.activation = get_activation(self.default_activation if activation is None else activation)
         # the bound of bound(..., hard_clamp=False) and symmetry_preserving_bound(...) on a hard-clamped module
         self._soft_activation = get_activation(self.default_activation) if bound_hard_clamp else self.activation
         self.eps = self.default_eps if eps is None else eps
         self.bins = bins
-        self.layout = BinLayout(levels, bins, self.activation, self.eps)
+        with torch.device("cpu"):  # host-side tables, also when the module is built on the meta device
+            self.layout = BinLayout(levels, bins, self.activation, self.eps)
 
         self.codebook_dim = len(levels)
         self.num_codebooks = num_codebooks
@@ -198,7 +222,8 @@ class FSQ(nn.Module):
             index_groups = [_as_int(g) for g in index_groups]
         self.index_groups = index_groups
         # Built even without return_indices, for indices_to_codes and the codebook size.
-        self.index_plan = IndexPlan(levels, index_groups, check_int64=return_indices)
+        with torch.device("cpu"):
+            self.index_plan = IndexPlan(levels, index_groups, check_int64=return_indices)
         self.codebook_size = math.prod(levels)
         self.register_buffer("_levels", torch.tensor(levels, dtype=torch.int64), persistent=False)
         self.register_buffer("_basis", torch.tensor(self.index_plan.basis, dtype=torch.int64), persistent=False)
@@ -214,6 +239,34 @@ class FSQ(nn.Module):
             self.register_buffer("orthogonal_rot", rotation)
 
         self.usage = CodeUsage(levels) if track_usage else None
+        if self.noise_dropout not in (0.0, 0.5) and self.vqp.noise == "codes":
+            warnings.warn(f"noise_dropout={self.noise_dropout}: as in vector-quantize-pytorch, each code value is perturbed "
+                          "with probability 0.5 whatever noise_dropout > 0 is (its mask is Tensor.bernoulli_())", stacklevel=2)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # Usage counts load across track_usage settings, with a warning: a module without usage
+        # tracking ignores a checkpoint's counts; one with it keeps its own counts where the
+        # checkpoint has none (they are statistics, not weights).
+        usage_keys = [k for k in state_dict if k.startswith(prefix + "usage.")]
+        if self.usage is not None and not usage_keys:
+            state_dict.update(self.usage.state_dict(prefix=prefix + "usage."))
+            warnings.warn(f"{prefix}usage: the checkpoint has no usage counts (saved with track_usage=False); this module "
+                          "keeps its own counts", stacklevel=4)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if self.usage is None and usage_keys:
+            for key in usage_keys:
+                if key in unexpected_keys:
+                    unexpected_keys.remove(key)
+            warnings.warn(f"{prefix}usage: the checkpoint has usage counts but this module was built with track_usage=False; "
+                          "they were not loaded", stacklevel=4)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        # Constants outside the state_dict are rebuilt after every move, so that a module built on
+        # the meta device and moved with to_empty() holds them instead of uninitialized memory.
+        self._levels = torch.tensor(self.levels, dtype=torch.int64, device=self._levels.device)
+        self._basis = torch.tensor(self.index_plan.basis, dtype=torch.int64, device=self._basis.device)
+        return self
 
     # --- codebook --------------------------------------------------------------------------
 
@@ -280,10 +333,7 @@ class FSQ(nn.Module):
 
         Each value is snapped to the nearest level, so off-grid codes get the nearest code's index.
         """
-        if not isinstance(codes, Tensor) or not codes.is_floating_point():
-            raise TypeError(f"codes must be a floating-point tensor, got {getattr(codes, 'dtype', type(codes).__name__)}")
-        if codes.shape[-1:] != (self.codebook_dim,):
-            raise ValueError(f"codes must have last dimension {self.codebook_dim} (len(levels)), got shape {tuple(codes.shape)}")
+        codes = self._check_codebook_input(codes, "codes")
         if not tracing() and not functorch_active() and not bool(torch.isfinite(codes).all()):
             raise ValueError("codes must be finite")
         indices = self.index_plan.pack(self.layout.code_to_level(codes.to(compute_dtype(codes.dtype, self.layout))))
@@ -310,19 +360,36 @@ class FSQ(nn.Module):
 
     def quantize(self, z: Tensor) -> Tensor:
         """Codes ``(..., d)`` of ``z (..., d)`` (already projected in): bound and round with the
-        straight-through gradient; no projection, rotation or noise."""
+        straight-through gradient; no projection or rotation (and no noise, except in the releases
+        whose quantize() added it in training)."""
+        if self.training and isinstance(z, Tensor):
+            z = self._release_training_input(z)
         return self._quantize_with(self.layout, z)
 
     def bound(self, z: Tensor, eps: float | None = None, hard_clamp: bool = False) -> Tensor:
         """Codes of ``z (..., d)`` in the ``"round"`` layout (vector-quantize-pytorch's ``bound``);
         ``eps`` defaults to this module's, ``hard_clamp`` to ``False`` as theirs (``quantize``
-        applies the module's ``bound_hard_clamp``)."""
-        return self._quantize_with(self._layout_like("round", eps, hard_clamp), z)
+        applies the module's ``bound_hard_clamp``). With a ``vqp_version`` before 1.22.16 it is
+        that release's unrounded value ``f(z + shift) * half_l - offset`` (level units), as theirs."""
+        layout = self._layout_like("round", eps, hard_clamp)
+        if self.vqp.public_bound == "unrounded":
+            z = self._check_codebook_input(z, "z")
+            z = z.to(compute_dtype(z.dtype, layout))
+            c = layout.constants(z.device, z.dtype)
+            return layout.bound(z) * c["scale"] + c["bias"]
+        return self._quantize_with(layout, z)
 
     def symmetry_preserving_bound(self, z: Tensor, hard_clamp: bool = False) -> Tensor:
         """Codes of ``z (..., d)`` in the ``"symmetric"`` layout (``preserve_symmetry=True``);
-        ``hard_clamp`` defaults to ``False`` as theirs."""
-        return self._quantize_with(self._layout_like("symmetric", None, hard_clamp), z)
+        ``hard_clamp`` defaults to ``False`` as theirs. With a ``vqp_version`` 1.21.x it is that
+        release's unfloored ``2 / (L - 1) * ((L - 1) * (f(z) + 1) / 2 + 0.5) - 1``."""
+        layout = self._layout_like("symmetric", None, hard_clamp)
+        if not self.vqp.symmetric_bound_floored:
+            z = self._check_codebook_input(z, "z")
+            levels_minus_1 = (layout.num_levels - 1).to(z.device)  # an integer tensor, as theirs
+            bracket = levels_minus_1 * (layout.bound(z) + 1) / 2.0 + 0.5
+            return 2.0 / levels_minus_1 * bracket - 1.0
+        return self._quantize_with(layout, z)
 
     def _layout_like(self, kind: str, eps: float | None, hard_clamp: bool | None) -> BinLayout:
         """This module's layout, or one that differs in ``kind``, ``eps`` or the hard clamp."""
@@ -332,11 +399,20 @@ class FSQ(nn.Module):
             return self.layout
         return BinLayout(self.levels, kind, HardClamp() if clamp else self._soft_activation, eps)
 
-    def _quantize_with(self, layout: BinLayout, z: Tensor) -> Tensor:
+    def _check_codebook_input(self, z, name: str) -> Tensor:
+        """``z``, checked to be a floating tensor ``(..., d)``."""
         if not isinstance(z, Tensor) or not z.is_floating_point():
-            raise TypeError(f"z must be a floating-point tensor, got {getattr(z, 'dtype', type(z).__name__)}")
+            raise TypeError(f"{name} must be a floating-point tensor, got {getattr(z, 'dtype', type(z).__name__)}")
         if z.shape[-1:] != (self.codebook_dim,):
-            raise ValueError(f"z must have last dimension {self.codebook_dim} (len(levels)), got shape {tuple(z.shape)}")
+            hint = ""
+            if z.ndim >= 3 and z.shape[1] == self.codebook_dim:
+                hint = f"; channel-first {name} (batch, {self.codebook_dim}, ...), as the forward returns for images, need .movedim(1, -1)"
+            raise ValueError(f"{name} must be channel-last, with last dimension {self.codebook_dim} (len(levels)), "
+                             f"got shape {tuple(z.shape)}{hint}")
+        return z
+
+    def _quantize_with(self, layout: BinLayout, z: Tensor) -> Tensor:
+        z = self._check_codebook_input(z, "z")
         # theirs never upcasts here: a bf16/fp16 z goes to the kernels as it is (see kernels.quantize)
         flat = (z if z.dtype in kernels.HALF_DTYPES else z.to(compute_dtype(z.dtype, layout))).reshape(-1, self.codebook_dim)
         return kernels.quantize(flat, layout, None, self.backend).codes.view(z.shape)
@@ -363,13 +439,20 @@ class FSQ(nn.Module):
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
         """Quantizes ``z``; returns ``(quantized, indices)`` (see the class docstring for shapes)."""
         check_float_input(z)
+        release = self.vqp
+        if release.forward_autocast_off and z.is_cuda and torch.is_autocast_enabled("cuda"):
+            with torch.autocast("cuda", enabled=False):  # those releases decorate forward with it
+                return self.forward(z)
+        input_shape, input_dtype = tuple(z.shape), z.dtype
+        if release.half_inputs == "upcast_before_projection" and z.dtype not in self.allowed_dtypes:
+            z = z.float()
         channel_last_needed = z.ndim >= 4 or (z.ndim == 3 and self.channel_first)
         if channel_last_needed:
             z = rearrange(z, "b d ... -> b ... d")
         spatial = z.shape[1:-1]
         z = z.reshape(z.shape[0], math.prod(spatial), z.shape[-1])  # (b, n, dim); copies only where it must
         if z.shape[-1] != self.dim:
-            raise ValueError(f"expected {self.dim} features in the {'channel' if channel_last_needed else 'last'} axis, got {z.shape[-1]}")
+            raise ValueError(self._feature_axis_error(input_shape, channel_last_needed))
 
         z = self.project_in(z)
         z = rearrange(z, "b n (c d) -> b n c d", c=self.num_codebooks)
@@ -382,8 +465,8 @@ class FSQ(nn.Module):
             orig_dtype = z.dtype
             dtype = compute_dtype(orig_dtype, self.layout)
             # vector-quantize-pytorch quantizes a bf16/fp16 input in its own dtype unless forced to float32
-            in_input_dtype = orig_dtype in kernels.HALF_DTYPES and (not self.force_quantization_f32 or orig_dtype in self.allowed_dtypes)
-            flat = (z if in_input_dtype else z.to(dtype)).reshape(-1, self.codebook_dim)
+            in_input_dtype = (release.half_inputs == "upcast_after_projection" and orig_dtype in kernels.HALF_DTYPES
+                              and (not self.force_quantization_f32 or orig_dtype in self.allowed_dtypes))
             track = self.usage is not None and self.training
             if type(self).quantize is not FSQ.quantize:
                 # A subclass's own quantize() (vector-quantize-pytorch's extension point) makes the codes.
@@ -393,20 +476,27 @@ class FSQ(nn.Module):
                     self.usage._add(self.layout.code_to_level(codes.detach().reshape(-1, self.codebook_dim)))
                 result = kernels.QuantizeOutput(codes, None if indices is None else indices.reshape(-1, self.index_plan.num_groups), None)
             else:
-                result = kernels.quantize(flat, self.layout, self.index_plan if self.return_indices else None,
-                                          self.backend, need_level_indices=track)
+                quantized_input = z if in_input_dtype else z.to(dtype)
+                if self.training:
+                    quantized_input = self._release_training_input(quantized_input)
+                result = kernels.quantize(quantized_input.reshape(-1, self.codebook_dim), self.layout,
+                                          self.index_plan if self.return_indices else None, self.backend, need_level_indices=track)
                 if track:
                     self.usage._add(result.level_indices.to(torch.int64))
             codes = result.codes.view(z.shape)
             codes = self.maybe_apply_noise(codes)
             if self.orthogonal_rotation:
                 codes = self._rotate_back(codes)
-            codes = rearrange(codes, "b n c d -> b n (c d)").to(orig_dtype)
+            codes = rearrange(codes, "b n c d -> b n (c d)")
+            if release.half_inputs == "upcast_after_projection":
+                codes = codes.to(orig_dtype)
 
         out = self.project_out(codes)
         out = out.reshape(out.shape[0], *spatial, out.shape[-1])
         if channel_last_needed:
             out = rearrange(out, "b ... d -> b d ...")
+        if release.half_inputs == "upcast_before_projection":
+            out = out.to(input_dtype)
 
         indices = None
         if self.return_indices:
@@ -418,9 +508,50 @@ class FSQ(nn.Module):
                 indices = indices.squeeze(-1 if self.index_groups is None else -2)
         return out, indices
 
+    def _feature_axis_error(self, shape: tuple[int, ...], channel_first: bool) -> str:
+        """The message for an input whose feature axis does not hold ``dim`` features."""
+        got = f"got an input of shape {shape}"
+        if not channel_first:
+            hint = "; a (batch, dim, seq) input needs channel_first=True" if len(shape) == 3 and shape[1] == self.dim else ""
+            return f"expected {self.dim} features in the last axis (batch, ..., {self.dim}), {got}{hint}"
+        layout = "4-D and 5-D inputs are channel-first" if len(shape) >= 4 else "with channel_first=True the input is"
+        expected = f"(batch, {self.dim}, {', '.join('...' for _ in shape[2:])})"
+        hint = ""
+        if shape[-1] == self.dim:
+            hint = f"; for a channel-last input (batch, ..., {self.dim}) pass x.movedim(-1, 1)"
+        return f"expected {self.dim} features in axis 1: {layout} {expected}, {got}{hint}"
+
+    def _release_training_input(self, z: Tensor) -> Tensor:
+        """The random draws and input noise of this module's release in a training forward:
+        ``z (b, n, c, d)`` -> ``z`` (perturbed where the release adds noise dropout to the input)."""
+        release, p = self.vqp, self.noise_dropout
+        if release.training_draws == "broken":
+            vqp_releases.refuse(release, "training_draws", " in training")
+        if release.training_draws == "python_random":
+            random.random()  # those releases draw it for a noise option that is off by default
+        elif release.training_draws in ("bernoulli_4d", "bernoulli_batch"):
+            # two per-sample masks and one offset per value, drawn also with noise_dropout=0
+            shape = (z.shape[0], 1, 1, 1) if release.training_draws == "bernoulli_4d" else (z.shape[0],)
+            torch.bernoulli(torch.full(shape, p, device=z.device))
+            torch.bernoulli(torch.full(shape, p, device=z.device))
+            torch.rand_like(z)
+        if p == 0 or release.noise == "codes":
+            return z
+        if release.noise not in ("input_scaled", "input"):
+            vqp_releases.refuse(release, "noise", f" with noise_dropout={p} in training")
+        mask = torch.bernoulli(torch.full_like(z, p)).bool()
+        offset = torch.rand_like(z) - 0.5
+        if release.noise == "input_scaled":
+            offset = offset / (self._levels.to(z.device) // 2)
+        return torch.where(mask, z + offset, z)
+
     def maybe_apply_noise(self, codes: Tensor) -> Tensor:
-        """Noise dropout (training only): codes ``(..., d)`` -> same shape."""
-        if not self.training or self.noise_dropout == 0:
+        """Noise dropout (training only): codes ``(..., d)`` -> same shape.
+
+        As in vector-quantize-pytorch, each value is perturbed with probability 1/2 whatever
+        ``noise_dropout > 0`` is (its mask is ``Tensor.bernoulli_()``, whose probability is 0.5).
+        """
+        if not self.training or self.noise_dropout == 0 or self.vqp.noise != "codes":
             return codes
         # The same random draws, in the same order, as vector-quantize-pytorch (equal under one seed).
         mask = torch.full_like(codes, self.noise_dropout).bernoulli_().bool()

@@ -48,10 +48,23 @@ def test_bad_arguments(kwargs, match):
 
 def test_last_dim_mismatch():
     q = FSQ([8, 5, 5, 5])
-    with pytest.raises(ValueError, match="expected 4 features in the last axis, got 5"):
+    with pytest.raises(ValueError, match=r"expected 4 features in the last axis \(batch, \.\.\., 4\), got an input of shape \(2, 10, 5\)"):
         q(torch.randn(2, 10, 5))
-    with pytest.raises(ValueError, match="channel axis"):
+    with pytest.raises(ValueError, match=r"expected 4 features in axis 1: 4-D and 5-D inputs are channel-first \(batch, 4, \.\.\., \.\.\.\)"):
         q(torch.randn(2, 5, 8, 8))
+
+
+def test_layout_mistakes_name_the_shapes_and_the_fix():
+    """A channel-last image, a channel-first sequence and channel-first codes are each told what to do."""
+    q = FSQ([17] * 4)
+    with pytest.raises(ValueError, match=r"got an input of shape \(2, 16, 16, 4\); for a channel-last input .* x\.movedim\(-1, 1\)"):
+        q(torch.randn(2, 16, 16, 4))
+    with pytest.raises(ValueError, match=r"shape \(2, 4, 10\); a \(batch, dim, seq\) input needs channel_first=True"):
+        q(torch.randn(2, 4, 10))
+    out, indices = q(torch.randn(2, 4, 16, 16))
+    with pytest.raises(ValueError, match=r"must be channel-last.*got shape \(2, 4, 16, 16\); channel-first codes .* \.movedim\(1, -1\)"):
+        q.codes_to_indices(out)
+    assert torch.equal(q.codes_to_indices(out.movedim(1, -1)), indices)
 
 
 def test_integer_and_non_tensor_input():

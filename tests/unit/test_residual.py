@@ -97,7 +97,12 @@ def test_parity_grouped(accept_image_fmap):
     qa, ia = anchor(x)
     qb, ib = ours(x)
     assert_same((qa, ia), (qb, ib))
-    assert torch.equal(ours.get_output_from_indices(ib), qb)
+    if accept_image_fmap:
+        # decoding takes channel-last indices, as theirs; channel_first=True reads the forward's own layout
+        assert torch.equal(ours.get_output_from_indices(ib, channel_first=True), qb)
+        assert torch.equal(ours.get_output_from_indices(ib.movedim(2, -1)), qb.movedim(1, -1))
+    else:
+        assert torch.equal(ours.get_output_from_indices(ib), qb)
     if not accept_image_fmap:  # the anchor's code lookups assume channel-last indices
         _, _, ca = anchor(x, return_all_codes=True)
         _, _, cb = ours(x, return_all_codes=True)
@@ -154,7 +159,9 @@ def test_round_trip_layouts(shape, channel_first):
     assert out.shape == x.shape
     expected = (shape[0], 2, *shape[2:]) if channel_first else (*shape[:-1], 2)
     assert idx.shape == expected
-    assert torch.equal(q.get_output_from_indices(idx), out)
+    assert torch.equal(q.get_output_from_indices(idx, channel_first=channel_first), out)
+    if channel_first:  # the default decode takes channel-last indices and returns channel-last codes
+        assert torch.equal(q.get_output_from_indices(idx.movedim(1, -1)), out.movedim(1, -1))
 
 
 def test_all_codes_channel_first():
@@ -162,8 +169,27 @@ def test_all_codes_channel_first():
     x = inputs((2, 2, 3, 4))
     out, idx, codes = q(x, return_all_codes=True)
     assert idx.shape == (2, 3, 3, 4) and codes.shape == (3, 2, 3, 4, 2)  # codes stay channel-last
-    assert torch.equal(codes, q.get_codes_from_indices(idx))
+    assert torch.equal(codes, q.get_codes_from_indices(idx, channel_first=True))
+    assert torch.equal(codes, q.get_codes_from_indices(idx.movedim(1, -1)))
     torch.testing.assert_close(codes.sum(0).movedim(-1, 1), out)
+
+
+def test_channel_first_decode_follows_the_anchor():
+    """The anchor's decoding ignores is_channel_first: it takes (b, n, q) indices and returns (b, n, dim);
+    ours does the same by default, so code written for it runs unchanged."""
+    torch.manual_seed(0)
+    anchor = vqp.ResidualFSQ(levels=[8, 5, 5, 5], num_quantizers=3, dim=16, is_channel_first=True).eval()
+    ours = ResidualFSQ(levels=[8, 5, 5, 5], num_quantizers=3, dim=16, is_channel_first=True).eval()
+    ours.load_state_dict(anchor.state_dict())
+    x = inputs((2, 16, 20))
+    qa, ia = anchor(x)
+    qb, ib = ours(x)
+    assert_same((qa, ia), (qb, ib))
+    channel_last = ia.movedim(1, -1)
+    assert torch.equal(ours.get_output_from_indices(channel_last), anchor.get_output_from_indices(channel_last))
+    assert torch.equal(ours.get_codes_from_indices(channel_last), anchor.get_codes_from_indices(channel_last))
+    with pytest.raises(ValueError, match="channel-last"):
+        ours.get_output_from_indices(ib)  # (b, q, n) read as channel-last: 20 quantizer entries
 
 
 @pytest.mark.parametrize("grouped", [False, True])
@@ -389,11 +415,12 @@ def test_decoding_returns_the_module_dtype_exactly(dtype, residual_f32, kwargs):
     x = (inputs((2, d, 5, 6) if kwargs.get("is_channel_first") else (2, 60, d), seed=1) * 0.8).to(dtype)
     with torch.no_grad():
         out, idx, codes = q(x, return_all_codes=True)
-        decoded = q.get_output_from_indices(idx)
-        assert out.dtype == decoded.dtype == codes.dtype == q.get_codes_from_indices(idx).dtype == dtype
+        channel_first = kwargs.get("is_channel_first", False)
+        decoded = q.get_output_from_indices(idx, channel_first=channel_first)
+        assert out.dtype == decoded.dtype == codes.dtype == q.get_codes_from_indices(idx, channel_first=channel_first).dtype == dtype
         assert torch.equal(decoded, out)
         if kwargs.get("quantize_dropout"):  # coarse indices decode in the same dtype
-            assert q.get_output_from_indices(idx[:, :2]).dtype == dtype
+            assert q.get_output_from_indices(idx[:, :2], channel_first=channel_first).dtype == dtype
 
 
 def test_float64_module_decodes_float64_codes():
