@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from . import vqp_releases
 from .activations import Activation, HardClamp, get_activation
 from .bins import check_levels
+from .contexts import functorch_active, tracing
 from .indexing import IndexPlan
 from .quantizer import FSQ, check_float_input, compute_dtype
 
@@ -344,7 +345,7 @@ class ResidualFSQ(nn.Module):
                     "stages needs quantize_dropout=True"
                 )
             indices = nn.functional.pad(indices, (0, self.num_quantizers - given), value=DROPPED)
-        if indices.numel():
+        if indices.numel() and not tracing() and not functorch_active():  # no values to check in a traced graph
             bad = (indices < DROPPED) | (indices >= self.codebook_size)
             if bool(bad.any()):
                 value = int(indices[bad][0])

@@ -81,7 +81,8 @@ class CodeUsage(nn.Module):
         max_counted_codebook = operator.index(max_counted_codebook)
         if max_counted_codebook < 0:
             raise ValueError(f"max_counted_codebook must be a non-negative int, got {max_counted_codebook}")
-        self.plan = IndexPlan(self.levels, check_int64=False)
+        with torch.device("cpu"):  # host-side table, also when the module is built on the meta device
+            self.plan = IndexPlan(self.levels, check_int64=False)
         offsets = [0]
         for level in self.levels[:-1]:
             offsets.append(offsets[-1] + level)
@@ -145,6 +146,10 @@ class CodeUsage(nn.Module):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, fn(value))
+        # The constants outside the state_dict are rebuilt after every move (after to_empty() they
+        # would hold uninitialized memory); the counts are state, loaded with the state_dict.
+        self._dim_offsets = torch.tensor(self.bin_offsets, dtype=torch.int64, device=self._dim_offsets.device)
+        self._levels = torch.tensor(self.levels, dtype=torch.int64, device=self._levels.device)
         return self
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
