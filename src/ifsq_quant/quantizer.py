@@ -141,6 +141,10 @@ class FSQ(nn.Module):
     ):
         super().__init__()
         levels = check_levels(levels)
+        if isinstance(allowed_dtypes, torch.dtype):
+            allowed_dtypes = (allowed_dtypes,)
+        if not isinstance(allowed_dtypes, (tuple, list, set, frozenset)) or not all(isinstance(t, torch.dtype) for t in allowed_dtypes):
+            raise TypeError(f"allowed_dtypes must be a tuple of torch dtypes such as (torch.float32, torch.float64), got {allowed_dtypes!r}")
         # The vector-quantize-pytorch release whose semantics this module has (vqp_releases.py).
         self.vqp_version = vqp_version
         self.vqp = release = vqp_releases.semantics(vqp_version)
@@ -190,7 +194,9 @@ class FSQ(nn.Module):
         self.activation = get_activation(self.default_activation if activation is None else activation)
         # the bound of bound(..., hard_clamp=False) and symmetry_preserving_bound(...) on a hard-clamped module
         self._soft_activation = get_activation(self.default_activation) if bound_hard_clamp else self.activation
-        self.eps = self.default_eps if eps is None else eps
+        if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float))):
+            raise TypeError(f"eps must be a number >= 0, got {eps!r} ({type(eps).__name__})")
+        self.eps = self.default_eps if eps is None else float(eps)
         self.bins = bins
         with torch.device("cpu"):  # host-side tables, also when the module is built on the meta device
             self.layout = BinLayout(levels, bins, self.activation, self.eps)
@@ -623,17 +629,31 @@ class iFSQ(FSQ):  # noqa: N801 - the method's name
                           f"(used: {sorted(known)})", stacklevel=2)
         if "levels" not in config:
             raise ValueError("the official iFSQ config needs 'levels'")
+        levels = list(check_levels(config["levels"], name="the official config's 'levels'"))
+        config = dict(config, levels=levels)
+        factorized = config.get("factorized_bits")
+        if factorized is not None:
+            if isinstance(factorized, (str, bytes)) or not isinstance(factorized, (list, tuple)) or not factorized or not all(
+                    isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in factorized):
+                raise TypeError(f"the official config's 'factorized_bits' must be a list of positive integers (dimensions per "
+                                f"index), got {factorized!r}")
+            if sum(factorized) != len(levels):
+                raise ValueError(f"the official config's 'factorized_bits' must add up to len(levels) = {len(levels)}, "
+                                 f"got {list(factorized)} (sum {sum(factorized)})")
+        if not isinstance(config.get("do_simple_bound", False), bool):
+            raise TypeError(f"the official config's 'do_simple_bound' must be a bool, got {config['do_simple_bound']!r}")
         act_fun = config.get("act_fun", "tanh")
         alphas = {"scale_sigmoid_16": 1.6, "scale_sigmoid_20": 2.0}
         kwargs = {k: config[k] for k in ("levels", "dim", "num_codebooks", "keep_num_codebooks_dim", "scale") if k in config}
         # The official indices always end in a group axis (of size 1 without factorized_bits).
-        factorized = config.get("factorized_bits")
         kwargs["index_groups"] = list(factorized) if factorized is not None else [len(config["levels"])]
         if config.get("do_simple_bound", False):
             if act_fun not in alphas:
-                raise ValueError(f"act_fun must be one of {sorted(alphas)} with do_simple_bound=True, got {act_fun!r}")
+                raise ValueError(f"the official config's 'act_fun' must be one of {sorted(alphas)} with do_simple_bound=True, "
+                                 f"got {act_fun!r}")
             if any(level % 2 == 0 for level in config["levels"]):
-                raise ValueError("the official simple_bound supports odd levels only; use iFSQ(levels=...) for even levels")
+                raise ValueError(f"the official config's 'levels' {levels}: the official simple_bound supports odd levels only; "
+                                 "use iFSQ(levels=...) for even levels")
             kwargs.update(activation=ScaledSigmoid(alphas[act_fun]) if alphas[act_fun] != 1.6 else "sigmoid", eps=0.0)
         else:
             kwargs.update(activation="tanh", eps=1e-3)

@@ -270,10 +270,13 @@ class ResidualFSQ(nn.Module):
         self.register_buffer("soft_clamp_input_value", None if soft_clamp_input_value is None else soft_clamp_input_value.clone(),
                              persistent=False)
         self._exact_cache: dict[tuple, Tensor] = {}
+        # Per floating dtype, the stages whose scale underflows so far that 1 / scale overflows (deep
+        # stacks of many levels), with the dimensions where it does: (q,) stage -> (d,) bool mask.
+        self._vanishing_scales = {}
         with torch.device("cpu"):
-            # the stages whose scale underflows to 0 in each floating dtype (deep stacks of many levels)
-            self._zero_scale_stages = {dtype: frozenset(int(i) for i in torch.nonzero(self._scales_f32.to(dtype).eq(0).any(dim=1)).flatten())
-                                       for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+            for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+                vanishing = torch.isinf(1 / self._scales_f32.to(dtype))
+                self._vanishing_scales[dtype] = {i: vanishing[i] for i in range(self.num_quantizers) if bool(vanishing[i].any())}
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
@@ -505,7 +508,7 @@ class ResidualFSQ(nn.Module):
         autocast_off = torch.autocast(x.device.type, enabled=False) if x.device.type in ("cuda", "cpu") else nullcontext()
         parts, all_indices = [], []
         residual = x
-        zero_scales = self._zero_scale_stages.get(scales.dtype, frozenset())
+        vanishing = self._vanishing_scales.get(scales.dtype, {})
         with autocast_off:
             if self.vqp.first_residual == "bound":
                 residual = self.layers[0].bound(x)  # those releases start from stage 0's unrounded bound
@@ -514,9 +517,8 @@ class ResidualFSQ(nn.Module):
                     all_indices.append(torch.full(x.shape[:2], DROPPED, dtype=torch.int64, device=x.device))
                     continue
                 scale = scales[i]
-                stage_input = residual / scale
-                if i in zero_scales:  # the scale underflowed: no gradient through 1 / 0 (the stage adds 0 anyway)
-                    stage_input = torch.where(scale == 0, stage_input.detach(), stage_input)
+                # no gradient through 1 / scale = inf (the stage's STE gradient there, f'(+-inf), is 0 anyway)
+                stage_input = (residual if i not in vanishing else torch.where(vanishing[i].to(x.device), residual.detach(), residual)) / scale
                 codes, indices = layer(stage_input)
                 quantized = codes * scale
                 residual = residual - quantized.detach()  # gradient reaches x through every stage's STE

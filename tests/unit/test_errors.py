@@ -153,3 +153,57 @@ def test_codes_to_indices_errors():
         q.codes_to_indices(torch.zeros(3, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="finite"):
         q.codes_to_indices(torch.full((3, 4), float("nan")))
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(eps=True), TypeError, r"eps must be a number >= 0, got True \(bool\)"),
+    (dict(eps="0.1"), TypeError, "eps must be a number"),
+    (dict(allowed_dtypes="float32"), TypeError, "allowed_dtypes must be a tuple of torch dtypes"),
+    (dict(allowed_dtypes=None), TypeError, "allowed_dtypes must be a tuple of torch dtypes"),
+])
+def test_arguments_of_the_wrong_type_are_named(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        FSQ([5] * 4, **kwargs)
+    assert FSQ([5] * 4, allowed_dtypes=torch.bfloat16).allowed_dtypes == (torch.bfloat16,)
+
+
+@pytest.mark.parametrize("config,exc,match", [
+    ({"levels": "17"}, TypeError, "official config's 'levels'"),
+    ({"levels": 17}, TypeError, "official config's 'levels'"),
+    ({"levels": None}, TypeError, "official config's 'levels'"),
+    ({"levels": [17] * 4, "factorized_bits": 2}, TypeError, "official config's 'factorized_bits'"),
+    ({"levels": [17] * 4, "factorized_bits": "22"}, TypeError, "official config's 'factorized_bits'"),
+    ({"levels": [17] * 4, "factorized_bits": [2.0, 2.0]}, TypeError, "official config's 'factorized_bits'"),
+    ({"levels": [17] * 4, "factorized_bits": [1, 2]}, ValueError, r"'factorized_bits' must add up to len\(levels\) = 4"),
+    ({"levels": [17] * 4, "do_simple_bound": "yes"}, TypeError, "'do_simple_bound' must be a bool"),
+    ({"levels": [17] * 4, "do_simple_bound": True, "act_fun": "sigmoid"}, ValueError, "official config's 'act_fun'"),
+])
+def test_official_config_errors_name_the_key(config, exc, match):
+    from ifsq_quant import iFSQ
+
+    with pytest.raises(exc, match=match):
+        iFSQ.from_official_config(config)
+
+
+def test_one_hard_clamp_policy_for_fsq_and_ifsq():
+    """bound_hard_clamp=True replaces FSQ's default tanh (as vector-quantize-pytorch); any other bound,
+    given or a subclass's default, contradicts it."""
+    from ifsq_quant import iFSQ
+    from ifsq_quant.activations import HardClamp
+
+    assert isinstance(FSQ([17] * 4, bound_hard_clamp=True).activation, HardClamp)
+    for make in (lambda: iFSQ([17] * 4, bound_hard_clamp=True), lambda: FSQ([17] * 4, activation="sigmoid", bound_hard_clamp=True)):
+        with pytest.raises(ValueError, match="contradicts"):
+            make()
+    assert isinstance(iFSQ([17] * 4, activation="clamp", bound_hard_clamp=True).activation, HardClamp)
+
+
+def test_ifsq_with_preserve_symmetry_keeps_its_sigmoid():
+    """preserve_symmetry picks the layout; iFSQ's bound stays the sigmoid (documented)."""
+    from ifsq_quant import iFSQ
+
+    q = iFSQ([5, 5], preserve_symmetry=True)
+    assert q.bins == "symmetric" and q.activation.name == "sigmoid"
+    z = torch.randn(100, 2)
+    expected = torch.floor(4 * (2 * torch.sigmoid(1.6 * z) - 1 + 1) / 2 + 0.5) * 0.5 - 1
+    assert torch.equal(q(z)[0], expected)

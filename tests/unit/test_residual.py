@@ -591,3 +591,39 @@ def test_grouped_bad_arguments():
         g(torch.randn(2, 3, 6))
     with pytest.raises(ValueError, match="group axis"):
         g.get_output_from_indices(torch.zeros(3, 2, 3, 2, dtype=torch.int64))
+
+
+def test_deep_stacks_of_many_levels_keep_finite_gradients():
+    """L ** -i underflows float32 for deep stacks ([1000, 1000], 20 stages): those stages add 0, and the
+    input gradient stays finite (no 1 / 0 in the backward)."""
+    q = ResidualFSQ(levels=[1000, 1000], num_quantizers=20).train()
+    assert (q.scales[-1] == 0).all()
+    x = torch.randn(4, 8, 2, requires_grad=True)
+    out, indices = q(x)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
+    assert indices.min() >= 0 and indices.max() < q.codebook_size
+    reference = ResidualFSQ(levels=[1000, 1000], num_quantizers=12).eval()  # the stages whose scales do not underflow
+    assert torch.equal(q.eval()(x)[0], reference(x)[0])
+
+
+def test_quantize_dropout_without_gradients_warns():
+    q = ResidualFSQ(levels=[5, 5], num_quantizers=3, quantize_dropout=True).train()
+    with pytest.warns(UserWarning, match="without gradients, so no stage was dropped.*use_reentrant=False"):
+        with torch.no_grad():
+            _, indices = q(torch.randn(2, 50, 2))
+    assert (indices >= 0).all()
+
+
+def test_soft_clamp_and_grouped_decode_errors_name_the_argument():
+    with pytest.raises(TypeError, match="soft_clamp_input_value must be a number"):
+        ResidualFSQ(levels=[5, 5], num_quantizers=2, bound_hard_clamp=False, soft_clamp_input_value="1")
+    with pytest.raises(TypeError, match="soft_clamp_input_value must hold numbers"):
+        ResidualFSQ(levels=[5, 5], num_quantizers=2, bound_hard_clamp=False, soft_clamp_input_value=[1.0, "2"])
+    g = GroupedResidualFSQ(dim=4, groups=2, levels=[5, 5], num_quantizers=2)
+    _, indices = g(torch.randn(2, 7, 4))
+    with pytest.raises(ValueError, match="the groups' indices must have one shape"):
+        g.get_output_from_indices([indices[0], indices[1][:, :3]])
+    with pytest.raises(ValueError, match="leading group axis of size 2"):
+        g.get_output_from_indices(indices[:1])
+    assert torch.equal(g.get_output_from_indices(list(indices)), g.get_output_from_indices(indices))
