@@ -1,14 +1,16 @@
-"""The README's Python examples run as written (docs that match behaviour)."""
+"""The Python examples of the README and the docs run as written (docs that match behaviour)."""
 
 import re
 from pathlib import Path
 
 import pytest
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
+ROOT = Path(__file__).resolve().parents[2]
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCKS = [(path.relative_to(ROOT).as_posix(), i, block) for path in DOCUMENTS
+          for i, block in enumerate(re.findall(r"```python\n(.*?)```", path.read_text(), re.S))]
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
-def test_readme_example_runs(block):
-    exec(compile(block, "README.md", "exec"), {})
+@pytest.mark.parametrize("name,index,block", BLOCKS, ids=[f"{name}-block{i}" for name, i, _ in BLOCKS])
+def test_example_runs(name, index, block):
+    exec(compile(block, name, "exec"), {})
