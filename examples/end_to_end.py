@@ -20,7 +20,7 @@ when a later stage needs them):
                    flow matching; samples decoded as they are and snapped to the FSQ grid.
 
 The stages themselves are library functions in ``examples/pipeline.py`` (shared with the
-studies under ``benchmarks/``), the figures and ``report.md`` come from ``examples/report.py``;
+studies under ``studies/``), the figures and ``report.md`` come from ``examples/report.py``;
 this file is the command line: which stages run, checkpoints, and what is measured.
 
 Outputs in ``--out``: ``metrics.json``, ``report.md``, PNG figures, and ``checkpoints/``
@@ -62,19 +62,16 @@ from tqdm.auto import tqdm
 if __package__ in (None, ""):  # run as a script (the documented command): make the `examples` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from examples.checkpoints import check_output_dir, load_checkpoint, read_checkpoint, save_checkpoint  # noqa: E402
 from examples.data import load_digits_split, load_patches_split  # noqa: E402
 from examples.diffusion import LatentNormalizer, snap_to_grid  # noqa: E402
 from examples.metrics import class_accuracy, extract_features, frechet_distance  # noqa: E402
 from examples.pipeline import (  # noqa: E402
-    PRESETS,
-    TRAINING_KEYS,
-    ExampleError,
     balanced_labels,
     build_ar,
     build_classifier,
     build_dit,
     build_tokenizer,
-    check_output_dir,
     decode_codes,
     encode_codes,
     encode_tokens,
@@ -82,19 +79,16 @@ from examples.pipeline import (  # noqa: E402
     gaussian_utilization,
     generated_metrics,
     group_vocab_sizes,
-    load_checkpoint,
     make_quantizer,
     random_token_images,
-    read_checkpoint,
     sample_ar,
     sample_dit,
-    save_checkpoint,
-    setup_env,
     train_ar,
     train_classifier,
     train_dit,
     train_tokenizer,
 )
+from examples.presets import PRESETS, TRAINING_KEYS  # noqa: E402
 from examples.report import (  # noqa: E402
     save_curves_figure,
     save_grid_figure,
@@ -104,6 +98,7 @@ from examples.report import (  # noqa: E402
     write_report,
 )
 from examples.tokenizer import Tokenizer  # noqa: E402
+from examples.training import ExampleError, setup_env  # noqa: E402
 
 STAGES = ("classifier", "tokenizers", "ar", "diffusion")
 

@@ -1,7 +1,7 @@
 """Are the tokenizers converged, and does the bottleneck comparison hold when they are?
 
-The generation study's tokenizers (1,000 steps) all chose the largest learning rate of their
-sweep, and their training loss still fell 5-7 % in the last tenth of training. This study trains
+The generation study's tokenizers (1,000 steps) all choose the largest learning rate of their
+sweep, and their training loss still falls 5-7 % in the last tenth of training. This study trains
 the same tokenizers (same data splits, architecture, levels, seeds and bottlenecks: FSQ, iFSQ,
 erf + equal bins) longer, with a learning-rate sweep that starts where that one ended, and logs
 the validation PSNR along the way. The learning rate is chosen per bottleneck by validation PSNR
@@ -11,33 +11,30 @@ curve and last-tenth loss drop.
 
 Outputs in ``--out``: ``convergence.json``, ``convergence.md``, ``convergence.png``.
 
-    python -m benchmarks.study_convergence --quick   # 1 seed, 300 steps (about 4 min, one thread)
-    python -m benchmarks.study_convergence           # 3 seeds, 3,000 steps, LRs 4e-3, 8e-3, 1.6e-2 on seed 0 (about 70 min, one thread)
+    python -m studies.convergence --quick                           # 1 seed, 300 steps (about 4 min, one thread)
+    python -m studies.convergence --out studies/results/convergence  # 3 seeds, 3,000 steps, LRs 4e-3, 8e-3, 1.6e-2 on seed 0 (about 1.7 h)
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
-import time
 from pathlib import Path
 
-import torch
+from studies.font_digits import load_splits
+from studies.harness import Study, mode, pyplot, start
+from studies.recipes import HEADLINE, KINDS, swept_tokenizer
+from studies.stats import paired_difference
 
-from benchmarks import study_generation as G
-from examples.metrics import paired_difference
-from examples.report import study_command
-
+STUDY = Study("convergence", __doc__)
 SPLITS = ("train", "val", "test")
 COMPARISONS = (("ifsq", "fsq"), ("erf_equal", "ifsq"), ("erf_equal", "fsq"))
 
 # Every number that changes the result; data, architecture and levels as in the generation study.
-_SHARED = dict(levels=G.CONFIGS["full"]["levels"], index_groups=G.CONFIGS["full"]["index_groups"],
-               splits={k: G.CONFIGS["full"]["splits"][k] for k in SPLITS}, tokenizer_lrs=[4e-3, 8e-3, 1.6e-2], tokenizer_sweep_seeds=1)
+_SHARED = dict(levels=HEADLINE["full"]["levels"], index_groups=HEADLINE["full"]["index_groups"],
+               splits={k: HEADLINE["full"]["splits"][k] for k in SPLITS}, tokenizer_lrs=[4e-3, 8e-3, 1.6e-2], tokenizer_sweep_seeds=1)
 CONFIGS = {
-    "quick": dict(_SHARED, seeds=1, tokenizer=dict(G.CONFIGS["full"]["tokenizer"], steps=300), eval_every=100),
-    "full": dict(_SHARED, seeds=3, tokenizer=dict(G.CONFIGS["full"]["tokenizer"], steps=3000), eval_every=250),
+    "quick": dict(_SHARED, seeds=1, tokenizer=dict(HEADLINE["full"]["tokenizer"], steps=300), eval_every=100),
+    "full": dict(_SHARED, seeds=3, tokenizer=dict(HEADLINE["full"]["tokenizer"], steps=3000), eval_every=250),
 }
 
 
@@ -77,11 +74,7 @@ def to_markdown(result: dict) -> str:
 
 
 def figure(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     colors = dict(fsq="tab:blue", ifsq="tab:orange", erf_equal="tab:green")
     for r in result["runs"]:
@@ -101,18 +94,16 @@ def figure(result: dict, path: Path) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1 seed, 300 steps")
-    parser.add_argument("--seeds", type=int, default=None)
+    parser = STUDY.parser("1 seed, 300 steps")
     parser.add_argument("--steps", type=int, default=None, help="override the training steps (tests)")
     parser.add_argument("--lrs", type=float, nargs="+", default=None, help="the learning-rate sweep")
     parser.add_argument("--split-sizes", type=int, nargs=len(SPLITS), default=None, metavar=tuple(s.upper() for s in SPLITS))
-    parser.add_argument("--kinds", nargs="+", default=list(G.KINDS), choices=G.KINDS)
-    parser.add_argument("--out", type=Path, default=G.RESULTS)
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    mode = "quick" if args.quick else "full"
-    cfg = copy.deepcopy(CONFIGS[mode])
+    if args.from_json:
+        return STUDY.rewrite(args.from_json, to_markdown, figure)
+    t0 = start()
+    cfg = copy.deepcopy(CONFIGS[mode(args)])
     if args.steps:
         cfg["tokenizer"]["steps"] = args.steps
         cfg["eval_every"] = max(1, args.steps // 2)
@@ -120,27 +111,17 @@ def main(argv=None):
         cfg["tokenizer_lrs"] = args.lrs
     if args.split_sizes:
         cfg["splits"] = dict(zip(SPLITS, args.split_sizes))
-    seeds = list(range(args.seeds or cfg["seeds"]))
-    t0 = time.perf_counter()
-
-    data = G.load_splits(cfg)
+    seeds = STUDY.seeds(args, cfg)
+    data = load_splits(cfg["splits"])
     runs, chosen = [], {}
     for i, seed in enumerate(seeds):
         for kind in args.kinds:
             lrs = cfg["tokenizer_lrs"] if i < cfg["tokenizer_sweep_seeds"] else [chosen[kind]]
-            _, m = G.train_tokenizer(kind, cfg, data, seed, lrs, eval_every=cfg["eval_every"])
+            _, m = swept_tokenizer(kind, cfg, data, seed, lrs, eval_every=cfg["eval_every"])
             chosen[kind] = m["lr"]
             runs.append(dict(kind=kind, seed=seed, val_curve=m["lr_sweep"][str(m["lr"])]["val_curve"], **m))
-    meta = dict(mode=mode, seeds=seeds, kinds=args.kinds, config=cfg, seconds=round(time.perf_counter() - t0, 1),
-                command=study_command("study_convergence", argv))
-    result = dict(meta=meta, runs=runs, paired=paired(runs))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "convergence.json").write_text(json.dumps(result, indent=1))
-    md = to_markdown(result)
-    (args.out / "convergence.md").write_text(md)
-    figure(result, args.out / "convergence.png")
-    print(md)
-    return result
+    meta = STUDY.meta(args, argv, t0, seeds=seeds, kinds=args.kinds, config=cfg)
+    return STUDY.save(args.out, dict(meta=meta, runs=runs, paired=paired(runs)), to_markdown, figure)
 
 
 if __name__ == "__main__":

@@ -19,18 +19,16 @@ FSQ, not iFSQ's 0.8).
 
 Logged per tokenizer on the validation split: the pre-bound latent ``s * z`` (std, excess
 kurtosis, fraction with ``|f(s z)| > 0.95``: saturated), level utilization (entropy / log2 L),
-PSNR; and the learned scale. Data: ``load_font_digits`` (train / val splits), 16x16, latents
+PSNR; and the learned scale. Data: ``studies/font_digits.py`` (train / val splits), 16x16, latents
 4x4x4, L = 17. Writes ``mechanism.{json,md,png}`` to ``--out``.
 
-    python -m benchmarks.study_mechanism --quick   # 1 seed, 100 steps, 5,000 training images (about 8 min, one thread)
-    python -m benchmarks.study_mechanism           # 2 seeds, 500 steps, 20,000 training images (about 1.5 h, one thread)
+    python -m studies.mechanism --quick                         # 1 seed, 100 steps, 5,000 training images (about 8 min, one thread)
+    python -m studies.mechanism --out studies/results/mechanism  # 2 seeds, 500 steps, 20,000 training images (about 1.5 h, one thread)
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import time
 from pathlib import Path
 
@@ -39,12 +37,13 @@ import torch
 import torch.nn as nn
 
 from examples import pipeline as P
-from examples.data import load_font_digits
-from examples.report import seed_statistics, study_command
 from examples.tokenizer import Tokenizer
+from examples.training import train
+from studies.font_digits import load_font_digits
+from studies.harness import ENV, Study, mode, pyplot, start
+from studies.stats import seed_statistics
 
-RESULTS = Path(__file__).resolve().parent / "results"
-ENV = P.Env(rank=0, world=1, device=torch.device("cpu"))
+STUDY = Study("mechanism", __doc__)
 SCALES = (0.4, 0.6, 0.8, 1.0, 1.25, 1.6, 2.5)
 KINDS = ("fsq", "ifsq", "erf_equal")
 ENCODERS = ("normalized", "free")
@@ -112,7 +111,7 @@ def run_one(kind: str, s: float, learnable: bool, seed: int, cfg: dict, data, en
     tc = cfg["tokenizer"]
     tok = Tokenizer(q, in_channels=1, channels=tuple(tc["channels"]), blocks=tc["blocks"], l1_weight=tc["l1_weight"], l2_weight=tc["l2_weight"])
     desc = f"{encoder} {kind} s={s}{' learnable' if learnable else ''} seed={seed}"
-    losses = P.train(tok, P.tokenizer_loss, (train_set.images,), tc, ENV, seed, desc)
+    losses = train(tok, P.tokenizer_loss, (train_set.images,), tc, ENV, seed, desc)
     m, _, _ = P.evaluate_tokenizer(tok.eval(), val_set, ENV)
     return dict(encoder=encoder, kind=kind, s=s, learnable=learnable, seed=seed, learned_scale=float(q.scale.detach()), psnr=m["psnr"],
                 utilization=m["utilization"],
@@ -134,7 +133,8 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
-def to_markdown(summary: list[dict], meta: dict) -> str:
+def to_markdown(result: dict) -> str:
+    summary, meta = result["summary"], result["meta"]
     lines = [f"Mechanism sweep ({meta['mode']} mode): `{meta['command']}`; seeds {meta['seeds']}, {meta['config']['tokenizer']['steps']} steps, "
              f"{meta['config']['n_train']:,} training / {meta['config']['n_val']:,} validation font digits, L = 17, d = 4. "
              "Latent statistics of the pre-bound s*z on the validation split; saturated: fraction with |f(s z)| > 0.95. "
@@ -148,12 +148,9 @@ def to_markdown(summary: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figure(summary: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def figure(result: dict, path: Path) -> None:
+    summary = result["summary"]
+    plt = pyplot()
     panels = (("psnr", "validation PSNR (dB)"), ("utilization", "level utilization"), ("latent_std", "std of s*z (pre-bound)"),
               ("saturated", "fraction saturated (|f| > 0.95)"))
     encoders = [e for e in ENCODERS if any(r["encoder"] == e for r in summary)]
@@ -181,25 +178,22 @@ def figure(summary: list[dict], path: Path) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1 seed, 100 steps, 5,000 training images")
-    parser.add_argument("--seeds", type=int, default=None)
+    parser = STUDY.parser("1 seed, 100 steps, 5,000 training images")
     parser.add_argument("--steps", type=int, default=None, help="override the tokenizer steps (tests)")
     parser.add_argument("--scales", type=float, nargs="+", default=list(SCALES))
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--n-train", type=int, default=None)
     parser.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=ENCODERS)
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    mode = "quick" if args.quick else "full"
-    cfg = copy.deepcopy(CONFIGS[mode])
+    if args.from_json:
+        return STUDY.rewrite(args.from_json, to_markdown, figure)
+    t0 = start()
+    cfg = copy.deepcopy(CONFIGS[mode(args)])
     if args.steps:
         cfg["tokenizer"]["steps"] = args.steps
     if args.n_train:
         cfg["n_train"], cfg["n_val"] = args.n_train, max(10, args.n_train // 5)
-    seeds = list(range(args.seeds or cfg["seeds"]))
-    t0 = time.perf_counter()
+    seeds = STUDY.seeds(args, cfg)
     data = (load_font_digits("train", n=cfg["n_train"]), load_font_digits("val", n=cfg["n_val"]))
     rows = []
     for seed in seeds:
@@ -212,17 +206,8 @@ def main(argv=None):
                           f"std {r['latent_std']:.3f}, saturated {r['saturated']:.3f}", flush=True)
             rows.append(run_one("fsq", 1.0, True, seed, cfg, data, encoder))
             print(f"{encoder} fsq learnable seed={seed}: learned s {rows[-1]['learned_scale']:.3f}, PSNR {rows[-1]['psnr']:.2f}", flush=True)
-    summary = summarize(rows)
-    meta = dict(mode=mode, seeds=seeds, scales=args.scales, kinds=args.kinds, encoders=args.encoders, config=cfg,
-                seconds=round(time.perf_counter() - t0, 1),
-                command=study_command("study_mechanism", argv))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "mechanism.json").write_text(json.dumps(dict(meta=meta, summary=summary, rows=rows), indent=1))
-    md = to_markdown(summary, meta)
-    (args.out / "mechanism.md").write_text(md)
-    figure(summary, args.out / "mechanism.png")
-    print(md)
-    return dict(meta=meta, summary=summary, rows=rows)
+    meta = STUDY.meta(args, argv, t0, seeds=seeds, scales=args.scales, kinds=args.kinds, encoders=args.encoders, config=cfg)
+    return STUDY.save(args.out, dict(meta=meta, summary=summarize(rows), rows=rows), to_markdown, figure)
 
 
 if __name__ == "__main__":

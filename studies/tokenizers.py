@@ -17,18 +17,15 @@ For each: validation PSNR, SSIM, utilization (entropy / log2 L), codebook usage,
 std over seeds, and the validation PSNR along training (learning curves).
 Writes ``tokenizers.{json,md,png}`` to ``--out``.
 
-    python -m benchmarks.study_tokenizers            # full: digits (800 steps) + natural patches (500 steps), L in {17, 5}, 3 seeds
-    python -m benchmarks.study_tokenizers --quick    # digits, L in {17, 5}, 2 seeds, 250 steps
+    python -m studies.tokenizers --quick                          # digits, L in {17, 5}, 2 seeds, 250 steps (a few minutes)
+    python -m studies.tokenizers --out studies/results/tokenizers  # digits (800 steps) + natural patches (500 steps), L in {17, 5}, 3 seeds
 
-The full mode is sized to about 75 minutes on one thread of this 2-core machine: 60 trainings
-of the small autoencoder (channels 16/32/64) with batch 64 on 16x16 digits and batch 32 on
-32x32 photo patches.
+The full mode is 60 trainings of the small autoencoder (channels 16/32/64) with batch 64 on 16x16
+digits and batch 32 on 32x32 photo patches: about 75 minutes on one CPU thread.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
@@ -38,15 +35,19 @@ import torch.nn as nn
 
 from examples.data import load_dataset
 from examples.metrics import psnr
-from examples.pipeline import PRESETS, Env, evaluate_tokenizer, train
-from examples.report import seed_statistics, study_command
+from examples.pipeline import evaluate_tokenizer
+from examples.presets import PRESETS
 from examples.tokenizer import Tokenizer
+from examples.training import Env, train
 from ifsq_quant import FSQ, iFSQ
+from studies.harness import ENV, Study, mode, pyplot, start
+from studies.stats import seed_statistics
+
+STUDY = Study("tokenizers", __doc__)
 
 VARIANTS = ("fsq", "ifsq", "erf_equal", "fsq_scale", "fsp")
 LABELS = {"fsq": "FSQ (tanh)", "ifsq": "iFSQ (sigmoid 1.6)", "erf_equal": "erf + equal bins",
           "fsq_scale": "FSQ, learnable input scale (init 0.8)", "fsp": "FSP (vector-quantize-pytorch)"}
-RESULTS = Path(__file__).resolve().parent / "results"
 EVAL_EVERY = 50
 # Training per dataset and mode: the examples' quick tokenizer (channels 16/32/64, AdamW 2e-3).
 TRAINING = {
@@ -172,7 +173,8 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
-def to_markdown(summary: list[dict], meta: dict) -> str:
+def to_markdown(result: dict) -> str:
+    summary, meta = result["summary"], result["meta"]
     training = "; ".join(f"{d}: {c['steps']} steps, batch {c['batch_size']}" for d, c in meta["training"].items())
     lines = [f"Tokenizer study ({meta['mode']} mode): {training}; seeds {meta['seeds']}, "
              f"d = 4 latent channels at 1/4 resolution. Mean ± std over seeds, validation set.", "",
@@ -188,12 +190,9 @@ def to_markdown(summary: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figure(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def figure(result: dict, path: Path) -> None:
+    rows = result["rows"]
+    plt = pyplot()
     panels = sorted({(r["dataset"], r["L"]) for r in rows}, key=lambda k: (k[0], -k[1]))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
     for ax, (dataset, L) in zip(axes[0], panels):
@@ -218,27 +217,23 @@ def figure(rows: list[dict], path: Path) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="digits only, 2 seeds, 250 steps (a few minutes)")
+    parser = STUDY.parser("digits only, 2 seeds, 250 steps (a few minutes)")
     parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--levels", type=int, nargs="+", default=[17, 5], help="L per latent dimension (d = 4)")
     parser.add_argument("--datasets", nargs="+", default=None, choices=["digits", "patches"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    mode = "quick" if args.quick else "full"
-    seeds = list(range(args.seeds or (2 if args.quick else 3)))
-    datasets = args.datasets or list(TRAINING[mode])
+    if args.from_json:
+        return STUDY.rewrite(args.from_json, to_markdown, figure)
+    t0 = start()
+    seeds = STUDY.seeds(args, dict(seeds=2 if args.quick else 3))
+    datasets = args.datasets or list(TRAINING[mode(args)])
     # quick mode has no patches config: asking for patches there uses the full one (steps still overridable)
-    training = {d: dict(TRAINING[mode].get(d) or TRAINING["full"][d]) for d in datasets}
+    training = {d: dict(TRAINING[mode(args)].get(d) or TRAINING["full"][d]) for d in datasets}
     for cfg in training.values():
         cfg["steps"] = args.steps or cfg["steps"]
     fsp_available = has_fsp()
     variants = [v for v in args.variants if v != "fsp" or fsp_available]
-    env = Env(rank=0, world=1, device=torch.device("cpu"))
-    t0 = time.perf_counter()
     rows = []
     for dataset in datasets:
         data = load_dataset(dataset)
@@ -246,23 +241,15 @@ def main(argv=None):
         for L in args.levels:
             for seed in seeds:
                 for variant in variants:
-                    row = run_one(variant, L, seed, data, tok_cfg, env)
+                    row = run_one(variant, L, seed, data, tok_cfg, ENV)
                     row["dataset"] = dataset
                     rows.append(row)
                     print(f"{dataset} L={L} seed={seed} {variant}: PSNR {row['psnr']:.2f}, utilization {row['utilization']:.3f}"
                           + (f", scale {row['learned_scale']:.3f}" if "learned_scale" in row else ""), flush=True)
-    summary = summarize(rows)
     shown = ("steps", "batch_size", "lr", "channels")
-    meta = dict(mode=mode, training={d: {k: c[k] for k in shown} for d, c in training.items()}, seeds=seeds, levels=args.levels,
-                datasets=datasets, variants=variants, fsp_available=fsp_available, eval_every=EVAL_EVERY,
-                seconds=round(time.perf_counter() - t0, 1), command=study_command("study_tokenizers", argv))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tokenizers.json").write_text(json.dumps(dict(meta=meta, summary=summary, rows=rows), indent=1))
-    md = to_markdown(summary, meta)
-    (args.out / "tokenizers.md").write_text(md)
-    figure(rows, args.out / "tokenizers.png")
-    print(md)
-    return dict(meta=meta, summary=summary, rows=rows)
+    meta = STUDY.meta(args, argv, t0, training={d: {k: c[k] for k in shown} for d, c in training.items()}, seeds=seeds, levels=args.levels,
+                      datasets=datasets, variants=variants, fsp_available=fsp_available, eval_every=EVAL_EVERY)
+    return STUDY.save(args.out, dict(meta=meta, summary=summarize(rows), rows=rows), to_markdown, figure)
 
 
 if __name__ == "__main__":

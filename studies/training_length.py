@@ -6,22 +6,25 @@ groups them by the training steps of the tokenizers and of the AR transformers, 
 lengths, the mean test PSNR of each bottleneck and the paired differences over seeds (mean and 95 %
 Student-t interval).
 
-    python -m benchmarks.training_length benchmarks/results/generation.json benchmarks/results/convergence.json \\
-        benchmarks/results/generation_9k/generation.json benchmarks/results/generation_ar_converged/generation.json \\
-        > benchmarks/results/training_length.md
+    python -m studies.training_length --out studies/results/training_length   # the committed results (DEFAULT_RESULTS)
+    python -m studies.training_length A/generation.json B/convergence.json ...  # any others
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 
-from examples.metrics import paired_difference
+from studies.harness import RESULTS, Study
+from studies.recipes import KINDS
+from studies.stats import interval, paired_difference
 
-KINDS = ("fsq", "ifsq", "erf_equal")
+STUDY = Study("training_length", __doc__)
+DEFAULT_RESULTS = tuple(RESULTS / name for name in ("generation/generation.json", "convergence/convergence.json",
+                                                     "generation/tokenizer_steps_9000/generation.json", "generation/ar_steps_9000/generation.json"))
+
 COMPARISONS = (("ifsq", "fsq"), ("erf_equal", "ifsq"))
 Lengths = tuple[int, int | None]  # (tokenizer steps, AR transformer steps; None where no AR model was trained)
 
@@ -51,10 +54,6 @@ def difference(rows: list[dict], a: str, b: str, generator, key: str) -> dict | 
     return paired_difference([value[a, s] for s in seeds], [value[b, s] for s in seeds])
 
 
-def fmt(d: dict | None, digits: int) -> str:
-    return "–" if d is None else f"{d['mean']:+.{digits}f} [{d['ci'][0]:+.{digits}f}, {d['ci'][1]:+.{digits}f}]"
-
-
 def to_markdown(by_lengths: dict[Lengths, list[dict]], sources: dict[Lengths, list[str]]) -> str:
     lines = ["| tokenizer steps | AR steps | source | test PSNR (dB): FSQ / iFSQ / erf + equal | PSNR: iFSQ - FSQ "
              "| PSNR: erf + equal - iFSQ | AR FD: iFSQ - FSQ | DiT FD: iFSQ - FSQ |", "|---:|---:|---|---|---|---|---|---|"]
@@ -62,16 +61,23 @@ def to_markdown(by_lengths: dict[Lengths, list[dict]], sources: dict[Lengths, li
         rows = by_lengths[steps, ar_steps]
         psnrs = [[r["psnr"] for r in rows if r["kind"] == k and r["generator"] is None] for k in KINDS]
         means = " / ".join(f"{np.mean(p):.2f}" if p else "–" for p in psnrs)
-        cells = [fmt(difference(rows, a, b, None, "psnr"), 2) for a, b in COMPARISONS]
-        cells += [fmt(difference(rows, "ifsq", "fsq", g, "fd"), 1) for g in ("ar", "dit")]
+        cells = [interval(difference(rows, a, b, None, "psnr"), 2) for a, b in COMPARISONS]
+        cells += [interval(difference(rows, "ifsq", "fsq", g, "fd"), 1) for g in ("ar", "dit")]
         ar = "–" if ar_steps is None else f"{ar_steps:,}"
         lines.append(f"| {steps:,} | {ar} | {', '.join(sources[steps, ar_steps])} | {means} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+def source(path: Path) -> str:
+    """The result folder of ``path``, relative to ``studies/results`` when it lies there."""
+    folder = path.resolve().parent
+    return f"`{folder.relative_to(RESULTS)}`" if folder.is_relative_to(RESULTS) else f"`{folder.name}/{path.name}`"
+
+
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", type=Path, nargs="+", help="generation.json / convergence.json files")
+    parser = STUDY.parser(None, seeds=False, from_json=False)
+    parser.add_argument("results", type=Path, nargs="*", default=list(DEFAULT_RESULTS),
+                        help="generation.json / convergence.json files (default: the committed results)")
     args = parser.parse_args(argv)
     by_lengths: dict[Lengths, list[dict]] = {}
     sources: dict[Lengths, list[str]] = {}
@@ -81,8 +87,10 @@ def main(argv=None) -> str:
             raise SystemExit(f"{path} repeats a (bottleneck, seed, generator) of {', '.join(sources[lengths])} at the same "
                              "training lengths: pass one result per model")
         by_lengths.setdefault(lengths, []).extend(rows)
-        sources.setdefault(lengths, []).append(f"`{path.parent.name}/{path.name}`")
+        sources.setdefault(lengths, []).append(source(path))
     md = to_markdown(by_lengths, sources)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "training_length.md").write_text(md)
     print(md, end="")
     return md
 

@@ -2,28 +2,29 @@
 
 For activations {tanh, sigmoid (iFSQ), erf} x layouts {round, equal} x L x inputs N(0, s^2):
 the entropy of the level occupancy (bits), and the Kolmogorov-Smirnov distance of f(z) from
-U(-1, 1). Writes ``benchmarks/results/utilization.{json,md}`` and ``utilization.png``.
+U(-1, 1). Writes ``utilization.{json,md,png}``.
 
-    python -m benchmarks.study_utilization            # full: 4M samples
-    python -m benchmarks.study_utilization --quick    # 200k samples
+    python -m studies.utilization --quick                           # 200k samples
+    python -m studies.utilization --out studies/results/utilization  # 4M samples (about a minute)
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import time
 from pathlib import Path
 
 import torch
 
 from ifsq_quant import FSQ, CodeUsage
 from ifsq_quant.activations import get_activation
+from studies.harness import Study, pyplot
+
+STUDY = Study("utilization", __doc__)
 
 ACTIVATIONS = ("tanh", "sigmoid", "erf")
 LAYOUTS = ("round", "equal")
 LEVELS = (3, 5, 9, 17, 33)
 SIGMAS = (0.5, 1.0, 2.0)
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def ks_from_uniform(y: torch.Tensor) -> float:
@@ -61,7 +62,8 @@ def run(samples: int, seed: int):
     return rows
 
 
-def to_markdown(rows, samples, seed) -> str:
+def to_markdown(result: dict) -> str:
+    rows, samples, seed = result["rows"], result["meta"]["samples"], result["meta"]["seed"]
     lines = [f"Bits per dimension used (entropy of level occupancy), {samples:,} samples of N(0, s^2), seed {seed}.", ""]
     for sigma in SIGMAS:
         lines += [f"**s = {sigma}** (KS distance of f(z) from U(-1,1): "
@@ -79,12 +81,9 @@ def to_markdown(rows, samples, seed) -> str:
     return "\n".join(lines)
 
 
-def figure(rows, samples, seed, path: Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def figure(result: dict, path: Path) -> None:
+    rows, samples, seed = result["rows"], result["meta"]["samples"], result["meta"]["seed"]
+    plt = pyplot()
     z = torch.randn(min(samples, 1_000_000), generator=torch.Generator().manual_seed(seed))
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     for a in ACTIVATIONS:
@@ -111,23 +110,20 @@ def figure(rows, samples, seed, path: Path):
     axes[2].set_xlabel("L")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
+    parser = STUDY.parser("200,000 samples instead of 4,000,000", seeds=False)
     parser.add_argument("--samples", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.from_json:
+        return STUDY.rewrite(args.from_json, to_markdown, figure)
+    t0 = time.perf_counter()
     samples = args.samples or (200_000 if args.quick else 4_000_000)
     rows = run(samples, args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "utilization.json").write_text(json.dumps({"samples": samples, "seed": args.seed, "rows": rows}, indent=1))
-    md = to_markdown(rows, samples, args.seed)
-    (args.out / "utilization.md").write_text(md)
-    figure(rows, samples, args.seed, args.out / "utilization.png")
-    print(md)
+    return STUDY.save(args.out, dict(meta=STUDY.meta(args, argv, t0, samples=samples, seed=args.seed), rows=rows), to_markdown, figure)
 
 
 if __name__ == "__main__":
