@@ -1,5 +1,5 @@
 """The end-to-end demo's command line (``python -m examples.end_to_end``): its stages in process on a tiny
-preset, bad input, the smoke preset end to end,
+preset (a folder of another run refused, Ctrl-C, ``--resume``), bad input, the smoke preset end to end,
 and the tokenizer stage under ``torch.distributed.run`` with 2 processes. The subprocess tests are marked
 ``slow`` (``-m "not slow"`` leaves them out).
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from examples import end_to_end
+from examples import end_to_end, pipeline
 from examples.presets import PRESETS, make_preset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +37,64 @@ def tiny(monkeypatch):
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)  # the demo sets the thread count of this (pytest's) process
+
+
+def run_demo(*args: str) -> int:
+    try:
+        return end_to_end.main(list(args))
+    except KeyboardInterrupt:  # must not escape main(): it would stop the test session
+        pytest.fail("KeyboardInterrupt escaped end_to_end.main")
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_run_of_another_preset_is_refused_untouched(tmp_path, tiny, capsys):
+    assert run_demo("--preset", "tiny", "--stages", "classifier", "--out", str(tmp_path)) == 0
+    before = snapshot(tmp_path)
+    assert "metrics.json" in before and "checkpoints/classifier.safetensors" in before
+    capsys.readouterr()
+    assert run_demo("--preset", "tiny_other", "--stages", "classifier", "--out", str(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "holds another run (preset 'tiny')" in err and "choose another --out" in err and "Traceback" not in err
+    assert snapshot(tmp_path) == before  # nothing rewritten
+    # without metrics.json, a checkpoint trained with another configuration is refused as well
+    (tmp_path / "metrics.json").unlink()
+    assert run_demo("--preset", "tiny_other", "--stages", "classifier", "--out", str(tmp_path)) == 2
+    assert "was trained with another configuration" in capsys.readouterr().err
+    assert snapshot(tmp_path) == {k: v for k, v in before.items() if k != "metrics.json"}
+    # the same preset again is the same run: allowed
+    assert run_demo("--preset", "tiny", "--stages", "classifier", "--out", str(tmp_path)) == 0
+
+
+def test_interrupt_exits_with_one_line_that_says_how_to_resume(tmp_path, tiny, capsys, monkeypatch):
+    train = pipeline.train
+
+    def interrupted_in_ar(model, loss_fn, tensors, cfg, env, seed, desc, **kwargs):  # Ctrl-C while the AR transformer trains
+        if desc == "ar":
+            raise KeyboardInterrupt
+        return train(model, loss_fn, tensors, cfg, env, seed, desc, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train", interrupted_in_ar)
+    assert run_demo("--preset", "tiny", "--out", str(tmp_path)) == 130
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.lstrip().startswith(("classifier", "tokenizer"))]
+    assert len(err) == 1 and "Traceback" not in err[0]
+    assert err[0].endswith(f"to continue: python -m examples.end_to_end --preset tiny --out {tmp_path} --resume")
+    assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {"classifier.safetensors", "tokenizer_fsq.safetensors",
+                                                                       "tokenizer_ifsq.safetensors"}  # the finished stages
+
+
+def test_resume_keeps_the_training_losses_of_loaded_stages(tmp_path, tiny):
+    assert run_demo("--preset", "tiny", "--out", str(tmp_path)) == 0
+    trained = json.loads((tmp_path / "metrics.json").read_text())
+    assert run_demo("--preset", "tiny", "--out", str(tmp_path), "--resume") == 0
+    resumed = json.loads((tmp_path / "metrics.json").read_text())
+    for stage in ("ar", "diffusion"):  # every model loaded from its checkpoint: same numbers, training losses kept
+        assert resumed[stage]["train_loss"] is not None and resumed[stage]["train_loss"] == trained[stage]["train_loss"]
+        assert resumed[stage]["fd"] == trained[stage]["fd"] and resumed[stage]["val_loss"] == trained[stage]["val_loss"]
+    assert resumed["tokenizers"]["ifsq"]["psnr"] == trained["tokenizers"]["ifsq"]["psnr"]
+    assert "Training curves" in (tmp_path / "report.md").read_text()  # the loaded models' curves, from their checkpoints
 
 
 def test_full_preset_patch_tokenizers_wiring(tmp_path, tiny, monkeypatch):
@@ -101,6 +160,22 @@ def test_corrupt_checkpoint_is_a_clear_error_before_training(tmp_path):
     assert "ar:" not in proc.stderr and not (ckpt / "ar.safetensors").exists()
 
 
+@pytest.mark.slow
+def test_sigint_stops_cleanly_and_names_the_resume_command(tmp_path):
+    """A real Ctrl-C (SIGINT) once the first checkpoint is written: exit status 130, no traceback, one line with the command."""
+    proc = subprocess.Popen(demo_command(["--preset", "smoke", "--out", str(tmp_path)]), cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "checkpoints" / "classifier.safetensors").is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted:") and last.endswith(f"python -m examples.end_to_end --preset smoke --out {tmp_path} --resume")
+
+
 SMOKE_BUDGET_S = 180
 
 
@@ -122,12 +197,14 @@ def test_smoke_preset_end_to_end(tmp_path):
     assert {"fd_real", "fd_reconstruction", "fd_random_tokens"} <= set(metrics["baselines"])
     assert metrics["baselines"]["fd_real"] < metrics["baselines"]["fd_random_tokens"]
     assert metrics["config"]["preset"] == "smoke" and metrics["seconds"]["total"] > 0
+    assert metrics["config"]["command"] == f"python -m examples.end_to_end --preset smoke --out {tmp_path}"
     report = (tmp_path / "report.md").read_text()
     for png in ("reconstructions.png", "ar_samples.png", "diffusion_samples.png", "bin_usage.png", "training_curves.png"):
         assert (tmp_path / png).stat().st_size > 1000
         assert f"]({png})" in report
     assert "iFSQ tokenizer PSNR" in proc.stdout  # the summary table
-    assert "only check the plumbing" in report.split("## ")[0]  # the smoke preset says its numbers only check the plumbing
+    # the smoke preset says, on the terminal and in its report, that its numbers only check the plumbing
+    assert "only check the plumbing" in proc.stdout and "only check the plumbing" in report.split("## ")[0]
 
 
 def free_port() -> int:
