@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from examples import pipeline as P
+from examples.diffusion import snap_to_grid
 from examples.metrics import extract_features, frechet_distance
 from examples.presets import PRESETS
 from studies import protocol
@@ -155,7 +156,7 @@ def demo_level(L: int, seed: int, cfg: dict, ev: DemoEvaluation) -> dict:
     dit, normalizer, _ = P.train_dit(tok, ev.train_set, cfg["diffusion"], ENV, seed, f"diffusion L={L}")
     sample_codes = P.sample_dit(dit, normalizer, labels, cfg["diffusion"], seed, ENV)
     g = ev.evaluate(P.decode_codes(tok, sample_codes), labels)
-    gs = ev.evaluate(P.decode_codes(tok, P.snap_to_grid(sample_codes, tok.quantizer)), labels)
+    gs = ev.evaluate(P.decode_codes(tok, snap_to_grid(sample_codes, tok.quantizer)), labels)
     row.update(diffusion_fd=g["fd"], diffusion_accuracy=g["accuracy"], diffusion_fd_snapped=gs["fd"],
                diffusion_accuracy_snapped=gs["accuracy"], diffusion_params=sum(p.numel() for p in dit.parameters()),
                seconds=round(time.perf_counter() - t0, 1))

@@ -3,6 +3,7 @@ what their JSON says and name the commands that reproduce them."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -312,3 +313,80 @@ def test_training_length_table_groups_by_steps_and_pairs_by_seed(tmp_path):
     assert row[3] == "– / 35.80 / –" and row[4] == "–"
     with pytest.raises(SystemExit, match="repeats"):  # the same models twice would be counted twice
         training_length.main([str(paths[0]), str(paths[0]), "--out", str(tmp_path / "out")])
+
+
+# ----------------------------------------------------------------------------- the committed results
+
+RESULTS = ROOT / "studies" / "results"
+COMMITTED = sorted(p.parent for p in RESULTS.rglob("*.json") if p.stem == p.relative_to(RESULTS).parts[0])  # <study>/[option/]<study>.json
+
+
+def study_of(folder: Path):
+    import importlib
+
+    return importlib.import_module(f"studies.{folder.relative_to(RESULTS).parts[0]}")
+
+
+def test_every_study_has_committed_results():
+    studies = {p.relative_to(RESULTS).parts[0] for p in COMMITTED}
+    assert studies == {"utilization", "tokenizers", "mechanism", "convergence", "generation", "bits", "ar_vs_diffusion"}
+    assert (RESULTS / "training_length" / "training_length.md").is_file()
+
+
+@pytest.mark.parametrize("folder", COMMITTED, ids=lambda p: str(p.relative_to(RESULTS)))
+def test_committed_tables_are_their_json(folder):
+    """Each committed table is what ``--from-json`` writes from the committed JSON (figures too, by the same code)."""
+    module = study_of(folder)
+    result = module.STUDY.load(folder)
+    assert module.to_markdown(result) == (folder / f"{module.STUDY.name}.md").read_text()
+    assert (folder / f"{module.STUDY.name}.png").stat().st_size > 5000
+
+
+def test_committed_training_length_table_is_the_committed_json(tmp_path):
+    from studies import training_length
+
+    assert training_length.main(["--out", str(tmp_path)]) == (RESULTS / "training_length" / "training_length.md").read_text()
+
+
+class _Configured(Exception):
+    pass
+
+
+@pytest.mark.parametrize("folder", [f for f in COMMITTED if f.name not in ("utilization", "tokenizers")], ids=lambda p: str(p.relative_to(RESULTS)))
+def test_the_recorded_command_rebuilds_the_recorded_configuration(folder, monkeypatch):
+    """The command each result records (each part's, for merged runs) gives today's code the configuration the result was
+    computed with (stopped before anything trains, where the study asks for its seeds)."""
+    import shlex
+
+    from studies.harness import Study
+
+    def stop(args, cfg):
+        raise _Configured(cfg)
+
+    monkeypatch.setattr(Study, "seeds", staticmethod(stop))
+    module = study_of(folder)
+    meta = module.STUDY.load(folder)["meta"]
+    for command in [part["command"] for part in meta.get("parts", [])] or [meta["command"]]:
+        words = shlex.split(command)
+        assert words[:3] == ["python", "-m", module.__name__]
+        with pytest.raises(_Configured) as stopped:
+            module.main(shlex.split(re.sub(r"--seed-list \d+", "", " ".join(words[3:]))))  # the seeds do not change the configuration
+        assert json.loads(json.dumps(stopped.value.args[0])) == meta["config"], command
+
+
+def test_results_md_names_every_committed_command_and_figure():
+    """studies/RESULTS.md reproduces each committed result by the command the result records, with its folder as --out,
+    shows its figure, and does not narrate its own development."""
+    text = (ROOT / "studies" / "RESULTS.md").read_text()
+    flat = re.sub(r"\s+", " ", text.replace("\\\n", " "))  # shell lines continued with a backslash, joined
+    for folder in COMMITTED:
+        module = study_of(folder)
+        meta = module.STUDY.load(folder)["meta"]
+        rel = folder.relative_to(ROOT)
+        assert f"{meta['command']} --out {rel}" in flat, (rel, meta["command"])
+        for part in meta.get("parts", []):
+            assert re.sub(r"--seed-list \d+", "--seed-list $s", part["command"]) in flat, part["command"]
+        assert f"(results/{folder.relative_to(RESULTS)}/{module.STUDY.name}.png)" in text, rel
+    assert "python -m studies.training_length --out studies/results/training_length" in text
+    for word in ("issue", "session", "previous", "now", "pass", "passes", "rerun", "reruns", "earlier", "status"):
+        assert not re.search(rf"\b{word}\b", text, re.IGNORECASE), word
