@@ -26,7 +26,6 @@ scikit-learn's digits, the demo's guidance, FD of 300 samples against the traini
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from examples.presets import PRESETS
 from examples.training import train
 from studies import protocol
 from studies.font_digits import load_font_digits, load_splits
-from studies.harness import ENV, Study, mode, pyplot, start
+from studies.harness import ENV, Study, pyplot, start
 from studies.protocol import DemoEvaluation, ProtocolEvaluator
 from studies.recipes import AR, DIT, FEATURES, SPLITS, TOK
 
@@ -215,12 +214,7 @@ def run_protocol(args, argv, t0: float) -> dict:
 
 
 def run_demo(args, argv, t0: float) -> dict:
-    cfg = copy.deepcopy(CONFIGS["demo"][mode(args)])
-    if args.steps:
-        for k in ("classifier", "tokenizer", "ar", "diffusion"):
-            cfg[k]["steps"] = args.steps
-    if args.num_generated:
-        cfg["num_samples"] = args.num_generated
+    cfg = protocol.configure_demo(args, CONFIGS["demo"])
     cfg["eval_every"] = args.eval_every or cfg["eval_every"]
     seeds = STUDY.seeds(args, cfg)
     ev = DemoEvaluation(cfg["classifier"])

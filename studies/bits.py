@@ -22,7 +22,6 @@ over seeds.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from examples.metrics import extract_features, frechet_distance
 from examples.presets import PRESETS
 from studies import protocol
 from studies.font_digits import load_splits
-from studies.harness import ENV, Study, mode, pyplot, start
+from studies.harness import ENV, Study, pyplot, start
 from studies.protocol import DemoEvaluation, ProtocolEvaluator
 from studies.recipes import HEADLINE, seed_records
 from studies.stats import seed_statistics
@@ -167,19 +166,8 @@ DEMO_METRICS = ("psnr", "ssim", "utilization", "fd_reconstruction", "ar_fd", "ar
                 "diffusion_accuracy")
 
 
-def demo_config(args) -> dict:
-    """The demo evaluation's configuration of the mode, with ``--steps`` (every model) and ``--num-generated`` applied."""
-    cfg = copy.deepcopy(CONFIGS["demo"][mode(args)])
-    if args.steps:
-        for k in ("classifier", "tokenizer", "ar", "diffusion"):
-            cfg[k]["steps"] = args.steps
-    if args.num_generated:
-        cfg["num_samples"] = args.num_generated
-    return cfg
-
-
 def run_demo(args, argv, t0: float) -> dict:
-    cfg = demo_config(args)
+    cfg = protocol.configure_demo(args, CONFIGS["demo"])
     seeds = STUDY.seeds(args, cfg)
     ev = DemoEvaluation(cfg["classifier"])
     rows = []

@@ -10,7 +10,7 @@ chosen on a validation split, never on the test metric. ``ProtocolEvaluator`` pu
 - ``ProtocolEvaluator``: the evaluation network, test and validation features, ``measure``
   (guidance chosen on validation, then the test metrics) and ``calibration``;
 - ``add_arguments`` / ``configure``: the command-line options of the protocol's sizes;
-- ``DemoEvaluation``: the end-to-end demo's simpler measurement (FD of a few hundred samples against
+- ``DemoEvaluation`` / ``configure_demo``: the end-to-end demo's simpler measurement (FD of a few hundred samples against
   the training digits, fixed guidance), the studies' ``--evaluation demo`` option.
 """
 
@@ -202,6 +202,18 @@ def configure(args: argparse.Namespace, configs: dict, models: tuple[str, ...], 
     for key in ("num_generated", "num_val_samples", "n_boot", *overrides):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
+    return cfg
+
+
+def configure_demo(args: argparse.Namespace, configs: dict) -> dict:
+    """The ``--evaluation demo`` configuration of the mode, with ``--steps`` (every model) and ``--num-generated`` (its
+    ``num_samples``) applied."""
+    cfg = copy.deepcopy(configs[mode(args)])
+    if args.steps:
+        for k in ("classifier", "tokenizer", "ar", "diffusion"):
+            cfg[k]["steps"] = args.steps
+    if args.num_generated:
+        cfg["num_samples"] = args.num_generated
     return cfg
 
 
