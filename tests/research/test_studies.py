@@ -25,6 +25,14 @@ def test_utilization_study_smallest_configuration(tmp_path):
     assert by_key[(1.0, 17, "equal", "erf")]["bits"] > by_key[(1.0, 17, "round", "erf")]["bits"]
     assert abs(by_key[(1.0, 17, "equal", "erf")]["bits"] - by_key[(1.0, 17, "equal", "erf")]["max_bits"]) < 0.01
     assert all(0 <= r["bits"] <= r["max_bits"] + 1e-9 and 0 <= r["ks"] <= 1 for r in rows)
+    # the harness: the command recorded (less --out), the table rewritten from the JSON alone, the default folder not the committed one
+    meta = json.loads((tmp_path / "utilization.json").read_text())["meta"]
+    assert meta["command"] == "python -m studies.utilization --samples 20000" and meta["samples"] == 20000
+    md = (tmp_path / "utilization.md").read_text()
+    (tmp_path / "utilization.md").unlink()
+    utilization.main(["--from-json", str(tmp_path)])
+    assert (tmp_path / "utilization.md").read_text() == md
+    assert utilization.STUDY.parser("quick").parse_args([]).out == Path("runs/studies/utilization")
 
 
 @pytest.mark.slow
