@@ -24,7 +24,7 @@ cmd=${1:-test}
 shift || true
 case "$cmd" in
   setup) setup ;;
-  demo) setup; "$VENV/bin/python" examples/end_to_end.py --preset quick --out runs/quick "$@" ;;
+  demo) setup; "$VENV/bin/python" -m examples.end_to_end --preset quick --out runs/quick "$@" ;;
   test) setup; "$VENV/bin/ruff" check src tests examples benchmarks; "$VENV/bin/python" -m pytest -q -rs -p no:cacheprovider "$@" ;;
   bench) setup; "$VENV/bin/python" benchmarks/bench_speed.py "$@" ;;
   *) echo "usage: bash dev.sh {setup|demo|test|bench}" >&2; exit 2 ;;

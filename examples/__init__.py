@@ -1,9 +1,18 @@
-"""End-to-end examples for ifsq-quant (not shipped in the wheel).
+"""Examples for ifsq-quant (in the repository, not shipped in the wheel). Run from the repository root.
 
-- ``data``: embedded offline datasets (scikit-learn digits, digits rendered from fonts, photo patches);
-- ``tokenizer``, ``ar``, ``diffusion``: the models; ``metrics``: PSNR/SSIM, FD, KID and the calibrated protocol;
-- ``pipeline``: training and sampling, one function per stage (used by the demo and by ``benchmarks/``);
-- ``report``: figures and the demo's report; ``end_to_end``: the demo's command line.
+What a user starts from:
 
-Run from the repository root: ``python examples/end_to_end.py --preset quick --out runs/quick``.
+- ``minimal_autoencoder``: iFSQ in a small conv autoencoder on scikit-learn's digits, image -> indices -> image
+  (``python -m examples.minimal_autoencoder``, about a minute);
+- ``train_tokenizer``: an FSQ or iFSQ tokenizer trained on a folder of one's own images, and the folder encoded
+  to token indices (``python -m examples.train_tokenizer train|encode ...``);
+- ``end_to_end``: the demo, tokenizers -> AR transformer and DiT, measured (``python -m examples.end_to_end --preset quick --out runs/quick``).
+
+The modules under them, one concept each:
+
+- ``tokenizer``, ``ar``, ``diffusion``: the models; ``metrics``: PSNR/SSIM, the FD feature network, FD;
+- ``data``: embedded offline datasets (scikit-learn digits, photo patches); ``image_folder``: a folder of images;
+- ``training``: the training loop and where it runs; ``checkpoints``: safetensors checkpoints;
+- ``presets``: the demo's configurations; ``pipeline``: building, training and sampling, one function per stage
+  (used by the demo and by the studies under ``studies/``); ``report``: the demo's figures and report.
 """

@@ -1,273 +1,47 @@
-"""The examples' pipeline as a library: data, then training and sampling of the FD feature
-network, the tokenizers, the AR transformer and the DiT, one function per stage.
+"""The examples' pipeline: the models of the end-to-end chain built, trained, sampled and evaluated, one function per stage.
 
-``examples/end_to_end.py`` (the demo) and the studies under ``benchmarks/`` both build on it::
+``examples/end_to_end.py`` (the demo) and the studies under ``studies/`` both build on it::
 
     from examples import pipeline as P
+    from examples.data import load_digits_split
+    from examples.presets import PRESETS
+    from examples.training import CPU
 
-    env = P.Env(rank=0, world=1, device=torch.device("cpu"))
-    train_set, val_set = P.load_digits_split()
-    classifier, _ = P.train_classifier(train_set, P.PRESETS["quick"]["classifier"], env, seed=0)
-    tok, _ = P.train_tokenizer("ifsq", [17] * 4, [2, 2], P.PRESETS["quick"]["tokenizer"], train_set, env, seed=0)
-    ar, _ = P.train_ar(tok, train_set, P.PRESETS["quick"]["ar"], env, seed=0)
-    images = P.sample_ar(ar, tok, P.balanced_labels(100, 10), cfg_scale=2.0, seed=0, env=env)
-    dit, normalizer, _ = P.train_dit(tok, train_set, P.PRESETS["quick"]["diffusion"], env, seed=0)
-    codes = P.sample_dit(dit, normalizer, P.balanced_labels(100, 10), P.PRESETS["quick"]["diffusion"], seed=0, env=env)
-    images = P.decode_codes(tok, codes, env)
+    cfg = PRESETS["quick"]
+    train_set, val_set = load_digits_split()
+    classifier, _ = P.train_classifier(train_set, cfg["classifier"], CPU, seed=0)
+    tok, _ = P.train_tokenizer("ifsq", [17] * 4, [2, 2], cfg["tokenizer"], train_set, CPU, seed=0)
+    ar, _ = P.train_ar(tok, train_set, cfg["ar"], CPU, seed=0)
+    images = P.sample_ar(ar, tok, P.balanced_labels(100, 10), cfg_scale=2.0, seed=0, env=CPU)
+    dit, normalizer, _ = P.train_dit(tok, train_set, cfg["diffusion"], CPU, seed=0)
+    codes = P.sample_dit(dit, normalizer, P.balanced_labels(100, 10), cfg["diffusion"], seed=0, env=CPU)
+    images = P.decode_codes(tok, codes, CPU)
 
 Every model is built by a ``build_*`` function under ``torch.manual_seed(seed)`` (so the
 same seed gives the same initialization whether the model is then trained or loaded from a
-checkpoint) and trained by ``train`` (AdamW, warm-up + cosine, gradient clipping; under
-``torchrun`` with DistributedDataParallel). Run from the repository root (``python -m ...``)
-so that ``examples`` is importable as a package.
+checkpoint) and trained by ``examples.training.train`` (AdamW, warm-up + cosine, gradient
+clipping; under ``torchrun`` with DistributedDataParallel). Run from the repository root
+(``python -m ...``) so that ``examples`` is importable as a package.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import math
-import os
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
-from tqdm.auto import tqdm
 
 from examples.ar import ARTransformer
-from examples.data import ImageSet, load_digits_split, load_patches_split  # noqa: F401  (re-exported for the studies)
-from examples.diffusion import DiT, LatentNormalizer, snap_to_grid  # noqa: F401
+from examples.data import ImageSet
+from examples.diffusion import DiT, LatentNormalizer
 from examples.metrics import FeatureClassifier, class_accuracy, extract_features, frechet_distance, psnr, ssim
 from examples.tokenizer import Tokenizer
+from examples.training import Env, train
 from ifsq_quant import FSQ, CodeUsage, iFSQ
 
-STAGES = ("classifier", "tokenizers", "ar", "diffusion")
-TRAINING_KEYS = ("steps", "batch_size", "lr", "weight_decay")
-
-# Every number that changes the result lives here (and is written to metrics.json).
-_BASE = dict(
-    seed=0,
-    levels=[17, 17, 17, 17],  # ~4 bits per latent dimension, as in the paper
-    index_groups=[2, 2],  # AR vocabularies: 17*17 = 289 per group
-    n_val_per_class=30,
-    classifier=dict(steps=300, batch_size=64, lr=2e-3, width=32, feature_dim=64),
-    tokenizer=dict(steps=600, batch_size=64, lr=2e-3, channels=[16, 32, 64], blocks=1, l1_weight=0.0, l2_weight=1.0),
-    ar=dict(steps=1200, batch_size=64, lr=1e-3, dim=128, depth=4, heads=4, class_dropout=0.1, dropout=0.1,
-            cfg_scale=2.0, temperature=1.0, top_k=None, cfg_sweep=[1.0, 1.5, 3.0]),
-    diffusion=dict(steps=1500, batch_size=64, lr=1e-3, dim=128, depth=4, heads=4, patch_size=1, class_dropout=0.1,
-                   cfg_scale=1.25, sample_steps=16, sampler="heun", cfg_sweep=[1.0, 2.0]),
-    num_samples=300,  # generated images per generator (= validation size: FD bias depends on n)
-    patches=None,  # natural-patch tokenizers (full only)
-)
-
-
-def _preset(**changes) -> dict:
-    cfg = copy.deepcopy(_BASE)
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
-            cfg[key].update(value)
-        else:
-            cfg[key] = value
-    return cfg
-
-
-PRESETS: dict[str, dict] = {
-    "smoke": _preset(
-        classifier=dict(steps=60),
-        tokenizer=dict(steps=60),
-        ar=dict(steps=40, dim=64, depth=2, cfg_sweep=[]),
-        diffusion=dict(steps=40, dim=64, depth=2, sample_steps=6, cfg_sweep=[]),
-        num_samples=100,
-    ),
-    "quick": _preset(),
-    "full": _preset(  # about 2.5 h on one thread of the 2-core CPU; pass --threads 0 on a dedicated machine
-        classifier=dict(steps=1000),
-        tokenizer=dict(steps=3000, channels=[32, 64, 128]),
-        ar=dict(steps=5000, dim=192, depth=6, heads=6, cfg_sweep=[1.0, 1.5, 2.5, 3.0, 4.0]),
-        diffusion=dict(steps=6000, dim=192, depth=6, heads=6, sample_steps=32, cfg_sweep=[1.0, 1.5, 2.0, 3.0]),
-        patches=dict(steps=2000, batch_size=64, lr=2e-3, channels=[32, 64, 64], blocks=1, l1_weight=0.0, l2_weight=1.0),
-    ),
-}
-
-
-class ExampleError(Exception):
-    """A problem with the command line, the output folder or a checkpoint: printed, no traceback."""
-
-
-# ----------------------------------------------------------------------------- setup
-
-
-@dataclass
-class Env:
-    """Where this process runs: rank/world of torch.distributed (0/1 when not distributed)."""
-
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-
-def setup_env(device: str, threads: int | None) -> Env:
-    """Initializes torch.distributed when launched by torchrun; picks the device and threads."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ExampleError("--device cuda was requested but CUDA is not available")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
-    dev = torch.device(f"cuda:{local_rank}" if device == "cuda" else "cpu")
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    torch.set_num_threads(threads if threads else max(1, (os.cpu_count() or 1) // world))  # 0: all cores
-    return Env(rank=rank, world=world, device=dev)
-
-
-def check_output_dir(out: Path) -> None:
-    """Creates ``out`` (and ``out/checkpoints``) and proves it is writable, or raises ExampleError."""
-    try:
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        probe = out / f".write_test_{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise ExampleError(f"output folder {str(out)!r} is not writable: {e.strerror or e}") from None
-
-
-def save_checkpoint(path: Path, module: nn.Module, config: dict) -> None:
-    """state_dict -> safetensors file, with ``config`` as JSON metadata."""
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    save_file(state, str(path), metadata={"config": json.dumps(config, sort_keys=True)})
-
-
-def read_checkpoint(path: Path, config: dict) -> dict[str, torch.Tensor]:
-    """Reads and validates a checkpoint written by ``save_checkpoint`` for ``config``.
-
-    Raises ExampleError if the file is missing, is not a readable safetensors file, or was
-    written for a different configuration.
-    """
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise ExampleError(f"checkpoint {str(path)!r} not found; run its stage first (see --stages)")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises several types for a damaged file
-        raise ExampleError(f"checkpoint {str(path)!r} is corrupt or not a safetensors file ({type(e).__name__}: {e})") from None
-    try:
-        saved = json.loads(metadata["config"])
-    except (KeyError, json.JSONDecodeError):
-        raise ExampleError(f"checkpoint {str(path)!r} has no readable configuration metadata; delete it and retrain") from None
-    if saved != json.loads(json.dumps(config, sort_keys=True)):
-        raise ExampleError(f"checkpoint {str(path)!r} was written for another configuration ({saved}); expected {config}")
-    return state
-
-
-def load_checkpoint(path: Path, module: nn.Module, config: dict) -> None:
-    state = read_checkpoint(path, config)
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as e:
-        raise ExampleError(f"checkpoint {str(path)!r} does not fit the model: {e}") from None
-
-
-# ----------------------------------------------------------------------------- training
-
-
-class LossModule(nn.Module):
-    """Wraps ``model`` so that ``forward(*batch)`` returns ``loss_fn(model, *batch)``.
-
-    DistributedDataParallel synchronizes gradients only for computations that run through
-    its ``forward``; wrapping the loss lets every model keep its own ``loss`` method.
-    """
-
-    def __init__(self, model: nn.Module, loss_fn):
-        super().__init__()
-        self.model = model
-        self.loss_fn = loss_fn
-
-    def forward(self, *batch: torch.Tensor) -> torch.Tensor:
-        return self.loss_fn(self.model, *batch)
-
-
-def train(model: nn.Module, loss_fn, tensors: tuple[torch.Tensor, ...], cfg: dict, env: Env, seed: int, desc: str,
-          callback=None, callback_every: int = 0) -> list[float]:
-    """A plain training loop; returns the loss of every step (this rank's batch).
-
-    tensors: the training set, each (n, ...); batches of ``cfg["batch_size"]`` (global;
-    ``batch_size / world`` per rank) are drawn by a DistributedSampler (shuffled each epoch).
-    AdamW, linear warm-up then cosine decay of the learning rate, gradient clipping at 1.
-
-    ``callback(step, model)``, if given, runs after every ``callback_every``-th step (and
-    after the last), with the model in eval mode and the global RNG state saved and
-    restored around it, so that evaluating along the way does not change the training.
-    """
-    steps, batch_size, lr = cfg["steps"], cfg["batch_size"], cfg["lr"]
-    if batch_size % env.world:
-        raise ExampleError(f"{desc}: batch_size={batch_size} is not divisible by the {env.world} processes")
-    dataset = TensorDataset(*tensors)
-    sampler = DistributedSampler(dataset, num_replicas=env.world, rank=env.rank, shuffle=True, seed=seed, drop_last=True)
-    loader = DataLoader(dataset, batch_size=batch_size // env.world, sampler=sampler, drop_last=True)
-    wrapped: nn.Module = LossModule(model, loss_fn)
-    if env.distributed:  # no buffer broadcast: the models have no running statistics, and usage counts stay per rank
-        wrapped = DistributedDataParallel(wrapped, device_ids=[env.device.index] if env.device.type == "cuda" else None,
-                                          broadcast_buffers=False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=cfg.get("weight_decay", 0.0))
-    warmup = min(100, max(1, steps // 10))
-    torch.manual_seed(seed + 1000 * env.rank)  # dropout / noise streams: fixed, distinct per rank
-    model.train()
-    losses: list[float] = []
-    epoch, batches = 0, None
-    bar = tqdm(range(steps), desc=desc, disable=not env.is_main, mininterval=1.0, dynamic_ncols=True)
-    for step in bar:
-        if batches is None:
-            sampler.set_epoch(epoch)
-            batches = iter(loader)
-        try:
-            batch = next(batches)
-        except StopIteration:
-            epoch += 1
-            sampler.set_epoch(epoch)
-            batches = iter(loader)
-            batch = next(batches)
-        step_lr = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * step / steps))
-        for group in optimizer.param_groups:
-            group["lr"] = step_lr
-        loss = wrapped(*(t.to(env.device) for t in batch))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
-        if step % 50 == 0 or step == steps - 1:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-        if callback is not None and ((callback_every and (step + 1) % callback_every == 0) or step == steps - 1):
-            rng = torch.get_rng_state()
-            model.eval()
-            callback(step + 1, model)
-            model.train()
-            torch.set_rng_state(rng)
-    model.eval()
-    return losses
+# ----------------------------------------------------------------------------- losses
 
 
 def classifier_loss(model: FeatureClassifier, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -334,7 +108,6 @@ def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
     return torch.arange(num_classes).repeat_interleave(max(1, n // num_classes))
 
 
-
 # ----------------------------------------------------------------------------- evaluation
 
 
@@ -379,7 +152,6 @@ def gaussian_utilization(quantizer: nn.Module, n: int = 65536, seed: int = 0) ->
 def generated_metrics(classifier: FeatureClassifier, images: torch.Tensor, labels: torch.Tensor, train_features: np.ndarray) -> dict:
     return dict(fd=frechet_distance(extract_features(classifier, images), train_features),
                 accuracy=class_accuracy(classifier, images, labels))
-
 
 
 # ----------------------------------------------------------------------------- stages
@@ -431,8 +203,8 @@ def encode_codes(tok: Tokenizer, images: torch.Tensor, env: Env | None = None) -
     return batched(lambda x: tok.encode(x)[0], images, device=env.device if env else None)
 
 
-def latent_size(tok: Tokenizer, image_size: int) -> int:
-    """Side of the latent grid of ``tok`` for square images of side ``image_size`` (two x2 downsamplings)."""
+def latent_size(image_size: int) -> int:
+    """Side of a tokenizer's latent grid for square images of side ``image_size`` (two x2 downsamplings)."""
     return image_size // 4
 
 
@@ -474,7 +246,7 @@ def train_ar(tok: Tokenizer, train_set: ImageSet, ar_cfg: dict, env: Env, seed: 
     training images the model's hidden states are aligned to (LlamaGen-REPA, ``repa_targets``).
     """
     tokens = encode_tokens(tok, train_set.images, env)
-    latent = latent_size(tok, train_set.image_shape[1])
+    latent = latent_size(train_set.image_shape[1])
     if repa_encoder is None:
         ar = build_ar(tok, ar_cfg, latent, seed, train_set.num_classes).to(env.device)
         data, loss_fn = (train_set.labels, tokens), ar_loss
@@ -509,7 +281,7 @@ def train_dit(tok: Tokenizer, train_set: ImageSet, dit_cfg: dict, env: Env, seed
               callback_every: int = 0) -> tuple[DiT, LatentNormalizer, list[float]]:
     """Stage 4: the DiT (flow matching) on ``tok``'s normalized codes of ``train_set`` -> (model, normalizer, losses)."""
     codes = encode_codes(tok, train_set.images, env)
-    dit = build_dit(tok, dit_cfg, latent_size(tok, train_set.image_shape[1]), seed, train_set.num_classes).to(env.device)
+    dit = build_dit(tok, dit_cfg, latent_size(train_set.image_shape[1]), seed, train_set.num_classes).to(env.device)
     normalizer = LatentNormalizer(codes.shape[1]).fit(codes).to(env.device)
     latents = normalizer.normalize(codes.to(env.device)).cpu()
     losses = train(dit, diffusion_loss, (latents, train_set.labels), dit_cfg, env, seed, desc, callback=callback, callback_every=callback_every)

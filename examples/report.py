@@ -10,11 +10,12 @@
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from examples.presets import SMOKE_NOTE
 
 # ----------------------------------------------------------------------------- figures
 
@@ -115,26 +116,6 @@ def save_curves_figure(path: Path, curves: dict[str, list[float]]) -> None:
 # ----------------------------------------------------------------------------- report
 
 
-def study_command(module: str, argv: list[str] | None) -> str:
-    """The command that reproduces a study's run, for its outputs: ``python -m benchmarks.<module>``
-    with the run's arguments (``argv``, or the process's when None), less ``--out`` and its value."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "--out" in args:
-        del args[args.index("--out"):args.index("--out") + 2]
-    return " ".join([f"python -m benchmarks.{module}", *args])
-
-
-def seed_statistics(group: list[dict], keys) -> dict:
-    """``{k: mean, k + "_std": std}`` of each key over the runs in ``group`` (one per seed; std with
-    ddof = 1, 0 for a single seed); keys no run has are left out."""
-    out = {}
-    for k in keys:
-        vals = [r[k] for r in group if k in r]
-        if vals:
-            out[k], out[k + "_std"] = float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-    return out
-
-
 def fmt(x, digits: int = 3) -> str:
     if x is None:
         return "–"
@@ -171,6 +152,8 @@ def write_report(out: Path, metrics: dict, figures: dict[str, str]) -> None:
     """report.md: configuration, tables and the figures (relative links)."""
     cfg = metrics["config"]
     lines = [f"# ifsq-quant end to end — preset `{cfg['preset']}`", ""]
+    if cfg["preset"] == "smoke":
+        lines += [f"**{SMOKE_NOTE[0].upper() + SMOKE_NOTE[1:]}.**", ""]
     lines += [f"Digits 16x16 ({cfg['data']['train']} train / {cfg['data']['val']} validation), latents 4x4x{len(cfg['levels'])}, "
               f"levels {cfg['levels']}, index groups {cfg['index_groups']} (AR vocabularies {cfg['ar_vocab_sizes']}). "
               f"{cfg['world_size']} process(es), {cfg['threads']} thread(s) each, device {cfg['device']}, torch {cfg['torch']}.", ""]

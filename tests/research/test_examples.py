@@ -1,43 +1,23 @@
-"""Tests of the end-to-end examples (``examples/``): building blocks, bad input, the smoke
-preset end to end, and the tokenizer stage under ``torch.distributed.run`` with 2 processes.
-The subprocess tests are marked ``slow`` (``-m "not slow"`` leaves them out).
-
-Whole file: about two minutes on a 2-core CPU (most of it the two subprocess runs).
-"""
+"""The examples' building blocks (``examples/``): data, the tokenizer, the AR transformer, the DiT, metrics,
+the training loop and checkpoints. The demo's command line: ``test_end_to_end.py``."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from examples import end_to_end, pipeline
+from examples import pipeline
 from examples.ar import ARTransformer
-from examples.data import FONT_DIGIT_SPLITS, FONT_FILES, PHOTOS, VAL_PHOTOS, load_dataset, load_digits_split, load_font_digits, load_patches_split
+from examples.checkpoints import load_checkpoint, read_checkpoint, read_config, save_checkpoint
+from examples.data import PHOTOS, VAL_PHOTOS, load_dataset, load_digits_split, load_patches_split
 from examples.diffusion import DiT, LatentNormalizer, snap_to_grid
 from examples.metrics import FeatureClassifier, class_accuracy, frechet_distance, psnr, ssim
 from examples.tokenizer import Tokenizer
+from examples.training import CPU, ExampleError, train
 from ifsq_quant import FSQ, iFSQ
-
-ROOT = Path(__file__).resolve().parents[2]
-
-SCRIPT = ROOT / "examples" / "end_to_end.py"
-
-
-def run_script(args: list[str], timeout: float, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cmd = [sys.executable] + (launcher or []) + [str(SCRIPT)] + args
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
 
 # ----------------------------------------------------------------------------- data
 
@@ -56,36 +36,6 @@ def test_digits_split_shapes_range_and_determinism():
     assert not torch.equal(val.images, val_other.images)
 
 
-def test_font_digits_determinism_shapes_and_balance():
-    assert FONT_DIGIT_SPLITS["train"] >= 20_000 and FONT_DIGIT_SPLITS["test"] >= 5_000 and len(FONT_FILES) == 21
-    a = load_font_digits("train", n=1003, seed=0)
-    assert a.images.shape == (1003, 1, 16, 16) and a.images.dtype == torch.float32 and a.labels.dtype == torch.int64
-    assert float(a.images.min()) == -1.0 and float(a.images.max()) <= 1.0 and float(a.images.max()) > 0.9
-    counts = a.labels.bincount(minlength=10)
-    assert counts.tolist() == [101, 101, 101] + [100] * 7  # balanced: n // 10 each, the remainder to the first classes
-    assert len(set(a.labels[:20].tolist())) > 3  # shuffled, not class-major
-    b = load_font_digits("train", n=1003, seed=0)
-    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
-    assert not torch.equal(load_font_digits("train", n=1003, seed=1).images, a.images)
-    test = load_font_digits("test", n=1003, seed=0)  # an independent draw, not a copy of the training images
-    assert float((test.images - a.images).abs().mean()) > 0.1
-    nearest = torch.cdist(test.images[:200].flatten(1), a.images.flatten(1)).min(1).values
-    assert float(nearest.min()) > 0.0
-    ink = (a.images > 0).flatten(1).float().mean(1)  # every image has ink and background
-    assert float(ink.min()) > 0.01 and float(ink.max()) < 0.8
-    assert load_font_digits("val", n=7, size=8).images.shape == (7, 1, 8, 8)
-    with pytest.raises(ValueError, match="unknown split"):
-        load_font_digits("training")
-
-
-@pytest.mark.slow
-def test_font_digits_default_splits():
-    train, test = load_dataset("font_digits")
-    assert train.images.shape == (20_000, 1, 16, 16) and test.images.shape == (5_000, 1, 16, 16)
-    assert train.labels.bincount(minlength=10).tolist() == [2000] * 10
-    assert test.labels.bincount(minlength=10).tolist() == [500] * 10
-
-
 def test_patches_split_holds_out_whole_photographs():
     train, val = load_patches_split()
     assert train.images.shape[1:] == (3, 32, 32) and val.images.shape[1:] == (3, 32, 32)
@@ -96,6 +46,8 @@ def test_patches_split_holds_out_whole_photographs():
     assert not set(train.labels.tolist()) & val_ids
     train2, _ = load_patches_split()
     assert torch.equal(train.images, train2.images)
+    with pytest.raises(ValueError, match="unknown dataset"):  # the font digits are the studies' data (studies/font_digits.py)
+        load_dataset("font_digits")
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -218,139 +170,32 @@ def test_classifier_features_and_accuracy():
 
 
 def test_training_is_deterministic():
-    train, _ = load_digits_split()
-    env = pipeline.Env(rank=0, world=1, device=torch.device("cpu"))
+    train_set, _ = load_digits_split()
     cfg = dict(steps=5, batch_size=16, lr=1e-3)
     losses = []
     for _ in range(2):
         torch.manual_seed(0)
         model = FeatureClassifier(feature_dim=16)
-        losses.append(pipeline.train(model, pipeline.classifier_loss, (train.images, train.labels), cfg, env, 0, "t"))
+        losses.append(train(model, pipeline.classifier_loss, (train_set.images, train_set.labels), cfg, CPU, 0, "t"))
     assert losses[0] == losses[1]
 
 
-# ----------------------------------------------------------------------------- bad input
+# ----------------------------------------------------------------------------- checkpoints
 
 
-def assert_clean_error(proc: subprocess.CompletedProcess, needle: str) -> None:
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert needle in proc.stderr, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-
-
-@pytest.mark.slow
-def test_unknown_preset_is_a_clear_error(tmp_path):
-    assert_clean_error(run_script(["--preset", "huge", "--out", str(tmp_path)], timeout=120), "invalid choice: 'huge'")
-
-
-@pytest.mark.slow
-def test_unknown_stage_is_a_clear_error(tmp_path):
-    assert_clean_error(run_script(["--preset", "smoke", "--stages", "gan", "--out", str(tmp_path)], timeout=120), "unknown stage")
-
-
-@pytest.mark.slow
-def test_unwritable_output_folder_is_a_clear_error(tmp_path):
-    blocker = tmp_path / "a_file"
-    blocker.write_text("not a folder")
-    t0 = time.perf_counter()
-    proc = run_script(["--preset", "smoke", "--out", str(blocker / "out")], timeout=120)
-    assert_clean_error(proc, "is not writable")
-    assert "classifier" not in proc.stderr  # no training started
-    assert time.perf_counter() - t0 < 60
-
-
-@pytest.mark.slow
-def test_corrupt_checkpoint_is_a_clear_error_before_training(tmp_path):
-    ckpt = tmp_path / "checkpoints"
-    ckpt.mkdir()
-    for name in ("classifier", "tokenizer_ifsq"):
-        (ckpt / f"{name}.safetensors").write_bytes(b"\x00\x01 definitely not safetensors" * 10)
-    proc = run_script(["--preset", "smoke", "--stages", "ar", "--out", str(tmp_path)], timeout=120)
-    assert_clean_error(proc, "is corrupt or not a safetensors file")
-    assert "ar:" not in proc.stderr and not (ckpt / "ar.safetensors").exists()
-
-
-def test_missing_and_mismatched_checkpoints(tmp_path):
+def test_missing_mismatched_and_resumable_checkpoints(tmp_path):
     model = FeatureClassifier(feature_dim=16)
-    with pytest.raises(pipeline.ExampleError, match="not found"):
-        pipeline.read_checkpoint(tmp_path / "none.safetensors", {})
-    pipeline.save_checkpoint(tmp_path / "c.safetensors", model, {"a": 1})
-    with pytest.raises(pipeline.ExampleError, match="another configuration"):
-        pipeline.read_checkpoint(tmp_path / "c.safetensors", {"a": 2})
+    with pytest.raises(ExampleError, match="not found"):
+        read_checkpoint(tmp_path / "none.safetensors", {})
+    save_checkpoint(tmp_path / "c.safetensors", model, {"a": 1}, losses=[2.5, 1.25])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors"]  # written under a temporary name, then renamed
+    with pytest.raises(ExampleError, match="another configuration"):
+        read_checkpoint(tmp_path / "c.safetensors", {"a": 2})
+    assert read_config(tmp_path / "c.safetensors") == {"a": 1}
     fresh = FeatureClassifier(feature_dim=16)
-    pipeline.load_checkpoint(tmp_path / "c.safetensors", fresh, {"a": 1})
+    info = load_checkpoint(tmp_path / "c.safetensors", fresh, {"a": 1})
+    assert info == {"config": {"a": 1}, "losses": [2.5, 1.25]}  # the training losses travel with the weights
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
-
-
-# ----------------------------------------------------------------------------- end to end
-
-
-def test_full_preset_patch_tokenizers_wiring(tmp_path, monkeypatch):
-    """The ``full`` preset's natural-patch tokenizers, with a few steps (in process)."""
-    tiny = pipeline._preset(classifier=dict(steps=2), tokenizer=dict(steps=2),
-                              patches=dict(pipeline.PRESETS["full"]["patches"], steps=2, channels=[8, 8, 16], blocks=1))
-    monkeypatch.setitem(end_to_end.PRESETS, "tiny", tiny)
-    args = end_to_end.parse_args(["--preset", "smoke", "--stages", "classifier,tokenizers", "--out", str(tmp_path)])
-    args.preset = "tiny"
-    threads = torch.get_num_threads()
-    try:
-        metrics = end_to_end.run(args)
-    finally:
-        torch.set_num_threads(threads)  # run() sets the thread count of this (pytest's) process
-    for kind in ("fsq", "ifsq"):
-        m = metrics["tokenizers_patches"][kind]
-        assert math.isfinite(m["psnr"]) and 0.0 < m["utilization"] <= 1.0
-    assert (tmp_path / "patch_reconstructions.png").is_file()
-    assert "natural 32x32 patches" in (tmp_path / "report.md").read_text()
-
-
-SMOKE_BUDGET_S = 180
-
-
-@pytest.mark.slow
-def test_smoke_preset_end_to_end(tmp_path):
-    t0 = time.perf_counter()
-    proc = run_script(["--preset", "smoke", "--out", str(tmp_path)], timeout=SMOKE_BUDGET_S + 60)
-    elapsed = time.perf_counter() - t0
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert elapsed < SMOKE_BUDGET_S, f"smoke preset took {elapsed:.0f} s"
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    for kind in ("fsq", "ifsq"):
-        m = metrics["tokenizers"][kind]
-        for key in ("psnr", "ssim", "utilization", "codebook_usage"):
-            assert isinstance(m[key], float) and math.isfinite(m[key]), (kind, key, m[key])
-        assert 0.0 < m["utilization"] <= 1.0 and 0.0 < m["codebook_usage"] <= 1.0
-    for gen in ("ar", "diffusion"):
-        assert math.isfinite(metrics[gen]["fd"]) and 0.0 <= metrics[gen]["accuracy"] <= 1.0
-    assert {"fd_real", "fd_reconstruction", "fd_random_tokens"} <= set(metrics["baselines"])
-    assert metrics["baselines"]["fd_real"] < metrics["baselines"]["fd_random_tokens"]
-    assert metrics["config"]["preset"] == "smoke" and metrics["seconds"]["total"] > 0
-    for png in ("reconstructions.png", "ar_samples.png", "diffusion_samples.png", "bin_usage.png", "training_curves.png"):
-        assert (tmp_path / png).stat().st_size > 1000
-        assert f"]({png})" in (tmp_path / "report.md").read_text()
-    assert "iFSQ tokenizer PSNR" in proc.stdout  # the summary table
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_torchrun_two_processes_tokenizer_stage(tmp_path):
-    launcher = ["-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-                f"--master_port={free_port()}"]
-    proc = run_script(["--preset", "smoke", "--stages", "tokenizers", "--out", str(tmp_path)], timeout=240, launcher=launcher)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["config"]["world_size"] == 2
-    assert set(metrics["tokenizers"]) == {"fsq", "ifsq"}
-    tok_cfg = end_to_end.PRESETS["smoke"]["tokenizer"]
-    for kind in ("fsq", "ifsq"):
-        m = metrics["tokenizers"][kind]
-        assert math.isfinite(m["psnr"]) and 0.0 < m["utilization"] <= 1.0
-        # usage counted on both ranks' shards, then all-reduced: every training latent of the global batch
-        assert m["train_usage"]["samples"] == tok_cfg["steps"] * tok_cfg["batch_size"] * 16
-        assert (tmp_path / "checkpoints" / f"tokenizer_{kind}.safetensors").is_file()
-    assert "ar" not in metrics and "diffusion" not in metrics
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00 not safetensors" * 8)
+    with pytest.raises(ExampleError, match="corrupt"):
+        read_checkpoint(tmp_path / "bad.safetensors", None)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 
 from examples import pipeline as P
+from examples.data import ImageSet, load_digits_split
+from examples.training import CPU, train
 
-ENV = P.Env(rank=0, world=1, device=torch.device("cpu"))
+ENV = CPU
 TINY = dict(
     classifier=dict(steps=3, batch_size=16, lr=1e-3, width=8, feature_dim=16),
     tokenizer=dict(steps=3, batch_size=16, lr=1e-3, channels=[8, 8, 16], blocks=1, l1_weight=0.0, l2_weight=1.0),
@@ -17,8 +19,8 @@ TINY = dict(
 
 
 def small_digits(n: int = 64):
-    train, val = P.load_digits_split()
-    return P.ImageSet(train.images[:n], train.labels[:n], 10, "digits"), val
+    train_set, val = load_digits_split()
+    return ImageSet(train_set.images[:n], train_set.labels[:n], 10, "digits"), val
 
 
 def test_stages_train_and_sample_with_the_right_shapes():
@@ -46,7 +48,7 @@ def test_build_then_train_equals_the_stage_function():
     tok, _ = P.train_tokenizer("ifsq", [5] * 4, [2, 2], TINY["tokenizer"], train_set, ENV, seed=1)
     ar_trained, losses = P.train_ar(tok, train_set, TINY["ar"], ENV, seed=3)
     ar = P.build_ar(tok, TINY["ar"], 4, seed=3)
-    losses2 = P.train(ar, P.ar_loss, (train_set.labels, P.encode_tokens(tok, train_set.images)), TINY["ar"], ENV, 3, "ar")
+    losses2 = train(ar, P.ar_loss, (train_set.labels, P.encode_tokens(tok, train_set.images)), TINY["ar"], ENV, 3, "ar")
     assert losses == losses2
     assert all(torch.equal(a, b) for a, b in zip(ar.state_dict().values(), ar_trained.state_dict().values()))
     a = P.sample_ar(ar, tok, P.balanced_labels(10, 10), 1.5, seed=0, env=ENV)

@@ -1,4 +1,5 @@
-"""examples/metrics.py: the calibrated protocol (KID, bootstrap intervals, paired differences, the evaluator)."""
+"""The studies' calibrated protocol (``studies/protocol.py``: KID, bootstrap intervals, the evaluator), paired
+differences (``studies/stats.py``) and the protocol's data (``studies/font_digits.py``)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from examples.data import load_font_digits
-from examples.metrics import (
-    FeatureClassifier,
-    ProtocolEvaluator,
-    _weighted_stats,
-    bootstrap_fd_kid,
-    frechet_distance,
-    frechet_from_stats,
-    gaussian_stats,
-    kernel_inception_distance,
-    paired_difference,
-)
+from examples.metrics import FeatureClassifier, frechet_distance, frechet_from_stats, gaussian_stats
+from studies.font_digits import FONT_DIGIT_SPLITS, FONT_FILES, load_font_digits, load_splits
+from studies.protocol import ProtocolEvaluator, _weighted_stats, bootstrap_fd_kid, kernel_inception_distance
+from studies.stats import interval, paired_difference, seed_statistics
 
 
 def test_fd_and_kid_of_a_set_with_itself():
@@ -62,6 +55,9 @@ def test_paired_difference():
     assert d["ci"][0] > 0  # all three differences positive and close: the interval excludes 0
     single = paired_difference([1.0], [0.5])
     assert single["mean"] == 0.5 and all(math.isnan(v) for v in single["ci"])
+    assert interval(d, 2) == f"+2.33 [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]" and interval(None, 2) == "–"
+    stats = seed_statistics([dict(a=1.0, b=2.0), dict(a=3.0)], ("a", "b", "c"))
+    assert stats == dict(a=2.0, a_std=pytest.approx(2**0.5), b=2.0, b_std=0.0)  # keys no run has are left out
 
 
 def test_evaluator_calibration_rows_and_guidance_selection():
@@ -83,3 +79,43 @@ def test_evaluator_calibration_rows_and_guidance_selection():
     noise = torch.rand(60, 1, 16, 16) * 2 - 1
     best, fds = ev.select_guidance(lambda s: val.images if s == 2.0 else noise, [1.0, 2.0, 3.0])
     assert best == 2.0 and set(fds) == {1.0, 2.0, 3.0} and fds[2.0] == pytest.approx(0.0, abs=1e-6)
+    calls = []
+
+    def sample(labels, scale, seed):
+        calls.append((len(labels), scale, seed))
+        return (val.images if scale == 2.0 else noise)[: len(labels)]
+
+    m = ev.measure(sample, [1.0, 2.0], num_val=20, num_generated=30, seed=7)
+    assert m["guidance"] == 2.0 and set(m["guidance_val_fd"]) == {"1.0", "2.0"} and m["n_generated"] == 30 and m["n_real"] == 120
+    assert calls == [(20, 1.0, 1007), (20, 2.0, 1007), (30, 2.0, 7)]  # validation with its own noise, then the test at the chosen scale
+
+
+def test_font_digits_determinism_shapes_and_balance():
+    assert FONT_DIGIT_SPLITS["train"] >= 20_000 and FONT_DIGIT_SPLITS["test"] >= 5_000 and len(FONT_FILES) == 21
+    a = load_font_digits("train", n=1003, seed=0)
+    assert a.images.shape == (1003, 1, 16, 16) and a.images.dtype == torch.float32 and a.labels.dtype == torch.int64
+    assert float(a.images.min()) == -1.0 and float(a.images.max()) <= 1.0 and float(a.images.max()) > 0.9
+    counts = a.labels.bincount(minlength=10)
+    assert counts.tolist() == [101, 101, 101] + [100] * 7  # balanced: n // 10 each, the remainder to the first classes
+    assert len(set(a.labels[:20].tolist())) > 3  # shuffled, not class-major
+    b = load_font_digits("train", n=1003, seed=0)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(load_font_digits("train", n=1003, seed=1).images, a.images)
+    test = load_font_digits("test", n=1003, seed=0)  # an independent draw, not a copy of the training images
+    assert float((test.images - a.images).abs().mean()) > 0.1
+    nearest = torch.cdist(test.images[:200].flatten(1), a.images.flatten(1)).min(1).values
+    assert float(nearest.min()) > 0.0
+    ink = (a.images > 0).flatten(1).float().mean(1)  # every image has ink and background
+    assert float(ink.min()) > 0.01 and float(ink.max()) < 0.8
+    assert load_font_digits("val", n=7, size=8).images.shape == (7, 1, 8, 8)
+    with pytest.raises(ValueError, match="unknown split"):
+        load_font_digits("training")
+    assert {k: len(v) for k, v in load_splits(dict(val=12, test=7)).items()} == dict(val=12, test=7)
+
+
+@pytest.mark.slow
+def test_font_digits_default_splits():
+    train, test = load_font_digits("train"), load_font_digits("test")
+    assert train.images.shape == (20_000, 1, 16, 16) and test.images.shape == (5_000, 1, 16, 16)
+    assert train.labels.bincount(minlength=10).tolist() == [2000] * 10
+    assert test.labels.bincount(minlength=10).tolist() == [500] * 10

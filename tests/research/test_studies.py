@@ -1,20 +1,22 @@
-"""The study scripts under benchmarks/ run in their smallest configuration and write their outputs."""
+"""The studies (``studies/``) run in their smallest configuration and write their outputs; the committed results are
+what their JSON says and name the commands that reproduce them."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from benchmarks import study_utilization
+from studies import utilization
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_utilization_study_smallest_configuration(tmp_path):
-    study_utilization.main(["--samples", "20000", "--out", str(tmp_path)])
+    utilization.main(["--samples", "20000", "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "utilization.json").read_text())["rows"]
     assert len(rows) == 3 * 5 * 2 * 3
     assert (tmp_path / "utilization.png").stat().st_size > 1000
@@ -23,13 +25,21 @@ def test_utilization_study_smallest_configuration(tmp_path):
     assert by_key[(1.0, 17, "equal", "erf")]["bits"] > by_key[(1.0, 17, "round", "erf")]["bits"]
     assert abs(by_key[(1.0, 17, "equal", "erf")]["bits"] - by_key[(1.0, 17, "equal", "erf")]["max_bits"]) < 0.01
     assert all(0 <= r["bits"] <= r["max_bits"] + 1e-9 and 0 <= r["ks"] <= 1 for r in rows)
+    # the harness: the command recorded (less --out), the table rewritten from the JSON alone, the default folder not the committed one
+    meta = json.loads((tmp_path / "utilization.json").read_text())["meta"]
+    assert meta["command"] == "python -m studies.utilization --samples 20000" and meta["samples"] == 20000
+    md = (tmp_path / "utilization.md").read_text()
+    (tmp_path / "utilization.md").unlink()
+    utilization.main(["--from-json", str(tmp_path)])
+    assert (tmp_path / "utilization.md").read_text() == md
+    assert utilization.STUDY.parser("quick").parse_args([]).out == Path("runs/studies/utilization")
 
 
 @pytest.mark.slow
 def test_tokenizer_study_smallest_configuration(tmp_path):
-    from benchmarks import study_tokenizers
+    from studies import tokenizers
 
-    study_tokenizers.main(["--steps", "4", "--seeds", "1", "--levels", "5", "--datasets", "digits", "--out", str(tmp_path)])
+    tokenizers.main(["--steps", "4", "--seeds", "1", "--levels", "5", "--datasets", "digits", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "tokenizers.json").read_text())
     assert set(result) == {"meta", "summary", "rows"}
     variants = {r["variant"] for r in result["summary"]}
@@ -44,10 +54,10 @@ def test_tokenizer_study_smallest_configuration(tmp_path):
 
 
 @pytest.mark.slow
-def test_bits_study_smallest_configuration(tmp_path):
-    from benchmarks import study_bits
+def test_bits_study_demo_evaluation_smallest_configuration(tmp_path):
+    from studies import bits
 
-    study_bits.main(["--quick", "--steps", "4", "--levels", "3", "5", "--num-samples", "50", "--out", str(tmp_path)])
+    bits.main(["--evaluation", "demo", "--quick", "--steps", "4", "--levels", "3", "5", "--num-generated", "50", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "bits.json").read_text())
     assert set(result) == {"meta", "summary", "rows"}
     assert [s["L"] for s in result["summary"]] == [3, 5]
@@ -59,10 +69,10 @@ def test_bits_study_smallest_configuration(tmp_path):
 
 
 @pytest.mark.slow
-def test_ar_vs_diffusion_study_smallest_configuration(tmp_path):
-    from benchmarks import study_ar_vs_diffusion
+def test_ar_vs_diffusion_study_demo_evaluation_smallest_configuration(tmp_path):
+    from studies import ar_vs_diffusion
 
-    study_ar_vs_diffusion.main(["--quick", "--steps", "4", "--eval-every", "2", "--num-samples", "50", "--out", str(tmp_path)])
+    ar_vs_diffusion.main(["--evaluation", "demo", "--quick", "--steps", "4", "--eval-every", "2", "--num-generated", "50", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "ar_vs_diffusion.json").read_text())
     assert set(result) == {"meta", "rows"}
     row = result["rows"][0]
@@ -76,25 +86,25 @@ def test_ar_vs_diffusion_study_smallest_configuration(tmp_path):
 
 @pytest.mark.slow
 def test_studies_run_as_modules_from_the_root(tmp_path):
-    """The documented command form, ``python -m benchmarks.study_x``, imports the pipeline as a package."""
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.study_utilization", "--samples", "2000", "--out", str(tmp_path)],
-                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=""), capture_output=True, text=True, timeout=300)
+    """The documented command form, ``python -m studies.<name>``, imports the examples' pipeline as a package."""
+    proc = subprocess.run([sys.executable, "-m", "studies.utilization", "--samples", "2000", "--out", str(tmp_path)],
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "utilization.json").is_file()
-    for path in sorted((ROOT / "benchmarks").glob("study_*.py")):
+    for path in sorted((ROOT / "studies").glob("*.py")) + sorted((ROOT / "examples").glob("*.py")):
         assert "sys.path" not in path.read_text(), f"{path.name} edits sys.path"
 
 
 @pytest.mark.slow
 def test_generation_study_smallest_configuration(tmp_path):
-    from benchmarks import study_generation
+    from studies import generation
 
-    study_generation.main(["--quick", "--steps", "4", "--split-sizes", "200", "100", "300", "200", "100", "--num-generated", "50",
+    generation.main(["--quick", "--steps", "4", "--split-sizes", "200", "100", "300", "200", "100", "--num-generated", "50",
                            "--num-val-samples", "20", "--n-boot", "10", "--repa", "--seeds", "2", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "generation.json").read_text())
-    assert set(result) == {"meta", "records", "paired"}
+    assert set(result) == {"meta", "records", "paired", "protocol"}
     command = result["meta"]["command"]  # the run's own arguments, so the outputs say how to reproduce them
-    assert command.startswith("python -m benchmarks.study_generation --quick --steps 4 ") and "--seeds 2" in command
+    assert command.startswith("python -m studies.generation --quick --steps 4 ") and "--seeds 2" in command
     assert "--out" not in command
     records = result["records"]
     assert len(records) == 2 * 3 * 3  # seeds x tokenizers x generators
@@ -124,15 +134,15 @@ def test_generation_study_smallest_configuration(tmp_path):
 def test_generation_study_seeds_in_parallel_parts_merge_to_the_serial_result(tmp_path):
     """``--seed-list`` runs one seed per process; ``--merge`` gives the records and paired differences
     one process over both seeds gives (every model is seeded by its seed alone)."""
-    from benchmarks import study_generation
+    from studies import generation
 
     small = ["--quick", "--steps", "4", "--split-sizes", "200", "100", "300", "200", "100", "--num-generated", "50",
              "--num-val-samples", "20", "--n-boot", "10", "--generators", "ar", "--kinds", "fsq", "ifsq",
              "--tokenizer-steps", "6", "--tokenizer-lrs", "3e-3", "--tokenizer-eval-every", "3", "--ar-steps", "8", "--ar-eval-every", "2"]
-    serial = study_generation.main(small + ["--seeds", "2", "--out", str(tmp_path / "serial")])
+    serial = generation.main(small + ["--seeds", "2", "--out", str(tmp_path / "serial")])
     for seed in (1, 0):
-        study_generation.main(small + ["--seed-list", str(seed), "--out", str(tmp_path / f"part{seed}")])
-    merged = study_generation.main(["--merge", str(tmp_path / "part1"), str(tmp_path / "part0"), "--out", str(tmp_path / "merged")])
+        generation.main(small + ["--seed-list", str(seed), "--out", str(tmp_path / f"part{seed}")])
+    merged = generation.main(["--merge", str(tmp_path / "part1"), str(tmp_path / "part0"), "--out", str(tmp_path / "merged")])
     assert merged["meta"]["seeds"] == [0, 1] and len(merged["meta"]["parts"]) == 2
     assert merged["meta"]["config"]["tokenizer"]["steps"] == 6 and merged["meta"]["config"]["tokenizer_lrs"] == [3e-3]
     for a, b in zip(serial["records"], merged["records"], strict=True):
@@ -147,7 +157,7 @@ def test_generation_study_seeds_in_parallel_parts_merge_to_the_serial_result(tmp
     assert protocol["rows"] == json.loads((tmp_path / "serial" / "protocol.json").read_text())["rows"]
     assert "--merge" in protocol["meta"]["command"] and (tmp_path / "merged" / "generation.png").exists()
     with pytest.raises(ValueError, match="overlap"):
-        study_generation.main(["--merge", str(tmp_path / "part0"), str(tmp_path / "serial"), "--out", str(tmp_path / "bad")])
+        generation.main(["--merge", str(tmp_path / "part0"), str(tmp_path / "serial"), "--out", str(tmp_path / "bad")])
     for part in ("part0", "part1"):  # parts that swept two learning rates, each on its own seed
         (tmp_path / f"swept_{part}").mkdir()
         (tmp_path / f"swept_{part}" / "protocol.json").write_text((tmp_path / part / "protocol.json").read_text())
@@ -155,19 +165,19 @@ def test_generation_study_seeds_in_parallel_parts_merge_to_the_serial_result(tmp
         result["meta"]["config"]["tokenizer_lrs"] = [3e-3, 6e-3]
         (tmp_path / f"swept_{part}" / "generation.json").write_text(json.dumps(result))
     with pytest.raises(ValueError, match="learning rates"):
-        study_generation.main(["--merge", str(tmp_path / "swept_part0"), str(tmp_path / "swept_part1"), "--out", str(tmp_path / "bad")])
+        generation.main(["--merge", str(tmp_path / "swept_part0"), str(tmp_path / "swept_part1"), "--out", str(tmp_path / "bad")])
 
 
 @pytest.mark.slow
 def test_convergence_study_smallest_configuration(tmp_path):
     """The tokenizer convergence study: the LR sweep on the first seed only, later seeds reuse each
     bottleneck's choice, a validation curve per run, paired PSNR differences over the seeds."""
-    from benchmarks import study_convergence
+    from studies import convergence
 
-    study_convergence.main(["--quick", "--steps", "4", "--seeds", "2", "--lrs", "4e-3", "8e-3", "--split-sizes", "200", "100", "100",
+    convergence.main(["--quick", "--steps", "4", "--seeds", "2", "--lrs", "4e-3", "8e-3", "--split-sizes", "200", "100", "100",
                             "--out", str(tmp_path)])
     result = json.loads((tmp_path / "convergence.json").read_text())
-    assert result["meta"]["command"].startswith("python -m benchmarks.study_convergence --quick --steps 4 ")
+    assert result["meta"]["command"].startswith("python -m studies.convergence --quick --steps 4 ")
     runs = result["runs"]
     assert [(r["kind"], r["seed"]) for r in runs] == [(k, s) for s in (0, 1) for k in ("fsq", "ifsq", "erf_equal")]
     for r in runs:
@@ -186,9 +196,9 @@ def test_convergence_study_smallest_configuration(tmp_path):
 
 @pytest.mark.slow
 def test_mechanism_study_smallest_configuration(tmp_path):
-    from benchmarks import study_mechanism
+    from studies import mechanism
 
-    study_mechanism.main(["--quick", "--steps", "4", "--scales", "0.4", "2.5", "--n-train", "100", "--out", str(tmp_path)])
+    mechanism.main(["--quick", "--steps", "4", "--scales", "0.4", "2.5", "--n-train", "100", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "mechanism.json").read_text())
     assert set(result) == {"meta", "summary", "rows"}
     fixed = [r for r in result["rows"] if not r["learnable"]]
@@ -210,13 +220,13 @@ def test_mechanism_study_smallest_configuration(tmp_path):
 
 
 @pytest.mark.slow
-def test_ar_vs_diffusion_protocol_study_smallest_configuration(tmp_path):
-    from benchmarks import study_ar_vs_diffusion_protocol as study
+def test_ar_vs_diffusion_study_smallest_configuration(tmp_path):
+    from studies import ar_vs_diffusion
 
-    study.main(["--quick", "--steps", "4", "--eval-every", "2", "--split-sizes", "200", "100", "300", "200", "--num-generated", "40",
+    ar_vs_diffusion.main(["--quick", "--steps", "4", "--eval-every", "2", "--split-sizes", "200", "100", "300", "200", "--num-generated", "40",
                 "--num-val-samples", "20", "--n-boot", "10", "--out", str(tmp_path)])
-    result = json.loads((tmp_path / "ar_vs_diffusion_protocol.json").read_text())
-    assert set(result) == {"meta", "protocol", "rows"}
+    result = json.loads((tmp_path / "ar_vs_diffusion.json").read_text())
+    assert set(result) == {"meta", "protocol", "rows"} and result["meta"]["evaluation"] == "protocol"
     row = result["rows"][0]
     assert abs(row["diffusion_params"] - row["ar_params"]) / row["ar_params"] < 0.1
     cfg = result["meta"]["config"]
@@ -230,16 +240,16 @@ def test_ar_vs_diffusion_protocol_study_smallest_configuration(tmp_path):
             assert p["fd_ci"][0] <= p["fd"] <= p["fd_ci"][1]
         assert curve[1]["flops"] == 4 * row["step_flops"][name]
     assert result["protocol"]["real_vs_real"]["n_generated"] == 40
-    assert (tmp_path / "ar_vs_diffusion_protocol.png").stat().st_size > 5000
+    assert (tmp_path / "ar_vs_diffusion.png").stat().st_size > 5000
 
 
 @pytest.mark.slow
-def test_bits_protocol_study_smallest_configuration(tmp_path):
-    from benchmarks import study_bits_protocol
+def test_bits_study_smallest_configuration(tmp_path):
+    from studies import bits
 
-    study_bits_protocol.main(["--quick", "--steps", "4", "--levels", "3", "5", "--split-sizes", "200", "100", "300", "200", "100",
+    bits.main(["--quick", "--steps", "4", "--levels", "3", "5", "--split-sizes", "200", "100", "300", "200", "100",
                               "--num-generated", "40", "--num-val-samples", "20", "--n-boot", "10", "--out", str(tmp_path)])
-    result = json.loads((tmp_path / "bits_protocol.json").read_text())
+    result = json.loads((tmp_path / "bits.json").read_text())
     assert {(r["L"], r["generator"]) for r in result["records"]} == {(L, g) for L in (3, 5) for g in ("ar", "dit")}
     for r in result["records"]:
         assert r["tokenizer"] == "ifsq" and r["n_generated"] == 40 and r["n_real"] == 300 and r["fd_ci"][0] <= r["fd"] <= r["fd_ci"][1]
@@ -247,7 +257,7 @@ def test_bits_protocol_study_smallest_configuration(tmp_path):
         if r["generator"] == "ar":
             assert r["val_curve"] and r["val_loss"] == min(p["val_loss"] for p in r["val_curve"])
     assert set(result["lowest_fd_L"]) == {"ar", "dit"} and result["real_vs_real"]["n_generated"] == 40
-    assert (tmp_path / "bits_protocol.png").stat().st_size > 5000
+    assert (tmp_path / "bits.png").stat().st_size > 5000
 
 
 def test_speed_bandwidth_columns():
@@ -270,7 +280,7 @@ def test_speed_bandwidth_columns():
 
 def test_training_length_table_groups_by_steps_and_pairs_by_seed(tmp_path):
     """The trend table: one row per (tokenizer, AR) length, PSNR taken once per tokenizer, differences paired by seed."""
-    from benchmarks import training_length
+    from studies import training_length
 
     def gen_record(kind, seed, psnr, fd, generator):
         return dict(tokenizer=kind, seed=seed, generator=generator, tokenizer_psnr=psnr, fd=fd)
@@ -292,7 +302,8 @@ def test_training_length_table_groups_by_steps_and_pairs_by_seed(tmp_path):
     for name, result in results:
         paths.append(tmp_path / name)
         paths[-1].write_text(json.dumps(result))
-    md = training_length.main([str(p) for p in reversed(paths)]).splitlines()
+    md = training_length.main([str(p) for p in reversed(paths)] + ["--out", str(tmp_path / "out")]).splitlines()
+    assert (tmp_path / "out" / "training_length.md").read_text().splitlines() == md
 
     def cells(row: int) -> list[str]:
         return [c.strip() for c in md[row].split("|")[1:-1]]
@@ -309,4 +320,81 @@ def test_training_length_table_groups_by_steps_and_pairs_by_seed(tmp_path):
     row = cells(5)  # bottlenecks a study did not train: a dash, not nan
     assert row[3] == "– / 35.80 / –" and row[4] == "–"
     with pytest.raises(SystemExit, match="repeats"):  # the same models twice would be counted twice
-        training_length.main([str(paths[0]), str(paths[0])])
+        training_length.main([str(paths[0]), str(paths[0]), "--out", str(tmp_path / "out")])
+
+
+# ----------------------------------------------------------------------------- the committed results
+
+RESULTS = ROOT / "studies" / "results"
+COMMITTED = sorted(p.parent for p in RESULTS.rglob("*.json") if p.stem == p.relative_to(RESULTS).parts[0])  # <study>/[option/]<study>.json
+
+
+def study_of(folder: Path):
+    import importlib
+
+    return importlib.import_module(f"studies.{folder.relative_to(RESULTS).parts[0]}")
+
+
+def test_every_study_has_committed_results():
+    studies = {p.relative_to(RESULTS).parts[0] for p in COMMITTED}
+    assert studies == {"utilization", "tokenizers", "mechanism", "convergence", "generation", "bits", "ar_vs_diffusion"}
+    assert (RESULTS / "training_length" / "training_length.md").is_file()
+
+
+@pytest.mark.parametrize("folder", COMMITTED, ids=lambda p: str(p.relative_to(RESULTS)))
+def test_committed_tables_are_their_json(folder):
+    """Each committed table is what ``--from-json`` writes from the committed JSON (figures too, by the same code)."""
+    module = study_of(folder)
+    result = module.STUDY.load(folder)
+    assert module.to_markdown(result) == (folder / f"{module.STUDY.name}.md").read_text()
+    assert (folder / f"{module.STUDY.name}.png").stat().st_size > 5000
+
+
+def test_committed_training_length_table_is_the_committed_json(tmp_path):
+    from studies import training_length
+
+    assert training_length.main(["--out", str(tmp_path)]) == (RESULTS / "training_length" / "training_length.md").read_text()
+
+
+class _Configured(Exception):
+    pass
+
+
+@pytest.mark.parametrize("folder", [f for f in COMMITTED if f.name not in ("utilization", "tokenizers")], ids=lambda p: str(p.relative_to(RESULTS)))
+def test_the_recorded_command_rebuilds_the_recorded_configuration(folder, monkeypatch):
+    """The command each result records (each part's, for merged runs) gives today's code the configuration the result was
+    computed with (stopped before anything trains, where the study asks for its seeds)."""
+    import shlex
+
+    from studies.harness import Study
+
+    def stop(args, cfg):
+        raise _Configured(cfg)
+
+    monkeypatch.setattr(Study, "seeds", staticmethod(stop))
+    module = study_of(folder)
+    meta = module.STUDY.load(folder)["meta"]
+    for command in [part["command"] for part in meta.get("parts", [])] or [meta["command"]]:
+        words = shlex.split(command)
+        assert words[:3] == ["python", "-m", module.__name__]
+        with pytest.raises(_Configured) as stopped:
+            module.main(shlex.split(re.sub(r"--seed-list \d+", "", " ".join(words[3:]))))  # the seeds do not change the configuration
+        assert json.loads(json.dumps(stopped.value.args[0])) == meta["config"], command
+
+
+def test_results_md_names_every_committed_command_and_figure():
+    """studies/RESULTS.md reproduces each committed result by the command the result records, with its folder as --out,
+    shows its figure, and does not narrate its own development."""
+    text = (ROOT / "studies" / "RESULTS.md").read_text()
+    flat = re.sub(r"\s+", " ", text.replace("\\\n", " "))  # shell lines continued with a backslash, joined
+    for folder in COMMITTED:
+        module = study_of(folder)
+        meta = module.STUDY.load(folder)["meta"]
+        rel = folder.relative_to(ROOT)
+        assert f"{meta['command']} --out {rel}" in flat, (rel, meta["command"])
+        for part in meta.get("parts", []):
+            assert re.sub(r"--seed-list \d+", "--seed-list $s", part["command"]) in flat, part["command"]
+        assert f"(results/{folder.relative_to(RESULTS)}/{module.STUDY.name}.png)" in text, rel
+    assert "python -m studies.training_length --out studies/results/training_length" in text
+    for word in ("issue", "session", "previous", "now", "pass", "passes", "rerun", "reruns", "earlier", "status"):
+        assert not re.search(rf"\b{word}\b", text, re.IGNORECASE), word
