@@ -1,2 +1,1 @@
-"""Studies and benchmarks (not shipped in the wheel). Run the studies from the repository root as modules,
-``python -m benchmarks.study_bits``, so that ``examples`` and ``benchmarks`` import as packages."""
+"""Speed tools (not shipped in the wheel): run from the repository root, e.g. ``python benchmarks/bench_speed.py``."""
