@@ -23,6 +23,10 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "TANH_KERNEL",
+    "SIGMOID_KERNEL",
+    "ERF_KERNEL",
+    "CLAMP_KERNEL",
     "vector_sigmoid",
     "vector_loop_size",
     "Activation",
@@ -42,6 +46,11 @@ __all__ = [
 # over a size whose every thread chunk is whole vector loops, every element takes the vector code.
 VECTOR_LOOP_ELEMENTS = 64  # a multiple of the vector loop's step on every CPU (two vectors of up to 16 floats)
 ELEMENTWISE_GRAIN = 32768  # PyTorch's at::internal::GRAIN_SIZE: below it an elementwise op runs on one thread
+
+
+# Kernel ids of the named bounds: every fused kernel (kernels/torch_fused.py, kernels/triton_kernels.py)
+# selects a bound's code by this number, and implements every bound that has one.
+TANH_KERNEL, SIGMOID_KERNEL, ERF_KERNEL, CLAMP_KERNEL = range(4)
 
 
 def vector_loop_size(n: int) -> int:
@@ -75,11 +84,13 @@ class Activation:
     """A monotone, odd map onto ``[-1, 1]``.
 
     Subclass it (or pass any object with ``__call__``, and optionally ``derivative`` and
-    ``inverse``) to use your own bound. ``name`` identifies the activations that the fused
-    kernels know; custom activations have ``name = None`` and run on the reference path.
+    ``inverse``) to use your own bound. The named bounds have a ``name`` (the registered op rebuilds
+    them from it) and a ``kernel_id`` (the code of the bound in every fused kernel); custom
+    activations have neither and run on the reference path.
     """
 
     name: str | None = None
+    kernel_id: int | None = None
 
     def __call__(self, z: Tensor) -> Tensor:
         """``f(z)``, same shape and dtype as ``z``."""
@@ -101,6 +112,7 @@ class Tanh(Activation):
     """``tanh(z)`` — the FSQ paper's bound (vector-quantize-pytorch's ``FSQ``)."""
 
     name = "tanh"
+    kernel_id = TANH_KERNEL
 
     def __call__(self, z: Tensor) -> Tensor:
         return torch.tanh(z)
@@ -125,6 +137,7 @@ class ScaledSigmoid(Activation):
         self.alpha = float(alpha)
         # Only alpha = 1.6 is the named iFSQ activation that fused kernels implement.
         self.name = "sigmoid" if self.alpha == 1.6 else None
+        self.kernel_id = SIGMOID_KERNEL if self.alpha == 1.6 else None
 
     def __call__(self, z: Tensor) -> Tensor:
         return 2 * vector_sigmoid(self.alpha * z) - 1
@@ -144,6 +157,7 @@ class Erf(Activation):
     """``erf(z/sqrt(2))`` — the normal CDF rescaled: maps N(0, 1) exactly onto U(-1, 1)."""
 
     name = "erf"
+    kernel_id = ERF_KERNEL
 
     def __call__(self, z: Tensor) -> Tensor:
         return torch.erf(z * math.sqrt(0.5))
@@ -162,6 +176,7 @@ class HardClamp(Activation):
     """
 
     name = "clamp"
+    kernel_id = CLAMP_KERNEL
 
     def __call__(self, z: Tensor) -> Tensor:
         return torch.clamp(z, -1.0, 1.0)

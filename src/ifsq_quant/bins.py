@@ -26,9 +26,12 @@ from .activations import Activation
 from .contexts import cached
 from .indexing import FLOAT32_EXACT_INTEGERS, FLOAT64_EXACT_INTEGERS
 
-__all__ = ["LAYOUTS", "BinLayout", "check_levels"]
+__all__ = ["LAYOUTS", "ROUND_KERNEL", "SYMMETRIC_KERNEL", "EQUAL_KERNEL", "BinLayout", "check_levels"]
 
-LAYOUTS = ("round", "symmetric", "equal")
+# Kernel ids of the layouts: every fused kernel selects a layout's code by this number.
+ROUND_KERNEL, SYMMETRIC_KERNEL, EQUAL_KERNEL = range(3)
+LAYOUT_KERNELS = {"round": ROUND_KERNEL, "symmetric": SYMMETRIC_KERNEL, "equal": EQUAL_KERNEL}
+LAYOUTS = tuple(LAYOUT_KERNELS)
 
 
 def check_levels(levels: Sequence[int], name: str = "levels") -> tuple[int, ...]:
@@ -71,10 +74,19 @@ class BinLayout:
             raise ValueError(f"bins must be one of {LAYOUTS}, got {kind!r}")
         if not isinstance(eps, (int, float)) or not eps >= 0:
             raise ValueError(f"eps must be a number >= 0, got {eps!r}")
-        if not math.isfinite(float(eps)) or (max(self.levels) - 1) * (1 + float(eps)) / 2 >= FLOAT64_EXACT_INTEGERS:
+        if not math.isfinite(float(eps)):
+            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+        if max(self.levels) > FLOAT64_EXACT_INTEGERS:
+            raise ValueError(f"levels must be at most 2**53 = {FLOAT64_EXACT_INTEGERS} (beyond, even float64 has no integer "
+                             f"resolution), got {max(self.levels)}")
+        if kind == "round" and (max(self.levels) - 1) * (1 + float(eps)) / 2 >= FLOAT64_EXACT_INTEGERS:
             raise ValueError(f"eps={eps!r} with levels up to {max(self.levels)} puts the values before rounding beyond "
                              "2**53, where even float64 has no integer resolution; use a smaller eps")
         self.kind, self.activation, self.eps = kind, activation, float(eps)
+        self.kernel_id = LAYOUT_KERNELS[kind]
+        # vector-quantize-pytorch computes this layout op for op in a bf16/fp16 input's own dtype
+        # when it does not upcast it (kernels.quantize); the others promote to float32 first.
+        self.quantizes_half_in_input_dtype = kind == "symmetric" and max(self.levels) <= FLOAT32_EXACT_INTEGERS
         if kind == "round" and 2 in self.levels:
             raise ValueError(
                 f'levels={list(self.levels)}: L = 2 is degenerate in the "round" layout (its codes would '
@@ -159,6 +171,16 @@ class BinLayout:
         if self.kind == "symmetric":
             return k * c["code_step"] - 1
         return (2 * k + 1) / c["levels"] - 1
+
+    def level_value(self, codes: Tensor) -> Tensor:
+        """Code -> level index as an unrounded float (the inverse of :meth:`code`), ``(..., d)``;
+        vector-quantize-pytorch's ``_scale_and_shift``."""
+        c = self.constants(codes.device, codes.dtype)
+        if self.kind == "round":
+            return codes * c["half_width"] + c["half_width"]
+        if self.kind == "symmetric":
+            return (codes + 1.0) / c["code_step"]
+        return ((codes + 1.0) * c["levels"] - 1.0) / 2
 
     def code_to_level(self, codes: Tensor) -> Tensor:
         """Code -> level index of the nearest level, as int64, ``(..., d)``."""

@@ -41,13 +41,20 @@ def functorch_active() -> bool:
 def cached(cache: MutableMapping, key, make: Callable[[], Tensor]):
     """``cache[key]``, made by ``make()`` on a miss. Outside tracing the value is made as a
     normal tensor (also under ``inference_mode``) and kept; while tracing it is made afresh
-    and not kept. Meta tensors are never kept."""
+    and not kept. Meta and fake tensors are never kept."""
     if tracing():
         return make()
     if key not in cache:
         with torch.inference_mode(False):
             value = make()
-        if any(t.is_meta for t in (value.values() if isinstance(value, dict) else [value])):
+        if not all(_plain(t) for t in (value.values() if isinstance(value, dict) else [value])):
             return value
         cache[key] = value
     return cache[key]
+
+
+def _plain(t: Tensor) -> bool:
+    """Whether ``t`` holds real values that outlive the current context (not meta, not fake)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return not t.is_meta and not isinstance(t, FakeTensor)

@@ -429,12 +429,7 @@ class FSQ(nn.Module):
 
     def _scale_and_shift(self, codes: Tensor) -> Tensor:
         """Codes -> level indices as unrounded floats, ``(..., d)`` (inverse of :meth:`_scale_and_shift_inverse`)."""
-        c = self.layout.constants(codes.device, codes.dtype)
-        if self.layout.kind == "round":
-            return codes * c["half_width"] + c["half_width"]
-        if self.layout.kind == "symmetric":
-            return (codes + 1.0) / c["code_step"]
-        return ((codes + 1.0) * c["levels"] - 1.0) / 2
+        return self.layout.level_value(codes)
 
     def _scale_and_shift_inverse(self, level_indices: Tensor) -> Tensor:
         """Level indices ``(..., d)`` -> codes ``(..., d)``."""

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from . import vqp_releases
 from .activations import Activation, HardClamp, get_activation
 from .bins import check_levels
-from .contexts import functorch_active, tracing
+from .contexts import cached, functorch_active, tracing
 from .indexing import IndexPlan
 from .quantizer import FSQ, check_float_input, compute_dtype
 
@@ -294,10 +294,7 @@ class ResidualFSQ(nn.Module):
         source = self._scales_f32 if name == "scales" else self._soft_clamp_exact
         if source is None:
             return None
-        key = (name, torch.device(device), dtype)
-        if key not in self._exact_cache:
-            self._exact_cache[key] = source.to(device=device, dtype=dtype)
-        return self._exact_cache[key]
+        return cached(self._exact_cache, (name, torch.device(device), dtype), lambda: source.to(device=device, dtype=dtype))
 
     @property
     def module_dtype(self) -> torch.dtype:

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from ifsq_quant import FSQ, iFSQ, kernels
-from ifsq_quant.activations import get_activation
-from ifsq_quant.bins import BinLayout
+from ifsq_quant.activations import ACTIVATION_NAMES, get_activation
+from ifsq_quant.bins import LAYOUTS, BinLayout
 from ifsq_quant.indexing import IndexPlan
 from ifsq_quant.kernels import reference, resolve_backend, torch_fused
 
@@ -20,8 +20,8 @@ def _inputs(d, dtype=torch.float32, rows=3000):
     return z
 
 
-CONFIGS = [(a, b, levels) for a in ("tanh", "sigmoid", "erf", "clamp") for b in ("round", "symmetric", "equal")
-           for levels in LEVELS if not (b == "round" and 2 in levels)]  # "round" refuses L = 2
+# every named bound and every layout (a new one is tested here without being listed); "round" refuses L = 2
+CONFIGS = [(a, b, levels) for a in ACTIVATION_NAMES for b in LAYOUTS for levels in LEVELS if not (b == "round" and 2 in levels)]
 
 
 @pytest.mark.parametrize("activation,bins,levels", CONFIGS)
@@ -38,8 +38,102 @@ def test_fused_equals_reference(activation, bins, levels, dtype):
     grad_out = torch.randn_like(codes)
     (g_ref,) = torch.autograd.grad(codes_ref, z, grad_out)
     (g,) = torch.autograd.grad(codes, z, grad_out)
-    finite = torch.isfinite(z).all(-1)
-    torch.testing.assert_close(g[finite], g_ref[finite], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)  # NaN and +-inf inputs included (both 0)
+    assert g[0, 0] == 0 and g_ref[0, 0] == 0  # the NaN input
+
+
+def test_every_named_bound_and_layout_has_a_fused_path():
+    """Each named bound carries a kernel id and every fused kernel serves it; a bound or layout
+    added without its fused code fails here (and in test_fused_equals_reference / test_triton)."""
+    from ifsq_quant.kernels import triton_support
+
+    ids = {name: get_activation(name).kernel_id for name in ACTIVATION_NAMES}
+    assert None not in ids.values() and len(set(ids.values())) == len(ids)
+    layout_ids = {kind: BinLayout([5, 7], kind, get_activation("tanh"), 0.0).kernel_id for kind in LAYOUTS}
+    assert sorted(layout_ids.values()) == list(range(len(LAYOUTS)))
+    for name in ACTIVATION_NAMES:
+        layout = BinLayout([5, 7], "round", get_activation(name), 0.0)
+        assert torch_fused.supports(layout) and triton_support.supports(layout)
+        assert kernels.implementation("auto", torch.zeros(1, 2), layout) == kernels.FUSED_TORCH
+    custom = BinLayout([5, 7], "round", get_activation(lambda z: torch.tanh(z / 2)), 0.0)
+    assert not torch_fused.supports(custom) and kernels.implementation("torch", torch.zeros(1, 2), custom) == kernels.REFERENCE
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
+def test_one_nan_gradient_rule(backend, activation):
+    """A NaN input quantizes to level 0 with a zero gradient: in the backward, the double backward and compiled."""
+    q = FSQ([8, 5], activation=activation, backend=backend)
+    z = torch.tensor([[float("nan"), 0.3], [0.2, float("nan")], [float("inf"), -float("inf")]], requires_grad=True)
+    codes, _ = q(z)
+    (g,) = torch.autograd.grad(codes.sum(), z, create_graph=True)
+    (g_plain,) = torch.autograd.grad(q(z)[0].sum(), z)
+    assert torch.isfinite(g).all() and torch.isfinite(g_plain).all()
+    assert g[0, 0] == g[1, 1] == 0 and g_plain[0, 0] == g_plain[1, 1] == 0
+    torch.testing.assert_close(g.detach(), g_plain)
+    if g.requires_grad:  # (clamp's second derivative is zero: no graph) the double-backward formula's NaN mask
+        (gg,) = torch.autograd.grad(g[:2].sum(), z)
+        assert torch.isfinite(gg[:2]).all() and gg[0, 0] == gg[1, 1] == 0
+    torch._dynamo.reset()  # one compiled module per case: stay below dynamo's recompile limit
+    compiled = torch.compile(q, fullgraph=True)
+    x = z.detach().clone().requires_grad_(True)
+    compiled(x)[0].sum().backward()
+    torch._dynamo.reset()
+    assert torch.equal(x.grad, g_plain)
+
+
+def test_the_raw_op_checks_its_arguments():
+    z = torch.randn(4, 2)
+    op = torch.ops.ifsq_quant.quantize
+    good = dict(levels=[5, 5], kind="round", activation="tanh", eps=0.0, groups=[2], pack=True, need_levels=False,
+                need_deriv=False, impl="torch")
+    assert op(z, **good)[0].shape == (4, 2)
+    for change, match in [(dict(levels=[5, 5, 5]), "levels has 3 entries but z has 2 columns"), (dict(levels=[5, 1]), "levels"),
+                          (dict(kind="floor"), "kind must be one of"), (dict(activation="relu"), "activation"),
+                          (dict(eps=-1.0), "eps must be"), (dict(groups=[1]), "groups must add up"),
+                          (dict(impl="cuda"), "impl must be one of")]:
+        with pytest.raises((ValueError, TypeError), match=match):
+            op(z, **dict(good, **change))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        op(z.half(), **good)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("bins", ["round", "symmetric", "equal"])
+def test_half_inputs_with_levels_beyond_float32_at_unsaturated_values(dtype, bins):
+    """Levels above 2**24 are quantized in float64 also for half inputs, at values spread over many levels."""
+    levels = [2**25 + 1, 7]
+    q = FSQ(levels, bins=bins, activation="erf", eps=0.0)
+    z = (torch.linspace(-2.5, 2.5, 8192).reshape(-1, 2)).to(dtype)
+    codes, indices = q(z)
+    expected_codes, expected_levels = reference.quantize(z.to(torch.float64), q.layout)
+    assert codes.dtype == dtype and torch.equal(codes, expected_codes.to(dtype))
+    assert torch.equal(indices, q.index_plan.pack(expected_levels)[..., 0])
+    assert indices.unique().numel() > 500 and indices.max() < q.codebook_size
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_no_cache_keeps_a_value_of_a_fake_tensor_trace_with_real_inputs(backend, dtype):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from ifsq_quant import ResidualFSQ
+
+    makes = [lambda: FSQ([8, 5, 5, 5], backend=backend), lambda: ResidualFSQ(levels=[8, 5, 5, 5], num_quantizers=2, backend=backend,
+                                                                                residual_f32=True)]
+    x = torch.randn(4, 10, 4, dtype=dtype)
+    for make in makes:
+        traced, fresh = make(), make()
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            traced(x)
+        assert all(torch.equal(a, b) for a, b in zip(traced(x), fresh(x)))
+
+
+def test_levels_beyond_float64_integers_are_named():
+    with pytest.raises(ValueError, match=r"levels must be at most 2\*\*53"):
+        FSQ([2**54], bins="symmetric", eps=0.0)
+    with pytest.raises(ValueError, match="use a smaller eps"):
+        FSQ([2**52], eps=10.0)
 
 
 def test_fused_blocks_cover_every_row(monkeypatch):

@@ -25,13 +25,14 @@ pytest.importorskip("triton")
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 
 from ifsq_quant import FSQ, iFSQ, kernels  # noqa: E402
-from ifsq_quant.activations import get_activation  # noqa: E402
-from ifsq_quant.bins import BinLayout  # noqa: E402
+from ifsq_quant.activations import ACTIVATION_NAMES, get_activation  # noqa: E402
+from ifsq_quant.bins import LAYOUTS, BinLayout  # noqa: E402
 from ifsq_quant.indexing import IndexPlan  # noqa: E402
 from ifsq_quant.kernels import reference, triton_support  # noqa: E402
 
-ACTIVATIONS = ("tanh", "sigmoid", "erf", "clamp")
-KINDS = ("round", "symmetric", "equal")
+# every named bound and every layout: a new one is tested here without being listed
+ACTIVATIONS = ACTIVATION_NAMES
+KINDS = LAYOUTS
 # (levels, index_groups): odd, even and mixed levels, with and without groups.
 CODEBOOKS = [
     ([8, 5, 5, 5], None),
@@ -416,7 +417,7 @@ def test_compiles_for_cuda_without_fma_or_approximate_division(monkeypatch, arch
     import triton.language as tl
     from triton.runtime.jit import JITFunction
 
-    from ifsq_quant.kernels.triton_kernels import _ACTIVATIONS
+    from ifsq_quant.activations import ACTIVATION_NAMES, get_activation
 
     if "nvidia" not in triton.backends.backends:
         pytest.skip("Triton's NVIDIA backend is not installed")
@@ -424,7 +425,7 @@ def test_compiles_for_cuda_without_fma_or_approximate_division(monkeypatch, arch
         pytest.skip("Triton was imported with TRITON_INTERPRET=1; it cannot compile in this process")
     monkeypatch.delenv("TRITON_INTERPRET")
     fused = re.compile(r"fma\.rn\.f(32|64)")
-    for name, act in _ACTIVATIONS.items():
+    for name, act in ((name, get_activation(name).kernel_id) for name in ACTIVATION_NAMES):
         for dtype in ("fp32", "fp64"):
             kind = act % 3  # round, symmetric, equal, round
             forward, backward = forward_ptx(act, kind, 1 + act % 3, dtype, arch=arch), backward_ptx(act, dtype, arch)

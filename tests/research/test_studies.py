@@ -102,7 +102,7 @@ def test_generation_study_smallest_configuration(tmp_path):
     generation.main(["--quick", "--steps", "4", "--split-sizes", "200", "100", "300", "200", "100", "--num-generated", "50",
                            "--num-val-samples", "20", "--n-boot", "10", "--repa", "--seeds", "2", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "generation.json").read_text())
-    assert set(result) == {"meta", "records", "paired", "protocol"}
+    assert set(result) == {"meta", "records", "paired"}  # the calibration rows go to protocol.json (below)
     command = result["meta"]["command"]  # the run's own arguments, so the outputs say how to reproduce them
     assert command.startswith("python -m studies.generation --quick --steps 4 ") and "--seeds 2" in command
     assert "--out" not in command

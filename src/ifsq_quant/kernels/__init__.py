@@ -28,9 +28,9 @@ from torch import Tensor
 from ..bins import BinLayout
 from ..contexts import exporting_to_portable_graph, functorch_active
 from ..indexing import IndexPlan
-from . import reference, registered, torch_fused
+from . import reference, registered, triton_support
 
-__all__ = ["quantize", "QuantizeOutput", "BACKENDS", "HALF_DTYPES", "resolve_backend"]
+__all__ = ["quantize", "QuantizeOutput", "BACKENDS", "HALF_DTYPES", "resolve_backend", "implementation"]
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 HALF_DTYPES = (torch.bfloat16, torch.float16)
@@ -42,36 +42,56 @@ class QuantizeOutput(NamedTuple):
     level_indices: Tensor | None  # (M, d) exact-integer floats, when asked for
 
 
-def resolve_backend(backend: str, z: Tensor, layout: BinLayout) -> str:
-    """The implementation that will run for ``z``; raises if ``backend`` cannot serve it."""
-    from . import triton_support
+# What can run, as chosen by implementation():
+REFERENCE = "reference"  # plain PyTorch (reference.py), also under torch.func, jit.trace and ONNX export
+FUSED_TORCH = "torch"  # the fused PyTorch path inside the registered op (registered.py)
+TRITON_INTERPRETED = "triton_interpreted"  # the Triton kernels under TRITON_INTERPRET=1, inside the registered op
+TRITON = "triton"  # the compiled Triton kernels as a traceable triton_op (triton_ops.py)
 
+
+def resolve_backend(backend: str, z: Tensor, layout: BinLayout) -> str:
+    """The backend that serves ``z`` (``"reference"``, ``"torch"`` or ``"triton"``); raises if
+    ``backend`` cannot serve it."""
+    fused = layout.activation.kernel_id is not None
     if backend == "auto":
-        if z.is_cuda and triton_support.available() and triton_support.supports(layout):
+        if z.is_cuda and fused and triton_support.available():
             return "triton"
-        return "torch" if torch_fused.supports(layout) else "reference"
+        return "torch" if fused else "reference"
     if backend == "triton":
         triton_support.check_usable(z, layout)
         return "triton"
     if backend == "torch":
-        return "torch" if torch_fused.supports(layout) else "reference"
+        return "torch" if fused else "reference"
     return backend
+
+
+def implementation(backend: str, z: Tensor, layout: BinLayout) -> str:
+    """The one place that decides what runs for ``z``: :data:`REFERENCE`, :data:`FUSED_TORCH`,
+    :data:`TRITON_INTERPRETED` or :data:`TRITON`."""
+    chosen = resolve_backend(backend, z, layout)
+    if chosen == "reference" or functorch_active() or exporting_to_portable_graph():
+        return REFERENCE  # plain PyTorch operations, which every transform and portable graph understands
+    if chosen == "triton":
+        return TRITON_INTERPRETED if triton_support.interpreting() else TRITON
+    return FUSED_TORCH
 
 
 def quantize(z: Tensor, layout: BinLayout, plan: IndexPlan | None, backend: str = "auto",
              need_level_indices: bool = False) -> QuantizeOutput:
     """Quantizes ``z (M, d)``; see the module docstring."""
     if z.dtype in HALF_DTYPES:
-        if layout.kind != "symmetric" or layout.needs_float64:
+        if not layout.quantizes_half_in_input_dtype:
             return quantize(z.to(torch.float64 if layout.needs_float64 else torch.float32), layout, plan, backend, need_level_indices)
         codes, level_indices = reference.quantize_symmetric_in_input_dtype(z, layout)
         indices = plan.pack(level_indices) if plan is not None else None
         return QuantizeOutput(codes, indices, level_indices if need_level_indices else None)
-    impl = resolve_backend(backend, z, layout)
-    if functorch_active() or exporting_to_portable_graph():
-        impl = "reference"
-    if impl == "reference":
+    impl = implementation(backend, z, layout)
+    if impl == REFERENCE:
         codes, level_indices = reference.quantize(z, layout)
         indices = plan.pack(level_indices) if plan is not None else None
         return QuantizeOutput(codes, indices, level_indices if need_level_indices else None)
+    if impl == TRITON:
+        from . import triton_ops  # imports Triton
+
+        return QuantizeOutput(*triton_ops.quantize(z, layout, plan, need_level_indices))
     return QuantizeOutput(*registered.quantize(z, layout, plan, impl, need_level_indices))

@@ -22,14 +22,15 @@ def quantize(z: Tensor, layout: BinLayout) -> tuple[Tensor, Tensor]:
         layout: the codebook's bins and activation.
 
     Returns:
-        ``codes`` ``(..., d)`` on the grid, whose gradient is ``slope * f'(z + shift)``, and
+        ``codes`` ``(..., d)`` on the grid, whose gradient is ``slope * f'(z + shift)`` (0 at NaN inputs), and
         ``level_indices`` ``(..., d)``: floats holding exact integers in ``[0, L)``.
     """
-    y = layout.bound(z)
-    level_indices = layout.level_index(y.detach())
+    # NaN inputs get level 0 and a zero gradient: the bound sees 0 there, so its derivative is finite.
+    nan = torch.isnan(z)
+    y = layout.bound(torch.where(nan, 0.0, z))
+    level_indices = torch.where(nan, 0.0, layout.level_index(y.detach()))
     hard = layout.code(level_indices)
-    # NaN inputs get level 0 (above); keep their straight-through term from turning the code NaN.
-    soft = torch.nan_to_num(y) * layout.constants(z.device, z.dtype)["slope"]
+    soft = y * layout.constants(z.device, z.dtype)["slope"]
     return hard + (soft - soft.detach()), level_indices
 
 
@@ -45,9 +46,10 @@ def quantize_symmetric_in_input_dtype(z: Tensor, layout: BinLayout) -> tuple[Ten
     """
     c = layout.constants(z.device, torch.float32)
     levels_minus_1 = (layout.num_levels - 1).to(z.device)  # int64: int * half stays half, as theirs
-    y = layout.bound(z)  # in z's dtype
+    nan = torch.isnan(z)
+    y = layout.bound(torch.where(nan, 0.0, z))  # in z's dtype; NaN inputs: level 0, zero gradient
     k = torch.floor(levels_minus_1 * (y.detach() + 1) / 2.0 + 0.5).float()
-    level_indices = torch.where(torch.isnan(k), 0.0, torch.clamp(k, torch.zeros_like(c["top"]), c["top"]))
+    level_indices = torch.where(nan, 0.0, torch.clamp(k, torch.zeros_like(c["top"]), c["top"]))
     hard = level_indices * (2.0 / levels_minus_1) - 1.0  # float32, as theirs
-    soft = torch.nan_to_num(y.float()) * c["slope"]
+    soft = y.float() * c["slope"]
     return hard + (soft - soft.detach()), level_indices

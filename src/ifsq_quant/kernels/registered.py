@@ -3,18 +3,20 @@
 Registering the kernel (``torch.library.custom_op``) makes it one opaque node with a fake
 implementation and an autograd formula, so that ``torch.compile`` (no graph break; the fused
 kernel runs inside the compiled graph), ``torch.export``, ``FakeTensorMode`` and
-``inference_mode`` all see the same op, whichever implementation runs inside it: the fused CPU
-path, or the Triton interpreter's kernels. The compiled Triton kernels (CUDA) have their own,
-traceable op (:mod:`.triton_ops`).
+``inference_mode`` all see the same op, whichever implementation it is handed (``impl``): the
+fused CPU path (``"torch"``), or the Triton interpreter's kernels (``"triton"``). The compiled
+Triton kernels (CUDA) have their own, traceable op (:mod:`.triton_ops`); which one runs is decided
+by :func:`ifsq_quant.kernels.implementation` alone.
 
-The op takes only tensors and plain values; the layout and the index plan are rebuilt from
-them (and cached). Outputs that were not asked for are empty tensors.
+The op takes only tensors and plain values, checked like any user input; the layout and the index
+plan are rebuilt from them (and cached). Outputs that were not asked for are empty tensors.
 
-Gradient. The forward of the fused CPU path writes ``deriv = slope * f'(z + shift)``, and the
-backward is ``grad * deriv``. When the backward itself is differentiated (``create_graph=True``,
-double backward), the same derivative is computed from ``z`` with differentiable PyTorch
-operations instead, so second derivatives include the ``f''`` term. The Triton path does not
-save the derivative; it recomputes it from ``z`` with its backward kernel.
+Gradient. The forward of the fused CPU path writes ``deriv = slope * f'(z + shift)`` (0 at NaN
+inputs), and the backward is ``grad * deriv``. When the backward itself is differentiated
+(``create_graph=True``, double backward), the same derivative is computed from ``z`` with
+differentiable PyTorch operations instead, so second derivatives include the ``f''`` term. The
+Triton path does not save the derivative; it recomputes it from ``z`` with its backward kernel.
+At a NaN input every path gives a zero gradient.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ from torch import Tensor
 from torch.utils._python_dispatch import _disable_current_modes
 
 from ..activations import get_activation
-from ..bins import BinLayout
+from ..bins import LAYOUTS, BinLayout, check_levels
 from ..contexts import tracing
 from ..indexing import IndexPlan
 from . import torch_fused
 
-__all__ = ["quantize", "straight_through_grad"]
+__all__ = ["quantize", "straight_through_grad", "OP_IMPLEMENTATIONS"]
+
+OP_IMPLEMENTATIONS = ("torch", "triton")  # what the op runs: the fused CPU path, the interpreted Triton kernels
 
 
 @functools.lru_cache(maxsize=256)
@@ -58,11 +62,34 @@ def _empty(z: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     return z.new_empty((0,), dtype=dtype or z.dtype)
 
 
+def _check_op_arguments(z: Tensor, levels, kind: str, activation: str, eps, groups, impl: str) -> None:
+    """The op's arguments, checked as a user's: each error names the argument."""
+    if not isinstance(z, Tensor) or z.ndim != 2 or not z.dtype.is_floating_point:
+        raise ValueError(f"z must be a floating (M, d) tensor, got {getattr(z, 'dtype', type(z).__name__)} of shape "
+                         f"{tuple(getattr(z, 'shape', ()))}")
+    if z.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"z must be float32 or float64 (the compute dtypes), got {z.dtype}")
+    check_levels(levels)
+    if len(levels) != z.shape[1]:
+        raise ValueError(f"levels has {len(levels)} entries but z has {z.shape[1]} columns (one per level count)")
+    if kind not in LAYOUTS:
+        raise ValueError(f"kind must be one of {LAYOUTS}, got {kind!r}")
+    if get_activation(activation).kernel_id is None:
+        raise ValueError(f"activation must name a bound with a fused kernel, got {activation!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+        raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+    if not isinstance(groups, (list, tuple)) or sum(groups) != len(levels):
+        raise ValueError(f"groups must add up to len(levels) = {len(levels)}, got {groups!r}")
+    if impl not in OP_IMPLEMENTATIONS:
+        raise ValueError(f"impl must be one of {OP_IMPLEMENTATIONS}, got {impl!r}")
+
+
 @torch.library.custom_op("ifsq_quant::quantize", mutates_args=())
 def _quantize_op(z: Tensor, levels: list[int], kind: str, activation: str, eps: float, groups: list[int],
                  pack: bool, need_levels: bool, need_deriv: bool, impl: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``z (M, d)`` -> ``codes (M, d)``, ``indices (M, G)`` int64, ``level indices (M, d)``,
     ``deriv (M, d)`` (each of the last three empty unless asked for)."""
+    _check_op_arguments(z, levels, kind, activation, eps, groups, impl)
     layout = _layout(tuple(levels), kind, activation, eps)
     plan = _plan(tuple(levels), tuple(groups)) if pack else None
     if impl == "triton":
@@ -78,6 +105,7 @@ def _quantize_op(z: Tensor, levels: list[int], kind: str, activation: str, eps: 
 
 @_quantize_op.register_fake
 def _(z, levels, kind, activation, eps, groups, pack, need_levels, need_deriv, impl):
+    _check_op_arguments(z, levels, kind, activation, eps, groups, impl)
     m, d = z.shape
     indices = z.new_empty((m, len(groups)), dtype=torch.int64) if pack else _empty(z, torch.int64)
     return (torch.empty_like(z), indices, torch.empty_like(z) if need_levels else _empty(z),
@@ -87,8 +115,10 @@ def _(z, levels, kind, activation, eps, groups, pack, need_levels, need_deriv, i
 def straight_through_grad(grad: Tensor, z: Tensor, layout: BinLayout) -> Tensor:
     """``grad * slope * f'(z + shift)`` (zero at NaN inputs) in differentiable PyTorch operations."""
     c = layout.constants(z.device, z.dtype)
-    x = z + c["shift"] if layout.has_shift else z
-    return torch.where(torch.isnan(z), 0.0, grad * (layout.activation.derivative(x) * c["slope"]))
+    nan = torch.isnan(z)
+    x = torch.where(nan, 0.0, z)  # the derivative at 0, not at NaN: its own derivative stays finite too
+    x = x + c["shift"] if layout.has_shift else x
+    return torch.where(nan, 0.0, grad * (layout.activation.derivative(x) * c["slope"]))
 
 
 def _setup_context(ctx, inputs, output):
@@ -117,17 +147,9 @@ _quantize_op.register_autograd(_backward, setup_context=_setup_context)
 
 def quantize(z: Tensor, layout: BinLayout, plan: IndexPlan | None, impl: str, need_levels: bool = False):
     """``z (M, d)`` float32/float64 -> ``(codes (M, d), indices (M, G) | None, level indices | None)``
-    through the registered op; ``impl`` is ``"torch"`` (fused PyTorch) or ``"triton"``.
-
-    Compiled Triton kernels (CUDA) run as the traceable ``triton_op`` of :mod:`.triton_ops`; the
-    interpreter's kernels (``TRITON_INTERPRET=1``) run inside this module's opaque op."""
-    if impl == "triton":
-        from . import triton_support
-
-        if not triton_support.interpreting():
-            from . import triton_ops
-
-            return triton_ops.quantize(z, layout, plan, need_levels)
-    need_deriv = impl != "triton" and z.requires_grad and torch.is_grad_enabled()
-    codes, indices, level_indices, _ = _quantize_op(z.contiguous(), *op_arguments(layout, plan), need_levels, need_deriv, impl)
+    through the registered op; ``impl`` is ``"torch"`` (fused PyTorch) or ``"triton_interpreted"``
+    (the Triton kernels under the interpreter), as :func:`ifsq_quant.kernels.implementation` chose."""
+    op_impl = "triton" if impl == "triton_interpreted" else impl
+    need_deriv = op_impl == "torch" and z.requires_grad and torch.is_grad_enabled()
+    codes, indices, level_indices, _ = _quantize_op(z.contiguous(), *op_arguments(layout, plan), need_levels, need_deriv, op_impl)
     return codes, indices if plan is not None else None, level_indices if need_levels else None

@@ -22,13 +22,12 @@ from collections import OrderedDict
 import torch
 from torch import Tensor
 
-from ..activations import vector_loop_size
-from ..bins import BinLayout
+from ..activations import CLAMP_KERNEL, ERF_KERNEL, SIGMOID_KERNEL, TANH_KERNEL, vector_loop_size
+from ..bins import EQUAL_KERNEL, ROUND_KERNEL, SYMMETRIC_KERNEL, BinLayout
 from ..indexing import IndexPlan
 
 __all__ = ["forward", "supports"]
 
-FUSED_ACTIVATIONS = ("tanh", "sigmoid", "erf", "clamp")
 BLOCK_ELEMENTS = 1 << 19  # elements per block: 2 MiB of float32, half of it per thread in L2 (2 MiB per core here)
 # |2 sigmoid(2x) - 1 - torch.tanh(x)| < 1.8e-7 (measured); values before rounding move by at most
 # scale times that plus two roundings, so a margin of 1e-5 * scale leaves a factor of 25.
@@ -38,35 +37,36 @@ CHUNK = 128  # elements per chunk in the search for values near a boundary (1 in
 
 
 def supports(layout: BinLayout) -> bool:
-    return layout.activation.name in FUSED_ACTIVATIONS
+    """Whether this path implements ``layout``'s bound: every bound with a kernel id (activations.py)."""
+    return layout.activation.kernel_id is not None
 
 
 Const = "float | Tensor"  # a per-dimension constant: a Python float when uniform, else a block
 
 
-def _bound_into(name: str, x: Tensor, y: Tensor, deriv: Tensor | None, slope: Const) -> None:
-    """``y = f(x)`` (``x`` may be ``y``); ``deriv = slope * f'(x)`` when given. Same operations
+def _bound_into(bound: int, x: Tensor, y: Tensor, deriv: Tensor | None, slope: Const) -> None:
+    """``y = f(x)`` for the bound of kernel id ``bound`` (``x`` may be ``y``); ``deriv = slope * f'(x)`` when given. Same operations
     as :mod:`..activations`, so that the values match the reference bit for bit."""
-    if name == "erf" and deriv is not None:
+    if bound == ERF_KERNEL and deriv is not None:
         torch.mul(x, x, out=deriv)
         deriv.mul_(-0.5).exp_().mul_(math.sqrt(2 / math.pi)).mul_(slope)
-    if name == "clamp" and deriv is not None:
+    if bound == CLAMP_KERNEL and deriv is not None:
         torch.abs(x, out=deriv)
         deriv.le_(1).mul_(slope)
-    if name == "tanh":
+    if bound == TANH_KERNEL:
         torch.tanh(x, out=y)
-    elif name == "sigmoid":
+    elif bound == SIGMOID_KERNEL:
         torch.mul(x, 1.6, out=y)
         sigmoid_(y)
         torch.add(y.new_tensor(-1.0), y, alpha=2, out=y)  # 2s - 1 in one pass (2s is exact: same rounding)
-    elif name == "erf":
+    elif bound == ERF_KERNEL:
         torch.mul(x, math.sqrt(0.5), out=y)
         y.erf_()
     else:
         torch.clamp(x, -1.0, 1.0, out=y)
-    if name in ("tanh", "sigmoid") and deriv is not None:
+    if bound in (TANH_KERNEL, SIGMOID_KERNEL) and deriv is not None:
         # tanh' = 1 - y^2 and (2 sigmoid(1.6 z) - 1)' = 0.8 (1 - y^2), from the output as autograd does.
-        c = 1.0 if name == "tanh" else 0.8
+        c = 1.0 if bound == TANH_KERNEL else 0.8
         if isinstance(slope, float):
             c *= slope
         torch.addcmul(y.new_tensor(c), y, y, value=-c, out=deriv)  # c - c y^2 in one pass
@@ -110,10 +110,10 @@ class _Block:
 
     def __init__(self, layout: BinLayout, plan: IndexPlan | None, z: Tensor, rows: int):
         c = layout.constants(z.device, z.dtype)
-        self.layout, self.kind, self.plan = layout, layout.kind, plan
+        self.layout, self.kind, self.plan = layout, layout.kernel_id, plan
         zero = torch.zeros_like(c["top"])
-        lowest = -c["half_width"] if layout.kind == "round" else zero
-        highest = c["top"] - c["half_width"] if layout.kind == "round" else c["top"]
+        lowest = -c["half_width"] if layout.kernel_id == ROUND_KERNEL else zero
+        highest = c["top"] - c["half_width"] if layout.kernel_id == ROUND_KERNEL else c["top"]
         self.vectors = dict(c, lowest=lowest, highest=highest)
         self.const: dict[str, Const] = {}
         self.const_rows = 1 << (rows - 1).bit_length()  # few distinct sizes for the cache
@@ -124,11 +124,11 @@ class _Block:
         # Its values before rounding go to a flat buffer padded to whole chunks for that test.
         self.margin = TANH_MARGIN * float(c["scale"].abs().max())
         # (a margin of half a bin or more would flag everything: large scales take torch.tanh)
-        self.fast_tanh = (layout.activation.name == "tanh" and z.device.type == "cpu" and z.dtype == torch.float32
+        self.fast_tanh = (layout.activation.kernel_id == TANH_KERNEL and z.device.type == "cpu" and z.dtype == torch.float32
                           and self.margin < MAX_TANH_MARGIN)
         if self.fast_tanh:
             self.rounded = torch.empty(rows, c["scale"].shape[0], dtype=z.dtype, device=z.device)
-        self.affine = self._sigmoid_affine(layout.activation.name)
+        self.affine = self._sigmoid_affine(layout.activation.kernel_id)
         self.d = c["scale"].shape[0]
         # (zeroed: the padding that sigmoid_ computes over holds finite values)
         self.work = torch.zeros(max(-(-rows * self.d // CHUNK) * CHUNK, vector_loop_size(rows * self.d)), dtype=z.dtype, device=z.device)
@@ -138,14 +138,14 @@ class _Block:
                 self.weights = plan._tensor("weights", z.device, self.pack_dtype)
                 # "round" carries r = k - L//2; fold the L//2 back in as one constant row.
                 self.pack_offset = (c["half_width"].to(self.pack_dtype) @ self.weights
-                                    if layout.kind == "round" else None)
-            self.half_width = c["half_width"].to(torch.int64) if layout.kind == "round" else None
+                                    if layout.kernel_id == ROUND_KERNEL else None)
+            self.half_width = c["half_width"].to(torch.int64) if layout.kernel_id == ROUND_KERNEL else None
 
     def buffer(self, n: int) -> Tensor:
         """``(n, d)`` scratch for the bounded values of ``n`` rows: a view of :attr:`work`."""
         return self.work[: n * self.d].view(n, self.d)
 
-    def _sigmoid_affine(self, name: str) -> tuple[float, Const, Const] | None:
+    def _sigmoid_affine(self, bound: int) -> tuple[float, Const, Const] | None:
         """``(alpha, a, b)`` such that the value before rounding is ``u = a * sigmoid(alpha x) + b``,
         computed in one pass instead of two (``2s - 1``, then the scale), or None.
 
@@ -155,12 +155,12 @@ class _Block:
         """
         v = self.vectors
         if self.fast_tanh:
-            if self.kind == "round":
+            if self.kind == ROUND_KERNEL:
                 return 2.0, self.constant(2 * v["scale"]), self.constant(v["bias"] - v["scale"])
             # floor layouts: u + 1/2, so that the level boundaries sit at half-integers as in "round"
-            return 2.0, self.constant(2 * v["scale"]), 1.0 if self.kind == "symmetric" else 0.5
+            return 2.0, self.constant(2 * v["scale"]), 1.0 if self.kind == SYMMETRIC_KERNEL else 0.5
         scale = self.constant(v["scale"])
-        exact = (name == "sigmoid" and self.kind == "round" and not self.has_bias and isinstance(scale, float)
+        exact = (bound == SIGMOID_KERNEL and self.kind == ROUND_KERNEL and not self.has_bias and isinstance(scale, float)
                  and isinstance(self.get("slope", 0), float) and scale > 0 and math.frexp(scale)[0] == 0.5)
         return (1.6, 2 * scale, -scale) if exact else None
 
@@ -169,7 +169,7 @@ class _Block:
         n = y.shape[0]
         slope = self.get("slope", n)
         if self.affine is None:
-            _bound_into(self.layout.activation.name, x, y, deriv, slope)
+            _bound_into(self.layout.activation.kernel_id, x, y, deriv, slope)
             self.scaled(y, n)
             return
         alpha, a, b = self.affine
@@ -205,17 +205,17 @@ class _Block:
     def scaled(self, y: Tensor, n: int, where: Tensor | None = None) -> None:
         """Bounded values -> values before rounding, in place (``where``: ``y`` holds only the
         block's elements at these flat positions)."""
-        if self.kind == "round":
+        if self.kind == ROUND_KERNEL:
             y.mul_(self.get("scale", n, where))
             if self.has_bias:
                 y.add_(self.get("bias", n, where))
         else:
             y.add_(1).mul_(self.get("scale", n, where))
-            if self.kind == "symmetric":
+            if self.kind == SYMMETRIC_KERNEL:
                 y.add_(0.5)
 
     def rounded_(self, u: Tensor) -> Tensor:
-        return u.round_() if self.kind == "round" else u.floor_()
+        return u.round_() if self.kind == ROUND_KERNEL else u.floor_()
 
     def levels(self, y: Tensor, x: Tensor | None = None) -> Tensor:
         """Values before rounding -> level values (``r = k - L//2`` for "round", else ``k``), in ``y``
@@ -225,9 +225,11 @@ class _Block:
             y = self._rounded_exactly(y, x)
         else:
             self.rounded_(y)
-        if self.always_clamp or bool(y.sum().isnan()):  # the values are bounded: only NaN makes a NaN sum
+        # the values are bounded: only NaN makes a NaN sum (not tested where the clamp runs anyway)
+        self.has_nan = None if self.always_clamp else bool(y.sum().isnan())
+        if self.always_clamp or self.has_nan:
             self._fmax(y, self.get("lowest", n))  # also sends NaN to level 0, as the reference
-        if self.always_clamp or self.kind == "equal":
+        if self.always_clamp or self.kind == EQUAL_KERNEL:
             self._fmin(y, self.get("highest", n))
         return y
 
@@ -243,7 +245,7 @@ class _Block:
         distance, threshold = self.work[:padded], 0.5 - self.margin
         # Chunk maxima first (one cheap reduction); "not <=" also flags chunks holding a NaN.
         chunks = distance.view(-1, CHUNK).amax(1).le(threshold).logical_not_().nonzero().squeeze(1)
-        if self.kind != "round":
+        if self.kind != ROUND_KERNEL:
             r.sub_(1)  # round(u + 1/2) = floor(u) + 1 away from the boundaries
         if chunks.numel():
             candidates = (chunks.unsqueeze(1) * CHUNK + torch.arange(CHUNK, device=v.device)).view(-1)
@@ -263,10 +265,10 @@ class _Block:
 
     def codes(self, r: Tensor, out: Tensor) -> None:
         n = r.shape[0]
-        if self.kind == "round":
+        if self.kind == ROUND_KERNEL:
             torch.div(r, self.get("half_width", n), out=out)
             out.add_(0.0)  # r may be -0.0 after rounding; the reference's (k - L//2) / (L//2) is +0.0
-        elif self.kind == "symmetric":
+        elif self.kind == SYMMETRIC_KERNEL:
             torch.mul(r, self.get("code_step", n), out=out)
             out.sub_(1)
         else:
@@ -274,7 +276,7 @@ class _Block:
             out.add_(1).div_(self.get("levels", n)).sub_(1)
 
     def level_indices(self, r: Tensor, out: Tensor) -> None:
-        if self.kind == "round":
+        if self.kind == ROUND_KERNEL:
             torch.add(r, self.get("half_width", r.shape[0]), out=out)
         else:
             out.copy_(r)
@@ -315,6 +317,8 @@ def forward(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: b
             x = torch.add(x, block.get("shift", n), out=y if shifted is None else shifted[:n])
         block.prerounded(x, y, deriv[sl] if deriv is not None else None)
         y = block.levels(y, x)
+        if deriv is not None and (block.has_nan if block.has_nan is not None else bool(deriv[sl].sum().isnan())):
+            deriv[sl].nan_to_num_(nan=0.0)  # zero gradient at NaN inputs (their code is level 0's, whatever z)
         block.codes(y, codes[sl])
         if levels is not None:
             block.level_indices(y, levels[sl])

@@ -65,16 +65,17 @@ from torch.utils._python_dispatch import _disable_current_modes
 from triton.language.extra import libdevice
 from triton.runtime.jit import JITFunction
 
-from ..activations import vector_sigmoid
-from ..bins import BinLayout
+from ..activations import CLAMP_KERNEL, ERF_KERNEL, SIGMOID_KERNEL, TANH_KERNEL, vector_sigmoid
+from ..bins import EQUAL_KERNEL, ROUND_KERNEL, SYMMETRIC_KERNEL, BinLayout
 from ..contexts import cached, tracing
 from ..indexing import IndexPlan
 from . import triton_support
 
 __all__ = ["forward", "backward"]
 
-_ACTIVATIONS = {"tanh": 0, "sigmoid": 1, "erf": 2, "clamp": 3}
-_KINDS = {"round": 0, "symmetric": 1, "equal": 2}
+# The kernel ids of the bounds (activations.py) and layouts (bins.py), as the kernels' constants.
+_TANH, _SIGMOID, _ERF, _CLAMP = (tl.constexpr(i) for i in (TANH_KERNEL, SIGMOID_KERNEL, ERF_KERNEL, CLAMP_KERNEL))
+_ROUND, _SYMMETRIC, _EQUAL = (tl.constexpr(i) for i in (ROUND_KERNEL, SYMMETRIC_KERNEL, EQUAL_KERNEL))
 # Rows of the (8, d) constant table passed to the kernels.
 _CONSTANT_ROWS = ("scale", "bias", "shift", "slope", "top", "levels", "half_width", "code_step")
 _SCALE, _BIAS, _SHIFT, _SLOPE, _TOP, _LEVELS, _HALF_WIDTH, _CODE_STEP = (tl.constexpr(i) for i in range(8))
@@ -92,7 +93,94 @@ NUM_WARPS = 4
 # The kernels call no @triton.jit function of Triton's standard library (tl.sum is one): those
 # are wrapped for the interpreter or for compilation once, when Triton is first imported, while
 # these kernels follow TRITON_INTERPRET at the time of the call. Sums are tl.reduce with
-# tl.standard._sum_combine, which the interpreter recognises by identity and runs as np.sum.
+# tl.standard._sum_combine, which the interpreter recognises by identity and runs as np.sum. The
+# device functions below are _DeviceFunction objects, which work in both modes.
+
+
+class _DeviceFunction(JITFunction):
+    """A Triton device function for both modes: a compiled kernel inlines it as any ``@triton.jit``
+    function; a kernel running under the interpreter calls it, and it runs interpreted too."""
+
+    def __call__(self, *args, **kwargs):  # only the interpreter calls a device function
+        from triton.runtime.interpreter import InterpretedFunction
+
+        return InterpretedFunction(self.fn)(*args, **kwargs)
+
+
+def _tanh_math(x, INTERPRET: tl.constexpr, HOST: tl.constexpr):
+    if INTERPRET:
+        y = HOST.tanh(x)
+    else:
+        y = libdevice.tanh(x)
+    return y
+
+
+def _exp_math(x, INTERPRET: tl.constexpr, HOST: tl.constexpr):
+    if INTERPRET:
+        y = HOST.exp(x)
+    else:
+        y = libdevice.exp(x)
+    return y
+
+
+def _sigmoid_math(t, FP64: tl.constexpr, INTERPRET: tl.constexpr, HOST: tl.constexpr):
+    """``1 / (1 + exp(-t))``, as PyTorch's CUDA kernel (the interpreter: torch's CPU sigmoid)."""
+    if INTERPRET:
+        s = HOST.sigmoid(t)
+    else:
+        e = 1.0 + libdevice.exp(-t)
+        if FP64:
+            s = 1.0 / e
+        else:
+            s = tl.math.fdiv(1.0, e, ieee_rounding=True)
+    return s
+
+
+_tanh = _DeviceFunction(_tanh_math)
+_exp = _DeviceFunction(_exp_math)
+_sigmoid = _DeviceFunction(_sigmoid_math)
+
+
+def _bound_math(x, ACT: tl.constexpr, FP64: tl.constexpr, INTERPRET: tl.constexpr, HOST: tl.constexpr):
+    """``y = f(x)`` for the bound of kernel id ``ACT`` (activations.py), with its operations."""
+    if ACT == _TANH:
+        y = _tanh(x, INTERPRET, HOST)
+    elif ACT == _SIGMOID:
+        y = 2.0 * _sigmoid(x * 1.6, FP64, INTERPRET, HOST) - 1.0
+    elif ACT == _ERF:
+        u = x * 0.7071067811865476  # math.sqrt(0.5)
+        if INTERPRET:
+            y = HOST.erf(u)
+        else:
+            y = libdevice.erf(u)
+    else:
+        y = tl.where(x < -1.0, -1.0, tl.where(x > 1.0, 1.0, x))  # clamp, NaN stays NaN
+    return y
+
+
+def _bound_grad_math(g, x, ACT: tl.constexpr, FP64: tl.constexpr, INTERPRET: tl.constexpr, HOST: tl.constexpr):
+    """``g * f'(x)`` for the bound of kernel id ``ACT``, in the order of autograd's backward formulas."""
+    if ACT == _TANH:  # tanh_backward: g * (1 - y*y), whose `1 - y*y` PyTorch's kernels compile to an FMA
+        y = _tanh(x, INTERPRET, HOST)
+        g = g * tl.math.fma(-y, y, 1.0)
+    elif ACT == _SIGMOID:  # 2*s - 1, s = sigmoid(1.6 x): ((g*2) * (1 - s)) * s, then * 1.6
+        s = _sigmoid(x * 1.6, FP64, INTERPRET, HOST)
+        g = g * 2.0
+        g = g * (1.0 - s)
+        g = g * s
+        g = g * 1.6
+    elif ACT == _ERF:  # erf(u), u = x*sqrt(0.5): (2/sqrt(pi) * exp(-(u*u))) * g, then * sqrt(0.5)
+        u = x * 0.7071067811865476
+        e = _exp(-(u * u), INTERPRET, HOST)
+        g = (1.1283791670955126 * e) * g
+        g = g * 0.7071067811865476
+    else:  # clamp_backward: where(-1 <= x <= 1, g, 0)
+        g = tl.where((x >= -1.0) & (x <= 1.0), g, 0.0)
+    return g
+
+
+_bound = _DeviceFunction(_bound_math)
+_bound_grad = _DeviceFunction(_bound_grad_math)
 
 
 def _quantize_forward_kernel(
@@ -116,36 +204,13 @@ def _quantize_forward_kernel(
     # Bound: y = f(x + shift) (activations.py).
     if HAS_SHIFT:
         x = x + tl.load(const_ptr + _SHIFT * D + cols, mask=col_ok, other=0.0)[None, :]
-    if ACT == 0:
-        if INTERPRET:
-            y = HOST.tanh(x)
-        else:
-            y = libdevice.tanh(x)
-    elif ACT == 1:
-        t = x * 1.6
-        if INTERPRET:
-            s = HOST.sigmoid(t)
-        else:
-            e = 1.0 + libdevice.exp(-t)
-            if FP64:
-                s = 1.0 / e
-            else:
-                s = tl.math.fdiv(1.0, e, ieee_rounding=True)
-        y = 2.0 * s - 1.0
-    elif ACT == 2:
-        u = x * 0.7071067811865476  # math.sqrt(0.5)
-        if INTERPRET:
-            y = HOST.erf(u)
-        else:
-            y = libdevice.erf(u)
-    else:
-        y = tl.where(x < -1.0, -1.0, tl.where(x > 1.0, 1.0, x))  # clamp, NaN stays NaN
+    y = _bound(x, ACT, FP64, INTERPRET, HOST)
 
     # Level index k (BinLayout.level_index).
     scale = tl.load(const_ptr + _SCALE * D + cols, mask=col_ok, other=1.0)[None, :]
     bias = tl.load(const_ptr + _BIAS * D + cols, mask=col_ok, other=0.0)[None, :]
     top = tl.load(const_ptr + _TOP * D + cols, mask=col_ok, other=0.0)[None, :]
-    if KIND == 0:
+    if KIND == _ROUND:
         half_width = tl.load(const_ptr + _HALF_WIDTH * D + cols, mask=col_ok, other=1.0)[None, :]
         b = y * scale
         b = b + bias
@@ -163,12 +228,12 @@ def _quantize_forward_kernel(
     k = tl.where(k <= top, k, top)  # fmin(k, L - 1)
 
     # Code (BinLayout.code).
-    if KIND == 0:
+    if KIND == _ROUND:
         if FP64:
             code = (k - half_width) / half_width
         else:
             code = tl.math.fdiv(k - half_width, half_width, ieee_rounding=True)
-    elif KIND == 1:
+    elif KIND == _SYMMETRIC:
         step = tl.load(const_ptr + _CODE_STEP * D + cols, mask=col_ok, other=0.0)[None, :]
         code = k * step
         code = code - 1.0
@@ -215,41 +280,9 @@ def _quantize_backward_kernel(
     if HAS_SHIFT:
         x = x + tl.load(const_ptr + _SHIFT * D + col, mask=mask, other=0.0)
     slope = tl.load(const_ptr + _SLOPE * D + col, mask=mask, other=0.0)
-    # soft = nan_to_num(y) * slope: mul backward, then nan_to_num's `grad * isfinite(y)`
-    # (y = f(x) is NaN exactly where x is, and finite elsewhere).
-    g = grad * slope
-    g = g * tl.where(x == x, 1.0, 0.0)
-    if ACT == 0:  # tanh_backward: g * (1 - y*y), whose `1 - y*y` PyTorch's kernels compile to an FMA
-        if INTERPRET:
-            y = HOST.tanh(x)
-        else:
-            y = libdevice.tanh(x)
-        g = g * tl.math.fma(-y, y, 1.0)
-    elif ACT == 1:  # 2*s - 1, s = sigmoid(1.6 x): ((g*2) * (1 - s)) * s, then * 1.6
-        t = x * 1.6
-        if INTERPRET:
-            s = HOST.sigmoid(t)
-        else:
-            e = 1.0 + libdevice.exp(-t)
-            if FP64:
-                s = 1.0 / e
-            else:
-                s = tl.math.fdiv(1.0, e, ieee_rounding=True)
-        g = g * 2.0
-        g = g * (1.0 - s)
-        g = g * s
-        g = g * 1.6
-    elif ACT == 2:  # erf(u), u = x*sqrt(0.5): (2/sqrt(pi) * exp(-(u*u))) * g, then * sqrt(0.5)
-        u = x * 0.7071067811865476
-        v = -(u * u)
-        if INTERPRET:
-            e = HOST.exp(v)
-        else:
-            e = libdevice.exp(v)
-        g = (1.1283791670955126 * e) * g
-        g = g * 0.7071067811865476
-    else:  # clamp_backward: where(-1 <= x <= 1, g, 0)
-        g = tl.where((x >= -1.0) & (x <= 1.0), g, 0.0)
+    # soft = f(x) * slope (x = 0 where it is NaN): mul backward, then the bound's backward
+    g = _bound_grad(grad * slope, x, ACT, FP64, INTERPRET, HOST)
+    g = tl.where(x == x, g, 0.0)  # zero gradient at NaN inputs
     tl.store(out_ptr + offsets, g, mask=mask)
 
 
@@ -372,7 +405,7 @@ def forward(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: b
         kernel or _default_kernel(0), grid, z,
         z, _constant_table(layout, z.device, z.dtype), _pack_table(plan, z.device) if plan is not None else placeholder, codes,
         levels if levels is not None else z.new_empty(1), indices if indices is not None else placeholder.clone(), m,
-        D=d, G=groups, ACT=_ACTIVATIONS[layout.activation.name], KIND=_KINDS[layout.kind],
+        D=d, G=groups, ACT=layout.activation.kernel_id, KIND=layout.kernel_id,
         HAS_SHIFT=layout.has_shift, NEED_LEVELS=need_levels, NEED_INDEX=plan is not None,
         FP64=z.dtype == torch.float64,
         WIDE=_wide((m + block_m) * max(d, groups)),
@@ -396,7 +429,7 @@ def backward(grad: Tensor, z: Tensor, layout: BinLayout, kernel=None) -> Tensor:
     _launch(
         kernel or _default_kernel(1), (triton.cdiv(n, block),), z,
         grad, z, _constant_table(layout, z.device, z.dtype), out, n,
-        D=z.shape[1], ACT=_ACTIVATIONS[layout.activation.name], HAS_SHIFT=layout.has_shift,
+        D=z.shape[1], ACT=layout.activation.kernel_id, HAS_SHIFT=layout.has_shift,
         FP64=z.dtype == torch.float64,
         WIDE=_wide(n + block), BLOCK=block,
         INTERPRET=interpret, HOST=_HOST if interpret else None,

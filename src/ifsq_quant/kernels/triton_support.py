@@ -8,9 +8,8 @@ import os
 
 from torch import Tensor
 
+from ..activations import ACTIVATION_NAMES
 from ..bins import BinLayout
-
-TRITON_ACTIVATIONS = ("tanh", "sigmoid", "erf", "clamp")
 
 
 @functools.cache
@@ -29,7 +28,8 @@ def interpreting() -> bool:
 
 
 def supports(layout: BinLayout) -> bool:
-    return layout.activation.name in TRITON_ACTIVATIONS
+    """Whether the kernels implement ``layout``'s bound: every bound with a kernel id (activations.py)."""
+    return layout.activation.kernel_id is not None
 
 
 def check_usable(z: Tensor, layout: BinLayout) -> None:
@@ -38,7 +38,7 @@ def check_usable(z: Tensor, layout: BinLayout) -> None:
         raise RuntimeError('backend="triton" needs the triton package: pip install "ifsq-quant[triton]"')
     if not supports(layout):
         raise ValueError(
-            f'backend="triton" supports the activations {TRITON_ACTIVATIONS}, got {layout.activation!r}; '
+            f'backend="triton" supports the named activations {ACTIVATION_NAMES}, got {layout.activation!r}; '
             'use backend="torch" or "auto" for custom activations'
         )
     if not z.is_cuda and not interpreting():
