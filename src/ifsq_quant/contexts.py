@@ -13,10 +13,11 @@ from collections.abc import Callable, MutableMapping
 import torch
 from torch import Tensor
 
-__all__ = ["tracing", "exporting_to_portable_graph", "functorch_active", "cached"]
+__all__ = ["tracing", "exporting_to_portable_graph", "functorch_active", "fake_mode_active", "cached"]
 
 
-def _fake_mode_active() -> bool:
+def fake_mode_active() -> bool:
+    """Whether a ``FakeTensorMode`` is active (tensors created now have no values)."""
     return torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None
 
 
@@ -27,7 +28,7 @@ def exporting_to_portable_graph() -> bool:
 
 def tracing() -> bool:
     """Whether tensors seen now may be fake, symbolic or recorded into a graph."""
-    return torch.compiler.is_compiling() or exporting_to_portable_graph() or _fake_mode_active()
+    return torch.compiler.is_compiling() or exporting_to_portable_graph() or fake_mode_active()
 
 
 def functorch_active() -> bool:

@@ -63,6 +63,7 @@ class IndexPlan:
             self.group_slices.append(slice(start, start + g))
             start += g
         self.basis = tuple(basis)
+        self._group_of_dim = [gi for gi, g in enumerate(self.groups) for _ in range(g)]
         self.max_group_size = max(self.group_sizes)
         if check_int64 and self.max_group_size > INT64_MAX:
             raise ValueError(
@@ -115,7 +116,10 @@ class IndexPlan:
 
     def unpack(self, indices: Tensor) -> Tensor:
         """``(..., G)`` int64 indices -> ``(..., d)`` int64 level indices."""
-        per_dim = torch.repeat_interleave(indices, torch.tensor(self.groups, device=indices.device), dim=-1)
+        # each dimension's group index, by a constant gather (static shapes: traceable with fake tensors)
+        per_dim = indices if self.num_groups == 1 else indices[..., self._group_of_dim]
+        if self.num_groups == 1:
+            per_dim = per_dim.expand(*indices.shape[:-1], len(self.levels))
         basis = self._tensor("basis", indices.device, torch.int64)
         levels = self._tensor("levels", indices.device, torch.int64)
         return torch.div(per_dim, basis, rounding_mode="floor") % levels

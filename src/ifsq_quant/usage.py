@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .bins import check_levels
+from .contexts import fake_mode_active
 from .indexing import IndexPlan
 
 __all__ = ["CodeUsage"]
@@ -269,9 +270,10 @@ class CodeUsage(nn.Module):
         """Adds validated int64 level indices ``(M, d)`` of a forward to this rank's counts.
 
         Counts nothing while a backward pass runs on this thread (an activation checkpoint's
-        recompute, a forward in a backward hook): each forward is counted once.
+        recompute, a forward in a backward hook): each forward is counted once. Nor under a
+        ``FakeTensorMode`` trace, whose tensors have no values to count.
         """
-        if torch._C._current_graph_task_id() != -1:
+        if torch._C._current_graph_task_id() != -1 or (fake_mode_active() and not torch.compiler.is_compiling()):
             return
         self._count(k)
 

@@ -371,3 +371,24 @@ def test_autocast_indices_equal_plain_float32(backend):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(q(z)[1], expected)
         assert torch.equal(q.codes_to_indices(q.indices_to_codes(expected)), expected)
+
+
+def test_fake_tensor_mode_decodes_and_trains_with_usage_tracking():
+    """Decoding (grouped indices included) and a training forward that tracks usage trace under FakeTensorMode,
+    with the shapes of eager code; the trace counts nothing."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from ifsq_quant import ResidualFSQ
+
+    q = FSQ([8, 5, 5, 5], track_usage=True, index_groups=[2, 2]).train()
+    r = ResidualFSQ(levels=[8, 5, 5, 5], num_quantizers=3, dim=16).eval()
+    z, x = torch.randn(2, 4, 6, 6), torch.randn(2, 10, 16)
+    eager = (q(z), q.indices_to_codes(q(z)[1]), r.get_output_from_indices(r(x)[1]))
+    samples = q.usage.num_samples
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake_z, fake_x = mode.from_tensor(z), mode.from_tensor(x)
+        out, indices = q(fake_z)
+        decoded = q.indices_to_codes(indices)
+        residual = r.get_output_from_indices(r(fake_x)[1])
+    assert (out.shape, indices.shape, decoded.shape, residual.shape) == (eager[0][0].shape, eager[0][1].shape, eager[1].shape, eager[2].shape)
+    assert q.usage.num_samples == samples

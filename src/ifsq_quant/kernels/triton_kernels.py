@@ -16,8 +16,10 @@ Backward: the derivative is recomputed from the saved input instead of being sav
 forward. Both cost the backward one extra read per element, but recomputing spares the forward
 a write per element (and the memory of a saved ``(M, d)`` tensor; ``z`` is kept alive instead).
 The gradient repeats the operations of autograd through :func:`.reference.quantize` in the same
-order (``grad * slope``, the ``nan_to_num`` mask, then the activation's backward formula), so it
-matches the reference to the last bit wherever the transcendental functions do.
+order (``grad * slope``, then the activation's backward formula; 0 at NaN inputs), so it
+matches the reference to the last bit wherever the transcendental functions do. The activation
+code (``_bound``, ``_bound_grad`` and the functions they call) is written once, as device
+functions that both kernels call.
 
 Exactness. The operations and their order are those of :class:`~ifsq_quant.bins.BinLayout` and
 :mod:`~ifsq_quant.activations` (``y * scale`` then ``+ bias``, ``2 * sigmoid(1.6 * x) - 1``,
