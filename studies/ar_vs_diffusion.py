@@ -39,7 +39,7 @@ from examples.presets import PRESETS
 from examples.training import train
 from studies import protocol
 from studies.font_digits import load_font_digits, load_splits
-from studies.harness import ENV, Study, pyplot, start
+from studies.harness import ENV, Study, pyplot, save_figure, start
 from studies.protocol import DemoEvaluation, ProtocolEvaluator
 from studies.recipes import AR, DIT, FEATURES, SPLITS, TOK
 
@@ -315,16 +315,13 @@ def figure(result: dict, path: Path) -> None:
     if not demo:
         axes[1].set_xlabel("sampling compute per image (FLOPs), final checkpoint", fontsize=10)
         axes[1].set_title("FD against sampling cost", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):
     parser = STUDY.parser("1 seed, 1,000 steps, small models")
     protocol.add_arguments(parser, tuple(CONFIGS["protocol"]["full"]["splits"]))
-    parser.add_argument("--evaluation", choices=["protocol", "demo"], default="protocol",
-                        help="the calibrated protocol on font digits (default) or the demo's FD on scikit-learn's digits")
+    protocol.add_evaluation_argument(parser)
     parser.add_argument("--eval-every", type=int, default=None, help="measure both generators every this many steps")
     args = parser.parse_args(argv)
     if args.from_json:

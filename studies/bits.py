@@ -32,7 +32,7 @@ from examples.metrics import extract_features, frechet_distance
 from examples.presets import PRESETS
 from studies import protocol
 from studies.font_digits import load_splits
-from studies.harness import ENV, Study, pyplot, start
+from studies.harness import ENV, Study, pyplot, save_figure, start
 from studies.protocol import DemoEvaluation, ProtocolEvaluator
 from studies.recipes import HEADLINE, seed_records
 from studies.stats import seed_statistics
@@ -129,9 +129,7 @@ def protocol_figure(result: dict, path: Path) -> None:
     for ax in axes:
         ax.set_xlabel("bits per latent dimension (log2 L)", fontsize=10)
         ax.tick_params(labelsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- the demo's evaluation
@@ -243,8 +241,7 @@ def figure(result: dict, path: Path) -> None:
 def main(argv=None):
     parser = STUDY.parser("1 seed, short training")
     protocol.add_arguments(parser, tuple(CONFIGS["protocol"]["full"]["splits"]))
-    parser.add_argument("--evaluation", choices=["protocol", "demo"], default="protocol",
-                        help="the calibrated protocol on font digits (default) or the demo's FD on scikit-learn's digits")
+    protocol.add_evaluation_argument(parser)
     parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
     args = parser.parse_args(argv)
     if args.from_json:

@@ -21,7 +21,7 @@ import copy
 from pathlib import Path
 
 from studies.font_digits import load_splits
-from studies.harness import Study, mode, pyplot, start
+from studies.harness import Study, mode, pyplot, save_figure, start
 from studies.recipes import HEADLINE, KINDS, swept_tokenizer
 from studies.stats import paired_difference
 
@@ -88,9 +88,7 @@ def figure(result: dict, path: Path) -> None:
     ax.set_title("Tokenizer validation PSNR during training (dotted: LRs not chosen)", fontsize=11)
     ax.legend(fontsize=9)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):

@@ -45,7 +45,7 @@ from pathlib import Path
 from examples import pipeline as P
 from studies import protocol
 from studies.font_digits import load_splits
-from studies.harness import ENV, Study, command, start
+from studies.harness import ENV, Study, command, save_figure, start
 from studies.protocol import ProtocolEvaluator
 from studies.recipes import HEADLINE, KINDS, seed_records
 from studies.stats import paired_difference
@@ -143,9 +143,7 @@ def figure(result: dict, path: Path) -> None:
         ax.tick_params(labelsize=9)
     axes[0][0].set_ylabel(f"FD vs {result['meta']['num_real']:,} test images (95 % CI)", fontsize=10)
     axes[0][0].legend(fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):

@@ -122,6 +122,13 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, path: Path) -> None:
+    """Writes ``fig`` to ``path`` (PNG, 100 dpi, tight layout) and closes it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    pyplot().close(fig)
+
+
 def start(threads: int = 1) -> float:
     """What a study does before it trains: one torch thread (the results depend on it); returns the start time."""
     torch.set_num_threads(threads)

@@ -40,7 +40,7 @@ from examples import pipeline as P
 from examples.tokenizer import Tokenizer
 from examples.training import train
 from studies.font_digits import load_font_digits
-from studies.harness import ENV, Study, mode, pyplot, start
+from studies.harness import ENV, Study, mode, pyplot, save_figure, start
 from studies.stats import seed_statistics
 
 STUDY = Study("mechanism", __doc__)
@@ -172,9 +172,7 @@ def figure(result: dict, path: Path) -> None:
             ax.set_title(f"{encoder} encoder output", fontsize=10)
             ax.tick_params(labelsize=9)
         row[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):

@@ -178,6 +178,12 @@ class ProtocolEvaluator:
         return rows
 
 
+def add_evaluation_argument(parser) -> None:
+    """``--evaluation``: the calibrated protocol on font digits, or the demo's FD (the studies that have both)."""
+    parser.add_argument("--evaluation", choices=["protocol", "demo"], default="protocol",
+                        help="the calibrated protocol on font digits (default) or the demo's FD on scikit-learn's digits")
+
+
 def add_arguments(parser: argparse.ArgumentParser, splits: tuple[str, ...]) -> None:
     """The protocol's sizes on the command line (small values make a study's smallest configuration, for tests)."""
     parser.add_argument("--steps", type=int, default=None, help="override the steps of every model (tests)")
