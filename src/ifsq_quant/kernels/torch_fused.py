@@ -25,6 +25,7 @@ from torch import Tensor
 from ..activations import CLAMP_KERNEL, ERF_KERNEL, SIGMOID_KERNEL, TANH_KERNEL, vector_loop_size
 from ..bins import EQUAL_KERNEL, ROUND_KERNEL, SYMMETRIC_KERNEL, BinLayout
 from ..indexing import IndexPlan
+from .thread_choice import ThreadChoice
 
 __all__ = ["forward", "supports"]
 
@@ -34,6 +35,7 @@ BLOCK_ELEMENTS = 1 << 19  # elements per block: 2 MiB of float32, half of it per
 TANH_MARGIN = 1e-5
 MAX_TANH_MARGIN = 0.25  # in units of a bin
 CHUNK = 128  # elements per chunk in the search for values near a boundary (1 in 6000 is, for L = 17)
+THREADS = ThreadChoice(min_elements=BLOCK_ELEMENTS)  # below one block, a call is too short to time reliably
 
 
 def supports(layout: BinLayout) -> bool:
@@ -296,7 +298,19 @@ class _Block:
 
 def forward(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: bool, need_grad: bool):
     """``z (M, d)`` contiguous float32/float64 -> ``codes (M, d)``, ``indices (M, G) | None``, ``level
-    indices (M, d) | None`` and ``deriv = slope * f'(z + shift) (M, d) | None`` (when ``need_grad``)."""
+    indices (M, d) | None`` and ``deriv = slope * f'(z + shift) (M, d) | None`` (when ``need_grad``).
+
+    On the CPU, large calls run on all threads or on one, whichever :data:`THREADS` measures as
+    faster for this kind of call; the results are the same either way."""
+    if z.device.type != "cpu":
+        return _forward(z, layout, plan, need_levels, need_grad)
+    # the thread count is set before the block is built: its buffer sizes depend on it
+    kind = (z.dtype, z.shape[1], layout.kernel_id, layout.activation.kernel_id, plan is not None, need_levels, need_grad)
+    with THREADS.threads(kind, z.numel()):
+        return _forward(z, layout, plan, need_levels, need_grad)
+
+
+def _forward(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: bool, need_grad: bool):
     m, d = z.shape
     # Whole multiples of 32 rows: PyTorch computes a tensor's last numel % 32 elements with scalar
     # code that can differ from its vector code by an ulp, so blocks must not create new tails.

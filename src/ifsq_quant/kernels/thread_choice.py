@@ -1,0 +1,126 @@
+"""How many threads the fused CPU path runs on, chosen by measuring the calls themselves.
+
+The fused path (:mod:`.torch_fused`) runs a dozen short elementwise ops per cache-sized block,
+and each op is a parallel region that ends at a barrier where every thread waits for the
+slowest. On a quiet machine all threads run and a forward takes about ``1/T`` of the time it
+takes on one thread. On a busy one (data-loader workers, other jobs, a server answering requests
+in threads) the scheduler often takes one of the threads off its core, every region then waits
+for it, and a forward can take ten times longer than on a single thread, which has no barriers.
+
+:class:`ThreadChoice` keeps, for each kind of call, an estimate of the time per element on all
+threads and on one thread, runs the faster, and times the other again after 2, 4, 8, ... calls
+(at most every :data:`MAX_INTERVAL` calls), so that a change of load is followed within a few
+hundred calls at a cost of well under one percent. The thread count never changes the results:
+every op is elementwise and the sigmoid is computed over whole vector loops for any count
+(:func:`..activations.vector_loop_size`).
+
+The count is changed for the calling thread only, with OpenMP's ``omp_set_num_threads`` (PyTorch's
+CPU builds run their parallel regions with OpenMP, whose thread count is a per-thread setting).
+``torch.set_num_threads`` is not used: it also changes the default that every thread starting to
+use PyTorch later inherits, and MKL's count for the whole process, so a server thread starting
+during a one-thread call would keep one thread for good. Where PyTorch is not built with OpenMP, or
+its OpenMP library cannot be reached, every call runs on all threads, as without this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["ThreadChoice", "ALL_THREADS", "ONE_THREAD"]
+
+ALL_THREADS, ONE_THREAD = "all threads", "one thread"
+MAX_INTERVAL = 256  # calls between two measurements of the slower mode, at most
+SMOOTHING = 0.5  # weight of a new measurement in a mode's estimate
+
+
+@functools.cache
+def _omp_set_num_threads():
+    """OpenMP's ``omp_set_num_threads`` of the library PyTorch runs on, or None."""
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
+    try:
+        function = ctypes.CDLL(None).omp_set_num_threads  # the OpenMP library torch has loaded
+    except (OSError, AttributeError):  # no such symbol in the process (or no dlopen(NULL), on Windows)
+        return None
+    function.argtypes, function.restype = [ctypes.c_int], None
+    return function
+
+
+@dataclass
+class _Estimates:
+    """Seconds per element of each mode (None: not measured yet), and when to measure the slower one."""
+
+    seconds: dict[str, float | None] = field(default_factory=lambda: {ALL_THREADS: None, ONE_THREAD: None})
+    interval: int = 2
+    countdown: int = 0
+
+    def best(self) -> str:
+        a, b = self.seconds[ALL_THREADS], self.seconds[ONE_THREAD]
+        return ONE_THREAD if a is not None and b is not None and b < a else ALL_THREADS
+
+    def next_mode(self) -> str:
+        for mode, seconds in self.seconds.items():
+            if seconds is None:
+                return mode
+        best = self.best()
+        if self.countdown > 0:
+            return best
+        return ONE_THREAD if best == ALL_THREADS else ALL_THREADS
+
+    def record(self, mode: str, seconds_per_element: float) -> None:
+        before = self.best()
+        old = self.seconds[mode]
+        self.seconds[mode] = seconds_per_element if old is None else (1 - SMOOTHING) * old + SMOOTHING * seconds_per_element
+        if None in self.seconds.values():
+            return
+        if mode != before:  # the slower mode was measured again
+            self.interval = 2 if self.best() != before else min(2 * self.interval, MAX_INTERVAL)
+            self.countdown = self.interval
+        else:
+            self.countdown -= 1
+
+
+class ThreadChoice:
+    """Chooses all threads or one thread for each call of a kind (a hashable key), by timing.
+
+    Use as ``with choice.threads(key, numel): ...``: inside the block, ``torch.get_num_threads()``
+    is the chosen count for the calling thread, and the block's wall time is recorded against it.
+    With one thread available, calls below ``min_elements``, or no OpenMP to set the count with,
+    nothing is changed or timed. ``clock`` (seconds) is replaceable for tests.
+    """
+
+    def __init__(self, min_elements: int, clock=time.perf_counter):
+        self.min_elements = min_elements
+        self.clock = clock
+        self.estimates: dict[object, _Estimates] = {}
+
+    @contextlib.contextmanager
+    def threads(self, key: object, numel: int) -> Iterator[str]:
+        threads = torch.get_num_threads()  # also makes PyTorch set up this thread's count first
+        set_threads = _omp_set_num_threads()
+        if threads == 1 or numel < self.min_elements or set_threads is None:
+            yield ALL_THREADS
+            return
+        estimates = self.estimates.setdefault(key, _Estimates())
+        mode = estimates.next_mode()
+        if mode == ONE_THREAD:
+            set_threads(1)
+        start = self.clock()
+        try:
+            yield mode
+        finally:
+            elapsed = self.clock() - start
+            if mode == ONE_THREAD:
+                set_threads(threads)
+        estimates.record(mode, elapsed / numel)
+
+    def modes(self) -> dict[object, str]:
+        """The mode each kind of call runs in now (for reports and tests)."""
+        return {key: estimates.best() for key, estimates in self.estimates.items()}
