@@ -306,6 +306,21 @@ class FSQ(nn.Module):
         """Level indices ``(..., d)`` -> codes ``(..., d)`` in the decode dtype."""
         return self.layout.code(level_indices.to(self._decode_dtype))
 
+    def _indices_to_unrotated_codes(self, indices: Tensor) -> Tensor:
+        """Indices ``(...)`` (``(..., G)`` with index_groups) -> codes ``(..., d)`` in the decode dtype.
+
+        With more indices than codes, the codes are looked up in a table of all ``K`` of them,
+        computed by the same operations (one gather instead of a division, a remainder and an
+        affine map per element: the same values bit for bit, faster)."""
+        self.index_plan.check_dtype(indices)
+        if self.index_groups is not None or indices.numel() <= self.codebook_size:
+            return self._level_indices_to_codes(self.indices_to_level_indices(indices))
+        self.index_plan.check_range(self._group_axis(indices))
+        every_code = torch.arange(self.codebook_size, device=indices.device)[:, None]  # (K, 1)
+        table = self._level_indices_to_codes(self.index_plan.unpack(every_code))  # (K, d)
+        rows = indices.reshape(-1).to(torch.int64)
+        return table.index_select(0, rows).reshape(*indices.shape, table.shape[1])
+
     def _rotate_back(self, codes: Tensor) -> Tensor:
         """Undoes the orthogonal rotation in ``codes``' dtype."""
         return codes @ self.orthogonal_rot.to(codes.dtype).t()
@@ -351,7 +366,7 @@ class FSQ(nn.Module):
         ``(b, n[, c][, G]) -> (b, n, dim)``; image/video indices ``(b, *spatial[, c][, G])`` ->
         ``(b, dim, *spatial)``; with ``channel_first`` the feature axis is second.
         """
-        codes = self._level_indices_to_codes(self.indices_to_level_indices(indices))
+        codes = self._indices_to_unrotated_codes(indices)
         if self.orthogonal_rotation:
             codes = self._rotate_back(codes)
         if self.keep_num_codebooks_dim:

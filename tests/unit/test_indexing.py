@@ -136,3 +136,19 @@ def test_int32_indices_are_accepted():
     q = FSQ([8, 5, 5, 5])
     idx = torch.arange(1000, dtype=torch.int32)
     assert torch.equal(q.indices_to_codes(idx), q.indices_to_codes(idx.long()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kwargs", [{}, {"preserve_symmetry": True}, {"bins": "equal"}, {"num_codebooks": 2, "dim": 8}])
+def test_table_decoding_of_large_batches_matches_decoding_row_by_row(dtype, kwargs):
+    """Batches with more indices than codes are decoded through a table of every code; slices with
+    fewer are decoded row by row: both give the same codes bit for bit."""
+    q = FSQ([8, 5, 5, 5], **kwargs).to(dtype)
+    shape = (3, 700) + ((2,) if kwargs.get("num_codebooks") else ())
+    indices = torch.randint(0, q.codebook_size, shape, generator=torch.Generator().manual_seed(0))
+    table = q.indices_to_codes(indices)  # 2100+ indices > 1000 codes
+    rows = torch.cat([q.indices_to_codes(indices[:, i:i + 100]) for i in range(0, 700, 100)], dim=1)  # 300 or 600 each
+    assert table.dtype == rows.dtype and torch.equal(table, rows)
+    assert torch.equal(q.indices_to_codes(indices.to(torch.int32)), table)
+    with pytest.raises(ValueError, match="out of range"):
+        q.indices_to_codes(indices.masked_fill(indices == indices[0, 0], q.codebook_size))

@@ -627,3 +627,20 @@ def test_soft_clamp_and_grouped_decode_errors_name_the_argument():
     with pytest.raises(ValueError, match="leading group axis of size 2"):
         g.get_output_from_indices(indices[:1])
     assert torch.equal(g.get_output_from_indices(list(indices)), g.get_output_from_indices(indices))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_table_decoding_of_large_batches_matches_decoding_row_by_row(dtype):
+    """Stages of batches with more rows than codes are decoded through a table (dropped stages
+    through its zero row); small batches row by row: the same outputs bit for bit."""
+    torch.manual_seed(0)
+    r = ResidualFSQ(dim=16, levels=[8, 5, 5, 5], num_quantizers=3).to(dtype).eval()
+    indices = torch.randint(0, 1000, (2, 1200, 3))
+    indices[:, ::7, 2] = -1  # dropped last stage
+    table = r.get_output_from_indices(indices)
+    rows = torch.cat([r.get_output_from_indices(indices[:, i:i + 200]) for i in range(0, 1200, 200)], dim=1)
+    assert torch.equal(table, rows)
+    assert torch.equal(r.get_codes_from_indices(indices), torch.cat(
+        [r.get_codes_from_indices(indices[:, i:i + 200]) for i in range(0, 1200, 200)], dim=2))
+    with pytest.raises(ValueError, match="out of range"):
+        r.get_output_from_indices(indices.masked_fill(indices == 5, 1000))
