@@ -9,8 +9,9 @@ for it, and a forward can take ten times longer than on a single thread, which h
 
 :class:`ThreadChoice` keeps, for each kind of call, an estimate of the time per element on all
 threads and on one thread, runs the faster, and times the other again after 2, 4, 8, ... calls
-(at most every :data:`MAX_INTERVAL` calls), so that a change of load is followed within a few
-hundred calls at a cost of well under one percent. The thread count never changes the results:
+(at most every :data:`MAX_INTERVAL` calls), so that a change of load is followed within a
+hundred calls at a cost of about one percent. The first call of each mode is not counted: it
+warms up caches and allocations and says little about the next ones. The thread count never changes the results:
 every op is elementwise and the sigmoid is computed over whole vector loops for any count
 (:func:`..activations.vector_loop_size`).
 
@@ -36,8 +37,9 @@ import torch
 __all__ = ["ThreadChoice", "ALL_THREADS", "ONE_THREAD"]
 
 ALL_THREADS, ONE_THREAD = "all threads", "one thread"
-MAX_INTERVAL = 256  # calls between two measurements of the slower mode, at most
+MAX_INTERVAL = 64  # calls between two measurements of the slower mode, at most
 SMOOTHING = 0.5  # weight of a new measurement in a mode's estimate
+START_SAMPLES = 2  # calls of each mode before choosing; the first one of each only warms it up
 
 
 @functools.cache
@@ -55,32 +57,39 @@ def _omp_set_num_threads():
 
 @dataclass
 class _Estimates:
-    """Seconds per element of each mode (None: not measured yet), and when to measure the slower one."""
+    """Seconds per element of each mode, how many calls measured it, and when to measure the slower one."""
 
-    seconds: dict[str, float | None] = field(default_factory=lambda: {ALL_THREADS: None, ONE_THREAD: None})
+    seconds: dict[str, float] = field(default_factory=lambda: {ALL_THREADS: 0.0, ONE_THREAD: 0.0})
+    samples: dict[str, int] = field(default_factory=lambda: {ALL_THREADS: 0, ONE_THREAD: 0})
     interval: int = 2
     countdown: int = 0
 
+    def measured(self) -> bool:
+        return min(self.samples.values()) >= START_SAMPLES
+
     def best(self) -> str:
-        a, b = self.seconds[ALL_THREADS], self.seconds[ONE_THREAD]
-        return ONE_THREAD if a is not None and b is not None and b < a else ALL_THREADS
+        if not self.measured():
+            return ALL_THREADS
+        return ONE_THREAD if self.seconds[ONE_THREAD] < self.seconds[ALL_THREADS] else ALL_THREADS
 
     def next_mode(self) -> str:
-        for mode, seconds in self.seconds.items():
-            if seconds is None:
-                return mode
+        if not self.measured():  # alternate, so that a drift in the load hits both modes alike
+            return ALL_THREADS if self.samples[ALL_THREADS] <= self.samples[ONE_THREAD] else ONE_THREAD
         best = self.best()
         if self.countdown > 0:
             return best
         return ONE_THREAD if best == ALL_THREADS else ALL_THREADS
 
     def record(self, mode: str, seconds_per_element: float) -> None:
-        before = self.best()
-        old = self.seconds[mode]
-        self.seconds[mode] = seconds_per_element if old is None else (1 - SMOOTHING) * old + SMOOTHING * seconds_per_element
-        if None in self.seconds.values():
-            return
-        if mode != before:  # the slower mode was measured again
+        was_measured, before = self.measured(), self.best()
+        self.samples[mode] += 1
+        if self.samples[mode] <= START_SAMPLES:  # replaces the warm-up calls' value
+            self.seconds[mode] = seconds_per_element
+        else:
+            self.seconds[mode] = (1 - SMOOTHING) * self.seconds[mode] + SMOOTHING * seconds_per_element
+        if not was_measured:
+            self.countdown = self.interval
+        elif mode != before:  # the slower mode was measured again
             self.interval = 2 if self.best() != before else min(2 * self.interval, MAX_INTERVAL)
             self.countdown = self.interval
         else:
