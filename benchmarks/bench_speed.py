@@ -1,4 +1,5 @@
-"""Speed of FSQ / iFSQ against vector-quantize-pytorch's FSQ and one torch.sigmoid pass.
+"""Speed of FSQ / iFSQ against vector-quantize-pytorch's FSQ and one torch.sigmoid pass, and of
+decoding (``FSQ.indices_to_codes``, ``ResidualFSQ.get_output_from_indices``) against theirs.
 
 Interleaved in one process (A B C A B C ...), median of ``--repeats`` runs. Writes
 ``benchmarks/results/speed_<device>.md`` and ``.json``. Ratios are what carry over between
@@ -28,12 +29,13 @@ from pathlib import Path
 
 import torch
 
-from ifsq_quant import FSQ, iFSQ
+from ifsq_quant import FSQ, ResidualFSQ, iFSQ
 
 try:
     from vector_quantize_pytorch import FSQ as VqpFSQ
+    from vector_quantize_pytorch import ResidualFSQ as VqpResidualFSQ
 except ImportError:  # the comparison column is then reported as missing
-    VqpFSQ = None
+    VqpFSQ = VqpResidualFSQ = None
 
 LEVELS = {"[8,5,5,5]": [8, 5, 5, 5], "[17]*4": [17] * 4, "[17]*8": [17] * 8}
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -106,6 +108,49 @@ def measure(levels, numel, device, backward, repeats, warmup=2, compiled=False):
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def decode_cases(device):
+    """The decodes codecs run at inference: name -> (ours, vqp's or None), zero-argument callables."""
+    levels = [8, 5, 5, 5]
+    generator = torch.Generator().manual_seed(0)
+    fsq_indices = torch.randint(0, math.prod(levels), (64, 16384), generator=generator).to(device)
+    residual_indices = torch.randint(0, math.prod(levels), (16, 2048, 4), generator=generator).to(device)
+    ours_fsq, ours_residual = FSQ(levels).to(device), ResidualFSQ(dim=64, levels=levels, num_quantizers=4).to(device).eval()
+    cases = {"FSQ.indices_to_codes (64, 16384)": [lambda: ours_fsq.indices_to_codes(fsq_indices), None],
+             "ResidualFSQ.get_output_from_indices (16, 2048, 4)": [lambda: ours_residual.get_output_from_indices(residual_indices), None]}
+    if VqpFSQ is not None:
+        theirs_fsq = VqpFSQ(levels).to(device)
+        theirs_residual = VqpResidualFSQ(dim=64, levels=levels, num_quantizers=4).to(device).eval()
+        theirs_residual.load_state_dict(ours_residual.state_dict())  # the same projections
+        cases["FSQ.indices_to_codes (64, 16384)"][1] = lambda: theirs_fsq.indices_to_codes(fsq_indices)
+        cases["ResidualFSQ.get_output_from_indices (16, 2048, 4)"][1] = lambda: theirs_residual.get_output_from_indices(residual_indices)
+    return cases
+
+
+def measure_decode(device, repeats, warmup=2):
+    """Rows of decode times (ours and vqp's, interleaved medians) on one thread and on all."""
+    rows = []
+    all_threads = torch.get_num_threads()
+    for threads in sorted({1, all_threads}) if device.type == "cpu" else [all_threads]:
+        torch.set_num_threads(threads)
+        try:
+            with torch.no_grad():
+                for name, (ours, theirs) in decode_cases(device).items():
+                    fns = {"ours": _timer(ours, device)} | ({"vqp": _timer(theirs, device)} if theirs else {})
+                    times = {key: [] for key in fns}
+                    for i in range(warmup + repeats):
+                        for key, fn in fns.items():
+                            t = fn()
+                            if i >= warmup:
+                                times[key].append(t)
+                    seconds = {key: statistics.median(ts) for key, ts in times.items()}
+                    ratio = seconds["vqp"] / seconds["ours"] if "vqp" in seconds else None
+                    rows.append({"decode": name, "threads": threads, "seconds": seconds, "vqp/ours": ratio})
+                    print(json.dumps(rows[-1]))
+        finally:
+            torch.set_num_threads(all_threads)
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -131,6 +176,7 @@ def main(argv=None):
                     rows.append(_ratios({"elements": numel, "levels": label, "pass": "fwd+bwd" if backward else "fwd", "seconds": t},
                                         len(LEVELS[label])))
                     print(json.dumps(rows[-1]))
+        decode_rows = measure_decode(device, args.repeats)
     finally:
         for process in busy:
             process.kill()
@@ -141,9 +187,9 @@ def main(argv=None):
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.stem or f"speed_{device.type}"
-    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    (args.out / f"{stem}.md").write_text(to_markdown(rows, meta))
-    print(to_markdown(rows, meta))
+    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows, "decode": decode_rows}, indent=1))
+    (args.out / f"{stem}.md").write_text(to_markdown(rows, meta, decode_rows))
+    print(to_markdown(rows, meta, decode_rows))
 
 
 def _ratios(row, d):
@@ -172,7 +218,7 @@ def _ratios(row, d):
     return row
 
 
-def to_markdown(rows, meta):
+def to_markdown(rows, meta, decode_rows=()):
     def fmt(v):
         return "n/a" if v is None else f"{v:.2f}x"
     lines = [
@@ -216,6 +262,13 @@ def to_markdown(rows, meta):
             vqp = f"{r['vqp FSQ GB/s']:.0f}" if "vqp FSQ GB/s" in r else "n/a"
             lines.append(f"| {r['elements'] / 2**20:.0f}M | {r['levels']} | {r['copy GB/s']:.0f} | {r['FSQ GB/s']:.0f} | "
                          f"{r['iFSQ GB/s']:.0f} | {vqp} | {r['iFSQ GB/s / copy']:.2f} |")
+    if decode_rows:
+        lines += ["", "Decoding ([8,5,5,5]; `vqp/ours` > 1 means ours is faster):", "",
+                  "| decode | threads | vqp/ours | ours ms | vqp ms |", "|---|---:|---:|---:|---:|"]
+        for r in decode_rows:
+            vqp = r["seconds"].get("vqp")
+            lines.append(f"| `{r['decode']}` | {r['threads']} | {fmt(r['vqp/ours'])} | {r['seconds']['ours'] * 1e3:.2f} | "
+                         f"{'n/a' if vqp is None else f'{vqp * 1e3:.2f}'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from studies import utilization
 
@@ -398,3 +399,16 @@ def test_results_md_names_every_committed_command_and_figure():
     assert "python -m studies.training_length --out studies/results/training_length" in text
     for word in ("issue", "session", "previous", "now", "pass", "passes", "rerun", "reruns", "earlier", "status"):
         assert not re.search(rf"\b{word}\b", text, re.IGNORECASE), word
+
+
+def test_bench_speed_decode_compares_the_same_work():
+    """The decode benchmark times ours and vqp's on the same indices, with the same results."""
+    pytest.importorskip("vector_quantize_pytorch")
+    from benchmarks import bench_speed
+    cpu = torch.device("cpu")
+    for name, (ours, theirs) in bench_speed.decode_cases(cpu).items():
+        torch.testing.assert_close(ours(), theirs(), msg=name)
+    rows = bench_speed.measure_decode(cpu, repeats=1, warmup=0)
+    assert len(rows) == 2 * len({1, torch.get_num_threads()}) and all(r["vqp/ours"] > 0 for r in rows)
+    md = bench_speed.to_markdown([], dict(device="t", torch="x", threads=1, repeats=1), rows)
+    assert "| `FSQ.indices_to_codes (64, 16384)` | 1 |" in md
