@@ -641,20 +641,6 @@ class GroupedResidualFSQ(nn.Module):
             raise ValueError(f"the groups' indices must have one shape, got {sorted(shapes)}")
         return list(indices)
 
-    @staticmethod
-    def _stage_table_lookup(layer, stage: Tensor, dropped: Tensor, code_dtype: torch.dtype, work: torch.dtype,
-                            scale: Tensor) -> Tensor:
-        """One stage's scaled codes ``(N, d)`` of its indices ``stage (N,)``, looked up in a table of
-        all ``K`` scaled codes plus a zero row for dropped stages (row ``K``): with more rows than
-        codes, one gather is cheaper than decoding each row. The table's values come from the same
-        operations as the row-by-row decoding, so the results are the same bit for bit."""
-        layer.index_plan.check_range(stage.masked_fill(dropped, 0)[:, None])
-        size = layer.codebook_size
-        every_code = layer.index_plan.unpack(torch.arange(size, device=stage.device)[:, None])  # (K, d)
-        table = layer.layout.code(every_code.to(code_dtype)).to(work) * scale
-        table = torch.cat([table, table.new_zeros(1, table.shape[1])])  # (K + 1, d)
-        return table.index_select(0, stage.to(torch.int64).masked_fill(dropped, size))
-
     def get_codes_from_indices(self, indices: Tensor, *, channel_first: bool = False) -> Tensor:
         """``(g, *per-group indices)`` -> ``(g, q, b, ..., d)``."""
         chunks = self._group_chunks(indices)

@@ -11,9 +11,9 @@ for it, and a forward can take ten times longer than on a single thread, which h
 threads and on one thread, runs the faster, and times the other again after 2, 4, 8, ... calls
 (at most every :data:`MAX_INTERVAL` calls), so that a change of load is followed within a
 hundred calls at a cost of about one percent. The first call of each mode is not counted: it
-warms up caches and allocations and says little about the next ones. The thread count never changes the results:
-every op is elementwise and the sigmoid is computed over whole vector loops for any count
-(:func:`..activations.vector_loop_size`).
+warms up caches and allocations and says little about the next ones. The thread count never
+changes the results: every op is elementwise and the sigmoid is computed over whole vector loops
+for any count (:func:`..activations.vector_loop_size`).
 
 The count is changed for the calling thread only, with OpenMP's ``omp_set_num_threads`` (PyTorch's
 CPU builds run their parallel regions with OpenMP, whose thread count is a per-thread setting).
