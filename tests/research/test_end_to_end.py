@@ -163,8 +163,11 @@ def test_corrupt_checkpoint_is_a_clear_error_before_training(tmp_path):
 @pytest.mark.slow
 def test_sigint_stops_cleanly_and_names_the_resume_command(tmp_path):
     """A real Ctrl-C (SIGINT) once the first checkpoint is written: exit status 130, no traceback, one line with the command."""
+    # SIGINT back to its default in the child: a shell's background job (how CI may start pytest) ignores
+    # it, the child would inherit that, and Python installs no KeyboardInterrupt handler then
     proc = subprocess.Popen(demo_command(["--preset", "smoke", "--out", str(tmp_path)]), cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while not (tmp_path / "checkpoints" / "classifier.safetensors").is_file() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
