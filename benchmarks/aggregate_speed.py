@@ -26,11 +26,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", type=Path, nargs="+", help="bench_speed.py JSON files, one per process")
     args = parser.parse_args(argv)
+    runs = [json.loads(path.read_text()) for path in args.runs]
     by_pass: dict[str, list[dict]] = {}
-    for path in args.runs:
-        for row in json.loads(path.read_text())["rows"]:
+    for run in runs:
+        for row in run["rows"]:
             by_pass.setdefault(f"{row['elements'] / 2**20:.0f}M {row['levels']} {row['pass']}", []).append(row)
-    meta = json.loads(args.runs[0].read_text())["meta"]
+    meta = runs[0]["meta"]
     load = meta.get("busy_background_processes") or 0
     print(f"Device: {meta['device']}, torch {meta['torch']}, {meta['threads']} threads, {load} busy background processes; "
           f"{len(args.runs)} fresh processes, each the median of {meta['repeats']} interleaved runs. Ratio `a/b` > 1: `b` is "
@@ -42,8 +43,8 @@ def main(argv=None):
             if values:
                 print(f"| {label} | {ratio} | {statistics.median(values):.2f} | {', '.join(f'{v:.2f}' for v in values)} |")
     decode: dict[str, list[float]] = {}
-    for path in args.runs:
-        for row in json.loads(path.read_text()).get("decode", []):
+    for run in runs:
+        for row in run.get("decode", []):
             if row["vqp/ours"] is not None:
                 decode.setdefault(f"`{row['decode']}`, {row['threads']} thread(s)", []).append(row["vqp/ours"])
     if decode:

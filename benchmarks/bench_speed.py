@@ -98,13 +98,18 @@ def measure(levels, numel, device, backward, repeats, warmup=2, compiled=False):
     d = len(levels)
     z = torch.randn(16, numel // (16 * d), d, device=device)
     fns = {name: _timer(fn, device) for name, fn in candidates(levels, z, device, backward, compiled).items()}
+    return _interleaved_medians(fns, repeats, warmup)
+
+
+def _interleaved_medians(timers, repeats, warmup):
+    """name -> median seconds of ``timers`` (name -> callable returning seconds), run A B C A B C ..."""
     for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times = {name: [] for name in fns}
+        for timer in timers.values():
+            timer()
+    times = {name: [] for name in timers}
     for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(fn())
+        for name, timer in timers.items():
+            times[name].append(timer())
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -136,13 +141,7 @@ def measure_decode(device, repeats, warmup=2):
             with torch.no_grad():
                 for name, (ours, theirs) in decode_cases(device).items():
                     fns = {"ours": _timer(ours, device)} | ({"vqp": _timer(theirs, device)} if theirs else {})
-                    times = {key: [] for key in fns}
-                    for i in range(warmup + repeats):
-                        for key, fn in fns.items():
-                            t = fn()
-                            if i >= warmup:
-                                times[key].append(t)
-                    seconds = {key: statistics.median(ts) for key, ts in times.items()}
+                    seconds = _interleaved_medians(fns, repeats, warmup)
                     ratio = seconds["vqp"] / seconds["ours"] if "vqp" in seconds else None
                     rows.append({"decode": name, "threads": threads, "seconds": seconds, "vqp/ours": ratio})
                     print(json.dumps(rows[-1]))

@@ -281,8 +281,11 @@ class FSQ(nn.Module):
         """``(codebook_size, d)`` every code in index order, in the module's dtype, built on each
         access (not stored). Not defined with ``index_groups`` or above ``2**26`` codes."""
         self._check_codebook_enumerable()
-        indices = torch.arange(self.codebook_size, device=self._levels.device)
-        return self._level_indices_to_codes(self.index_plan.unpack(indices[:, None])).to(self._decode_like.dtype)
+        return self._level_indices_to_codes(self._every_level_index(self._levels.device)).to(self._decode_like.dtype)
+
+    def _every_level_index(self, device: torch.device) -> Tensor:
+        """``(codebook_size, d)`` int64: every code's level indices, in index order (one index group)."""
+        return self.index_plan.unpack(torch.arange(self.codebook_size, device=device)[:, None])
 
     def _check_codebook_enumerable(self) -> None:
         if self.index_plan.num_groups != 1:
@@ -316,8 +319,7 @@ class FSQ(nn.Module):
         if self.index_groups is not None or indices.numel() <= self.codebook_size:
             return self._level_indices_to_codes(self.indices_to_level_indices(indices))
         self.index_plan.check_range(self._group_axis(indices))
-        every_code = torch.arange(self.codebook_size, device=indices.device)[:, None]  # (K, 1)
-        table = self._level_indices_to_codes(self.index_plan.unpack(every_code))  # (K, d)
+        table = self._level_indices_to_codes(self._every_level_index(indices.device))  # (K, d)
         rows = indices.reshape(-1).to(torch.int64)
         return table.index_select(0, rows).reshape(*indices.shape, table.shape[1])
 

@@ -381,7 +381,7 @@ class ResidualFSQ(nn.Module):
         for i, layer in enumerate(self.layers):
             code_dtype = compute_dtype(work, layer.layout)
             if flat.shape[0] > layer.codebook_size and layer.index_groups is None and not layer.orthogonal_rotation:
-                codes.append(self._stage_table_lookup(layer, flat[:, i], dropped[:, i], code_dtype, work, scales[i]))
+                codes.append(self._stage_table_lookup(layer, safe[:, i], dropped[:, i], code_dtype, work, scales[i]))
                 continue
             # The stage's level indices and layout directly: its forward computes codes in
             # code_dtype, whatever the dtype FSQ.indices_to_codes would return.
@@ -394,16 +394,14 @@ class ResidualFSQ(nn.Module):
     @staticmethod
     def _stage_table_lookup(layer, stage: Tensor, dropped: Tensor, code_dtype: torch.dtype, work: torch.dtype,
                             scale: Tensor) -> Tensor:
-        """One stage's scaled codes ``(N, d)`` of its indices ``stage (N,)``, looked up in a table of
-        all ``K`` scaled codes plus a zero row for dropped stages (row ``K``): with more rows than
-        codes, one gather is cheaper than decoding each row. The table's values come from the same
-        operations as the row-by-row decoding, so the results are the same bit for bit."""
-        layer.index_plan.check_range(stage.masked_fill(dropped, 0)[:, None])
-        size = layer.codebook_size
-        every_code = layer.index_plan.unpack(torch.arange(size, device=stage.device)[:, None])  # (K, d)
-        table = layer.layout.code(every_code.to(code_dtype)).to(work) * scale
+        """One stage's scaled codes ``(N, d)`` of its indices ``stage (N,)`` (0 where ``dropped``), looked
+        up in a table of all ``K`` scaled codes plus a zero row for dropped stages (row ``K``): with
+        more rows than codes, one gather is cheaper than decoding each row. The table's values come
+        from the same operations as the row-by-row decoding, so the results are the same bit for bit."""
+        layer.index_plan.check_range(stage[:, None])
+        table = layer.layout.code(layer._every_level_index(stage.device).to(code_dtype)).to(work) * scale  # (K, d)
         table = torch.cat([table, table.new_zeros(1, table.shape[1])])  # (K + 1, d)
-        return table.index_select(0, stage.to(torch.int64).masked_fill(dropped, size))
+        return table.index_select(0, stage.to(torch.int64).masked_fill(dropped, layer.codebook_size))
 
     def get_codes_from_indices(self, indices: Tensor, *, channel_first: bool = False) -> Tensor:
         """Indices -> every stage's scaled codes ``(q, b, ..., d)`` (zero where the index is -1).
