@@ -4,9 +4,11 @@ The codebook index of level indices ``k_i`` is ``sum_i k_i * B_i`` with ``B_i = 
 (little endian, as vector-quantize-pytorch and the official iFSQ code). With index groups the
 ``d`` dimensions are split into consecutive groups, each packed with its own basis.
 
-Packing is exact for every codebook up to ``2**63 - 1`` codes: it multiplies in float32 when
-every group has at most ``2**24`` codes (all partial sums are then exact integers), in float64
-up to ``2**53``, and in int64 beyond. Nothing is ever rounded through a float.
+Packing is exact for every codebook up to ``2**63 - 1`` codes: it multiplies and adds in float32
+when every group has at most ``2**24`` codes (all partial sums are then exact integers), in
+float64 up to ``2**53``, and in int64 beyond. Nothing is ever rounded through a float. It uses
+elementwise products and sums, never a matmul: a matmul's float32 precision is a global setting
+(TF32, bf16 and autocast modes round it) that packing cannot rely on.
 """
 
 from __future__ import annotations
@@ -82,13 +84,10 @@ class IndexPlan:
     def num_groups(self) -> int:
         return len(self.groups)
 
-    def pack_dtype(self, device: torch.device) -> torch.dtype:
-        """The narrowest dtype in which packing is exact on ``device``."""
-        # TF32/bf16 matmul modes and autocast would round a float32 matmul; they never apply to
-        # float64. (The mode query is not traceable, so compiled graphs take float64.)
-        if (self.max_group_size <= FLOAT32_EXACT_INTEGERS and torch.device(device).type == "cpu"
-                and not torch.is_autocast_enabled("cpu")
-                and not torch.compiler.is_compiling() and torch.get_float32_matmul_precision() == "highest"):
+    @property
+    def pack_dtype(self) -> torch.dtype:
+        """The narrowest dtype in which packing is exact: every partial sum an integer it holds."""
+        if self.max_group_size <= FLOAT32_EXACT_INTEGERS:
             return torch.float32
         if self.max_group_size <= FLOAT64_EXACT_INTEGERS:
             return torch.float64
@@ -106,13 +105,12 @@ class IndexPlan:
 
     def pack(self, level_indices: Tensor) -> Tensor:
         """``(..., d)`` level indices (integers, or floats holding exact integers) -> ``(..., G)`` int64."""
-        dtype = self.pack_dtype(level_indices.device)
-        if dtype == torch.int64:
-            k = level_indices.to(torch.int64)
-            prod = k * self._tensor("basis", k.device, torch.int64)
-            return torch.stack([prod[..., sl].sum(-1) for sl in self.group_slices], dim=-1)
+        dtype = self.pack_dtype
         k = level_indices.to(dtype)
-        return (k @ self._tensor("weights", k.device, dtype)).to(torch.int64)
+        if self.num_groups == 1:
+            return (k * self._tensor("basis", k.device, dtype)).sum(-1, keepdim=True).to(torch.int64)
+        # (..., d, 1) * (d, G): each group's products, zero outside the group, summed over d
+        return (k.unsqueeze(-1) * self._tensor("weights", k.device, dtype)).sum(-2).to(torch.int64)
 
     def unpack(self, indices: Tensor) -> Tensor:
         """``(..., G)`` int64 indices -> ``(..., d)`` int64 level indices."""

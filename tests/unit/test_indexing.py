@@ -1,6 +1,8 @@
 """Exact int64 indexing for every codebook that fits, index groups, lazy codebooks."""
 
 import math
+import subprocess
+import sys
 import time
 import tracemalloc
 
@@ -101,16 +103,57 @@ def test_round_trip_with_groups(data):
         start += g
 
 
-@pytest.mark.parametrize("precision", ["highest", "high", "medium"])
-def test_packing_is_exact_under_every_matmul_precision(precision):
-    old = torch.get_float32_matmul_precision()
-    try:
-        torch.set_float32_matmul_precision(precision)
-        q = FSQ([17] * 5)
-        top = torch.arange(q.codebook_size - 1000, q.codebook_size)
-        assert torch.equal(q.codes_to_indices(q.indices_to_codes(top)), top)
-    finally:
-        torch.set_float32_matmul_precision(old)
+# Every way to set the float32 matmul precision, legacy and new API; each runs in a fresh process,
+# because PyTorch refuses to read the legacy setting once the new API has been used in a process.
+PRECISION_SETTINGS = {
+    "legacy highest": "torch.set_float32_matmul_precision('highest')",
+    "legacy high": "torch.set_float32_matmul_precision('high')",
+    "legacy medium": "torch.set_float32_matmul_precision('medium')",
+    "fp32_precision tf32": "torch.backends.fp32_precision = 'tf32'",
+    "cuda matmul tf32": "torch.backends.cuda.matmul.fp32_precision = 'tf32'",
+    "mkldnn matmul bf16": "torch.backends.mkldnn.matmul.fp32_precision = 'bf16'",
+    "mkldnn matmul tf32": "torch.backends.mkldnn.matmul.fp32_precision = 'tf32'",
+}
+
+PRECISION_CHECK = """
+import sys, torch
+{setting}
+from ifsq_quant import FSQ, iFSQ, ResidualFSQ
+device = sys.argv[1]
+torch.manual_seed(0)
+for q in (FSQ([17] * 5), iFSQ([17] * 5, dim=12), FSQ([17] * 4, index_groups=[2, 2]), FSQ([2**13, 2**13, 4], bins="equal")):
+    q = q.to(device)
+    z = torch.randn(3, 4096, q.dim, device=device) * 2
+    _, indices = q(z)
+    with torch.no_grad():
+        exact = q.index_plan.pack(q.indices_to_level_indices(indices).long())  # int64 packing
+        flat = indices.reshape(-1, q.index_plan.num_groups)
+        assert torch.equal(flat, exact.reshape(flat.shape)), "forward indices"
+    size = min(q.index_plan.group_sizes)
+    top = torch.arange(max(0, size - 1000), size, device=device)
+    if q.index_groups is not None:
+        top = top[:, None].expand(-1, q.index_plan.num_groups)
+    codes = q.indices_to_codes(top) if q.dim == q.codebook_dim else None
+    if codes is not None:
+        assert torch.equal(q.codes_to_indices(codes), top), "round trip"
+rq = ResidualFSQ(levels=[8, 5, 5, 5], num_quantizers=3, dim=16).to(device).eval()
+x = torch.randn(2, 300, 16, device=device)
+out, indices = rq(x)
+assert torch.equal(rq.get_output_from_indices(indices), out), "residual decode"
+print("exact")
+"""
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("setting", list(PRECISION_SETTINGS))
+def test_indices_are_exact_under_every_matmul_precision_setting(setting, device):
+    """The forward and codes_to_indices run and give exact indices whatever the float32 matmul
+    precision is, set through the legacy API or the new ``fp32_precision`` one."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("CUDA settings: no CUDA device here")
+    script = PRECISION_CHECK.format(setting=PRECISION_SETTINGS[setting])
+    result = subprocess.run([sys.executable, "-c", script, device], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "exact", result.stderr[-2000:]
 
 
 @pytest.mark.parametrize("bad,error,match", [

@@ -135,13 +135,8 @@ class _Block:
         # (zeroed: the padding that sigmoid_ computes over holds finite values)
         self.work = torch.zeros(max(-(-rows * self.d // CHUNK) * CHUNK, vector_loop_size(rows * self.d)), dtype=z.dtype, device=z.device)
         if plan is not None:
-            self.pack_dtype = plan.pack_dtype(z.device)
-            if self.pack_dtype != torch.int64:
-                self.weights = plan._tensor("weights", z.device, self.pack_dtype)
-                # "round" carries r = k - L//2; fold the L//2 back in as one constant row.
-                self.pack_offset = (c["half_width"].to(self.pack_dtype) @ self.weights
-                                    if layout.kernel_id == ROUND_KERNEL else None)
-            self.half_width = c["half_width"].to(torch.int64) if layout.kernel_id == ROUND_KERNEL else None
+            # "round" carries r = k - L//2: the level indices are r + L//2
+            self.half_width = c["half_width"] if layout.kernel_id == ROUND_KERNEL else None
 
     def buffer(self, n: int) -> Tensor:
         """``(n, d)`` scratch for the bounded values of ``n`` rows: a view of :attr:`work`."""
@@ -284,16 +279,7 @@ class _Block:
             out.copy_(r)
 
     def pack(self, r: Tensor, out: Tensor) -> None:
-        if self.pack_dtype == torch.int64:
-            k = r.to(torch.int64)
-            if self.half_width is not None:
-                k += self.half_width
-            out.copy_(self.plan.pack(k))
-            return
-        packed = torch.matmul(r.to(self.pack_dtype), self.weights)
-        if self.pack_offset is not None:
-            packed += self.pack_offset
-        out.copy_(packed)
+        out.copy_(self.plan.pack(r if self.half_width is None else r + self.get("half_width", r.shape[0])))
 
 
 def forward(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: bool, need_grad: bool):
