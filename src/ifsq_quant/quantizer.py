@@ -17,9 +17,10 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from . import kernels, vqp_releases
+from . import kernels
 from .activations import Activation, HardClamp, ScaledSigmoid, get_activation
 from .bins import LAYOUTS, BinLayout, check_levels
+from .compat import vqp as vqp_releases
 from .contexts import functorch_active, tracing
 from .indexing import FLOAT32_EXACT_INTEGERS, IndexPlan
 from .usage import CodeUsage

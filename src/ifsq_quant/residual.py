@@ -44,9 +44,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from . import vqp_releases
 from .activations import Activation, HardClamp, get_activation
 from .bins import check_levels
+from .compat import vqp as vqp_releases
 from .contexts import cached, functorch_active, tracing
 from .indexing import IndexPlan
 from .quantizer import FSQ, check_float_input, compute_dtype

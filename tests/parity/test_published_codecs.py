@@ -73,7 +73,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 import ifsq_quant
-from ifsq_quant.vqp_releases import LATEST, semantics
+from ifsq_quant.compat.vqp import LATEST, semantics
 
 pytestmark = pytest.mark.slow
 

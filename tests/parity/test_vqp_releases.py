@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ifsq_quant import FSQ, GroupedResidualFSQ, ResidualFSQ
-from ifsq_quant.vqp_releases import LATEST, semantics
+from ifsq_quant.compat.vqp import LATEST, semantics
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ifsq_quant import FSQ, GroupedResidualFSQ, ResidualFSQ, iFSQ
-from ifsq_quant.vqp_releases import CHANGES, LATEST, OLDEST, Semantics, _key, semantics
+from ifsq_quant.compat.vqp import CHANGES, LATEST, OLDEST, Semantics, _key, semantics
 
 
 def test_the_table_is_ordered_and_names_only_known_switches():
