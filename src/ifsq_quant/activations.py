@@ -37,6 +37,12 @@ __all__ = [
     "CustomActivation",
     "get_activation",
     "ACTIVATION_NAMES",
+    "KERNEL_NAMES",
+    "IFSQ_ALPHA",
+    "ERF_INPUT_SCALE",
+    "ERF_DERIVATIVE_SCALE",
+    "ERF_BACKWARD_FACTOR",
+    "kernel_activation",
 ]
 
 
@@ -48,9 +54,16 @@ VECTOR_LOOP_ELEMENTS = 64  # a multiple of the vector loop's step on every CPU (
 ELEMENTWISE_GRAIN = 32768  # PyTorch's at::internal::GRAIN_SIZE: below it an elementwise op runs on one thread
 
 
-# Kernel ids of the named bounds: every fused kernel (kernels/torch_fused.py, kernels/triton_kernels.py)
+# Kernel ids of the bounds: every fused kernel (kernels/torch_fused.py, kernels/triton_kernels.py)
 # selects a bound's code by this number, and implements every bound that has one.
 TANH_KERNEL, SIGMOID_KERNEL, ERF_KERNEL, CLAMP_KERNEL = range(4)
+KERNEL_NAMES = ("tanh", "sigmoid", "erf", "clamp")  # by kernel id: how the registered ops name a bound
+
+# The constants of the bounds, written once; the fused kernels receive them as arguments.
+IFSQ_ALPHA = 1.6  # iFSQ's bound 2 sigmoid(1.6 z) - 1
+ERF_INPUT_SCALE = math.sqrt(0.5)  # erf(z / sqrt 2), computed as erf(z * sqrt(0.5))
+ERF_DERIVATIVE_SCALE = math.sqrt(2 / math.pi)  # d/dz erf(z / sqrt 2) = sqrt(2/pi) exp(-z^2 / 2)
+ERF_BACKWARD_FACTOR = 2 / math.sqrt(math.pi)  # d/du erf(u) = 2/sqrt(pi) exp(-u^2), as torch.erf's backward computes it
 
 
 def vector_loop_size(n: int) -> int:
@@ -84,13 +97,15 @@ class Activation:
     """A monotone, odd map onto ``[-1, 1]``.
 
     Subclass it (or pass any object with ``__call__``, and optionally ``derivative`` and
-    ``inverse``) to use your own bound. The named bounds have a ``name`` (the registered op rebuilds
-    them from it) and a ``kernel_id`` (the code of the bound in every fused kernel); custom
-    activations have neither and run on the reference path.
+    ``inverse``) to use your own bound. The named bounds have a ``name``; the bounds the fused
+    kernels implement have a ``kernel_id`` (the code of the bound in every fused kernel) and a
+    ``kernel_scale`` (the factor ``a`` in ``f(a z)`` those kernels receive: a sigmoid's slope,
+    erf's ``sqrt(0.5)``); custom activations have neither and run on the reference path.
     """
 
     name: str | None = None
     kernel_id: int | None = None
+    kernel_scale: float = 1.0
 
     def __call__(self, z: Tensor) -> Tensor:
         """``f(z)``, same shape and dtype as ``z``."""
@@ -131,13 +146,14 @@ class ScaledSigmoid(Activation):
     (``act_fun="scale_sigmoid_16"``; ``alpha=2.0`` is its ``"scale_sigmoid_20"``).
     """
 
-    def __init__(self, alpha: float = 1.6):
-        if not (isinstance(alpha, (int, float)) and alpha > 0 and math.isfinite(alpha)):
+    kernel_id = SIGMOID_KERNEL
+
+    def __init__(self, alpha: float = IFSQ_ALPHA):
+        if isinstance(alpha, bool) or not (isinstance(alpha, (int, float)) and alpha > 0 and math.isfinite(alpha)):
             raise ValueError(f"ScaledSigmoid: alpha must be a positive finite number, got {alpha!r}")
-        self.alpha = float(alpha)
-        # Only alpha = 1.6 is the named iFSQ activation that fused kernels implement.
-        self.name = "sigmoid" if self.alpha == 1.6 else None
-        self.kernel_id = SIGMOID_KERNEL if self.alpha == 1.6 else None
+        self.alpha = self.kernel_scale = float(alpha)
+        # alpha = 1.6 is the named iFSQ activation ("sigmoid"); every alpha has the fused kernels.
+        self.name = "sigmoid" if self.alpha == IFSQ_ALPHA else None
 
     def __call__(self, z: Tensor) -> Tensor:
         return 2 * vector_sigmoid(self.alpha * z) - 1
@@ -159,11 +175,13 @@ class Erf(Activation):
     name = "erf"
     kernel_id = ERF_KERNEL
 
+    kernel_scale = ERF_INPUT_SCALE
+
     def __call__(self, z: Tensor) -> Tensor:
-        return torch.erf(z * math.sqrt(0.5))
+        return torch.erf(z * ERF_INPUT_SCALE)
 
     def derivative(self, z: Tensor) -> Tensor:
-        return math.sqrt(2 / math.pi) * torch.exp(-0.5 * z.square())
+        return ERF_DERIVATIVE_SCALE * torch.exp(-0.5 * z.square())
 
     def inverse(self, y: Tensor) -> Tensor:
         return math.sqrt(2) * torch.erfinv(y)
@@ -261,6 +279,18 @@ _NAMED: dict[str, Callable[[], Activation]] = {
     "clamp": HardClamp,
 }
 ACTIVATION_NAMES = tuple(_NAMED)
+
+
+def kernel_activation(kernel_name: str, kernel_scale: float) -> Activation:
+    """The bound a fused kernel computes, from the registered ops' arguments (:data:`KERNEL_NAMES`)."""
+    if kernel_name not in KERNEL_NAMES:
+        raise ValueError(f"activation must name a bound with a fused kernel {KERNEL_NAMES}, got {kernel_name!r}")
+    if kernel_name == "sigmoid":
+        return ScaledSigmoid(kernel_scale)
+    activation = _NAMED[kernel_name]()
+    if kernel_scale != activation.kernel_scale:
+        raise ValueError(f"activation_scale of {kernel_name!r} must be {activation.kernel_scale}, got {kernel_scale!r}")
+    return activation
 
 
 def get_activation(spec: str | Activation | Callable[[Tensor], Tensor]) -> Activation:

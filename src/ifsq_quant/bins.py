@@ -15,18 +15,20 @@ the hot path); ``[0, L)`` is enforced with a clamp, and NaN goes to level 0.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _disable_current_modes
 
-from .activations import Activation
+from .activations import KERNEL_NAMES, Activation, kernel_activation
 from .contexts import cached
 from .indexing import FLOAT32_EXACT_INTEGERS, FLOAT64_EXACT_INTEGERS
 
-__all__ = ["LAYOUTS", "ROUND_KERNEL", "SYMMETRIC_KERNEL", "EQUAL_KERNEL", "BinLayout", "check_levels"]
+__all__ = ["LAYOUTS", "ROUND_KERNEL", "SYMMETRIC_KERNEL", "EQUAL_KERNEL", "BinLayout", "check_levels", "layout_from_key", "compute_dtype"]
 
 # Kernel ids of the layouts: every fused kernel selects a layout's code by this number.
 ROUND_KERNEL, SYMMETRIC_KERNEL, EQUAL_KERNEL = range(3)
@@ -51,6 +53,12 @@ def check_levels(levels: Sequence[int], name: str = "levels") -> tuple[int, ...]
             raise ValueError(f"every entry of {name} must be >= 2, got {list(levels)}")
         out.append(int(level))
     return tuple(out)
+
+
+def compute_dtype(dtype: torch.dtype, layout: BinLayout | None = None) -> torch.dtype:
+    """The dtype quantization computes in for ``dtype`` values: float64 stays, everything else
+    float32, except float64 for a ``layout`` with levels float32 cannot hold (``L > 2**24``)."""
+    return torch.float64 if dtype == torch.float64 or (layout is not None and layout.needs_float64) else torch.float32
 
 
 class BinLayout:
@@ -114,7 +122,7 @@ class BinLayout:
         else:
             ends = None  # y = 1 lands on L itself: this layout always clamps its top end.
         in_range = ends is not None and bool((ends[0] >= 0).all() and (ends[1] <= L - 1).all())
-        self.needs_clamp = not in_range or activation.name is None
+        self.needs_clamp = not in_range or activation.kernel_id is None
         self._cache: dict[tuple[torch.device, torch.dtype], dict[str, Tensor]] = {}
 
     def _geometry(self, dtype: torch.dtype) -> dict[str, Tensor]:
@@ -137,6 +145,17 @@ class BinLayout:
             return {"scale": (L - 1) / 2, "bias": torch.full_like(zeros, 0.5), "shift": zeros,
                     "code_step": code_step, "slope": code_step * (L - 1) / 2, "top": top}
         return {"scale": L / 2, "bias": zeros, "shift": zeros, "slope": torch.ones_like(zeros), "top": top}
+
+    @property
+    def fused(self) -> bool:
+        """Whether the fused kernels implement this layout's bound (every bound with a kernel id)."""
+        return self.activation.kernel_id is not None
+
+    @property
+    def key(self) -> tuple:
+        """The plain values that define a fused layout, as the registered ops take them:
+        ``(levels, kind, activation, activation_scale, eps)`` (see :func:`layout_from_key`)."""
+        return (list(self.levels), self.kind, KERNEL_NAMES[self.activation.kernel_id], self.activation.kernel_scale, self.eps)
 
     def constants(self, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
         """The per-dimension constants as ``(d,)`` tensors of ``dtype`` on ``device`` (cached)."""
@@ -195,3 +214,15 @@ class BinLayout:
 
     def __repr__(self) -> str:
         return f"BinLayout(levels={list(self.levels)}, kind={self.kind!r}, activation={self.activation!r}, eps={self.eps})"
+
+
+@functools.lru_cache(maxsize=256)
+def _layout_from_key(levels: tuple[int, ...], kind: str, activation: str, activation_scale: float, eps: float) -> BinLayout:
+    # Host-side tables: built from real CPU tensors even while a registered op's body is traced.
+    with _disable_current_modes(), torch.device("cpu"):
+        return BinLayout(levels, kind, kernel_activation(activation, activation_scale), eps)
+
+
+def layout_from_key(levels, kind: str, activation: str, activation_scale: float, eps: float) -> BinLayout:
+    """The fused layout of :attr:`BinLayout.key`'s values (cached; arguments checked as a user's)."""
+    return _layout_from_key(check_levels(levels), kind, activation, float(activation_scale), float(eps))

@@ -13,15 +13,16 @@ elementwise products and sums, never a matmul: a matmul's float32 precision is a
 
 from __future__ import annotations
 
-import math
+import functools
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _disable_current_modes
 
 from .contexts import cached, functorch_active, tracing
 
-__all__ = ["IndexPlan", "INT64_MAX"]
+__all__ = ["IndexPlan", "INT64_MAX", "plan_from_groups"]
 
 INT64_MAX = 2**63 - 1
 # Index dtypes accepted by decoding (unsigned types wider than uint8 lack the integer ops decoding needs).
@@ -146,7 +147,9 @@ class IndexPlan:
                     + f" has {self.group_sizes[gi]} codes (valid: 0 .. {self.group_sizes[gi] - 1})"
                 )
 
-    @property
-    def bits(self) -> float:
-        """log2 of the total number of codes."""
-        return sum(math.log2(level) for level in self.levels)
+
+@functools.lru_cache(maxsize=256)
+def plan_from_groups(levels: tuple[int, ...], groups: tuple[int, ...]) -> IndexPlan:
+    """The index plan of ``levels`` split into ``groups`` (cached; as the registered ops rebuild it)."""
+    with _disable_current_modes(), torch.device("cpu"):
+        return IndexPlan(levels, groups)

@@ -7,7 +7,7 @@ from ifsq_quant import FSQ, iFSQ, kernels
 from ifsq_quant.activations import ACTIVATION_NAMES, get_activation
 from ifsq_quant.bins import LAYOUTS, BinLayout
 from ifsq_quant.indexing import IndexPlan
-from ifsq_quant.kernels import reference, resolve_backend, torch_fused
+from ifsq_quant.kernels import Implementation, choose, reference, torch_fused
 
 LEVELS = [[8, 5, 5, 5], [17, 17, 17, 17], [7, 6, 4, 3], [16, 9], [3], [2, 4, 6]]
 
@@ -45,18 +45,15 @@ def test_fused_equals_reference(activation, bins, levels, dtype):
 def test_every_named_bound_and_layout_has_a_fused_path():
     """Each named bound carries a kernel id and every fused kernel serves it; a bound or layout
     added without its fused code fails here (and in test_fused_equals_reference / test_triton)."""
-    from ifsq_quant.kernels import triton_support
-
     ids = {name: get_activation(name).kernel_id for name in ACTIVATION_NAMES}
     assert None not in ids.values() and len(set(ids.values())) == len(ids)
     layout_ids = {kind: BinLayout([5, 7], kind, get_activation("tanh"), 0.0).kernel_id for kind in LAYOUTS}
     assert sorted(layout_ids.values()) == list(range(len(LAYOUTS)))
     for name in ACTIVATION_NAMES:
         layout = BinLayout([5, 7], "round", get_activation(name), 0.0)
-        assert torch_fused.supports(layout) and triton_support.supports(layout)
-        assert kernels.implementation("auto", torch.zeros(1, 2), layout) == kernels.FUSED_TORCH
+        assert layout.fused and choose("auto", torch.zeros(1, 2), layout) is Implementation.FUSED
     custom = BinLayout([5, 7], "round", get_activation(lambda z: torch.tanh(z / 2)), 0.0)
-    assert not torch_fused.supports(custom) and kernels.implementation("torch", torch.zeros(1, 2), custom) == kernels.REFERENCE
+    assert not custom.fused and choose("torch", torch.zeros(1, 2), custom) is Implementation.REFERENCE
 
 
 @pytest.mark.parametrize("backend", ["torch", "reference"])
@@ -85,11 +82,12 @@ def test_one_nan_gradient_rule(backend, activation):
 def test_the_raw_op_checks_its_arguments():
     z = torch.randn(4, 2)
     op = torch.ops.ifsq_quant.quantize
-    good = dict(levels=[5, 5], kind="round", activation="tanh", eps=0.0, groups=[2], pack=True, need_levels=False,
-                need_deriv=False, impl="torch")
+    good = dict(levels=[5, 5], kind="round", activation="tanh", activation_scale=1.0, eps=0.0, groups=[2], pack=True,
+                need_levels=False, need_deriv=False, impl="fused")
     assert op(z, **good)[0].shape == (4, 2)
     for change, match in [(dict(levels=[5, 5, 5]), "levels has 3 entries but z has 2 columns"), (dict(levels=[5, 1]), "levels"),
                           (dict(kind="floor"), "kind must be one of"), (dict(activation="relu"), "activation"),
+                          (dict(activation_scale=2.0), "activation_scale"),
                           (dict(eps=-1.0), "eps must be"), (dict(groups=[1]), "groups must add up"),
                           (dict(impl="cuda"), "impl must be one of")]:
         with pytest.raises((ValueError, TypeError), match=match):
@@ -154,7 +152,7 @@ def test_module_backends_agree_on_images_and_bf16():
 def test_custom_activation_runs_on_the_reference_path():
     q = FSQ([9, 9], activation=lambda z: torch.tanh(0.5 * z))
     z = torch.randn(2000, 2)
-    assert resolve_backend("auto", z, q.layout) == "reference"
+    assert choose("auto", z, q.layout) is Implementation.REFERENCE
     codes, idx = q(z)
     assert torch.equal(codes, FSQ([9, 9], activation=get_activation(lambda z: torch.tanh(0.5 * z)), backend="reference")(z)[0])
     x = z.clone().requires_grad_(True)

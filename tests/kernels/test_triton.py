@@ -123,7 +123,7 @@ def check_kernel(z: torch.Tensor, layout: BinLayout, plan: IndexPlan | None, see
     if z.is_contiguous():
         z = whole_rows(z)
     assert z.numel() % 32 == 0
-    assert kernels.resolve_backend("triton", z, layout) == "triton"
+    assert kernels.choose("triton", z, layout) is kernels.Implementation.TRITON_INTERPRETED
     z_ref = z.clone().requires_grad_(True)
     z_tri = z.clone().requires_grad_(True)
     codes_ref, levels_ref = reference.quantize(z_ref, layout)
@@ -334,7 +334,7 @@ def test_triton_op_traces_to_kernel_launches(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # the kernels as triton.jit functions, as on a GPU
     shape_env = ShapeEnv()
     m = shape_env.create_symintnode(shape_env.create_symbol(1000, ConstantSource("m"), dynamic_dim=DimDynamic.DYNAMIC), hint=1000)
-    args = ([17, 17, 5, 5], "round", "sigmoid", 0.0)
+    args = ([17, 17, 5, 5], "round", "sigmoid", 1.6, 0.0)
     ops = torch.ops.ifsq_quant
 
     def trace(fn, *tensors):
@@ -386,6 +386,13 @@ def compile_for_gpu(kernel_fn, pointers: dict, constants: dict, fp_fusion: bool 
     return compiled.asm["ptx"]
 
 
+def _kernel_scale(act: int) -> float:
+    """The ``ACT_SCALE`` the package passes with kernel id ``act`` (the named bound's)."""
+    from ifsq_quant.activations import KERNEL_NAMES
+
+    return get_activation(KERNEL_NAMES[act]).kernel_scale
+
+
 def forward_ptx(act: int, kind: int, groups: int, dtype: str, fp_fusion: bool = False, arch: int = 90) -> str:
     import triton
 
@@ -393,7 +400,7 @@ def forward_ptx(act: int, kind: int, groups: int, dtype: str, fp_fusion: bool = 
 
     pointers = dict(z_ptr=f"*{dtype}", const_ptr=f"*{dtype}", codes_ptr=f"*{dtype}", levels_ptr=f"*{dtype}",
                     pack_ptr="*i64", index_ptr="*i64", M="i32")
-    constants = dict(D=4, G=groups, ACT=act, KIND=kind, HAS_SHIFT=True, NEED_LEVELS=True, NEED_INDEX=True,
+    constants = dict(D=4, G=groups, ACT=act, ACT_SCALE=_kernel_scale(act), KIND=kind, HAS_SHIFT=True, NEED_LEVELS=True, NEED_INDEX=True,
                      FP64=dtype == "fp64", WIDE=act == 1, BLOCK_M=256, BLOCK_D=4, BLOCK_G=triton.next_power_of_2(groups),
                      INTERPRET=False, HOST=None)
     return compile_for_gpu(tk._quantize_forward_kernel, pointers, constants, fp_fusion, arch)
@@ -403,7 +410,8 @@ def backward_ptx(act: int, dtype: str, arch: int = 90) -> str:
     from ifsq_quant.kernels import triton_kernels as tk
 
     pointers = dict(grad_ptr=f"*{dtype}", z_ptr=f"*{dtype}", const_ptr=f"*{dtype}", out_ptr=f"*{dtype}", N="i32")
-    constants = dict(D=4, ACT=act, HAS_SHIFT=True, FP64=dtype == "fp64", WIDE=False, BLOCK=1024, INTERPRET=False, HOST=None)
+    constants = dict(D=4, ACT=act, ACT_SCALE=_kernel_scale(act), HAS_SHIFT=True, FP64=dtype == "fp64", WIDE=False, BLOCK=1024,
+                     INTERPRET=False, HOST=None)
     return compile_for_gpu(tk._quantize_backward_kernel, pointers, constants, arch=arch)
 
 

@@ -22,12 +22,12 @@ from collections import OrderedDict
 import torch
 from torch import Tensor
 
-from ..activations import CLAMP_KERNEL, ERF_KERNEL, SIGMOID_KERNEL, TANH_KERNEL, vector_loop_size
+from ..activations import CLAMP_KERNEL, ERF_DERIVATIVE_SCALE, ERF_KERNEL, SIGMOID_KERNEL, TANH_KERNEL, Activation, vector_loop_size
 from ..bins import EQUAL_KERNEL, ROUND_KERNEL, SYMMETRIC_KERNEL, BinLayout
 from ..indexing import IndexPlan
 from .thread_choice import ThreadChoice
 
-__all__ = ["forward", "supports"]
+__all__ = ["forward"]
 
 BLOCK_ELEMENTS = 1 << 19  # elements per block: 2 MiB of float32, half of it per thread in L2 (2 MiB per core here)
 # |2 sigmoid(2x) - 1 - torch.tanh(x)| < 1.8e-7 (measured); values before rounding move by at most
@@ -38,37 +38,33 @@ CHUNK = 128  # elements per chunk in the search for values near a boundary (1 in
 THREADS = ThreadChoice(min_elements=BLOCK_ELEMENTS)  # below one block, a call is too short to time reliably
 
 
-def supports(layout: BinLayout) -> bool:
-    """Whether this path implements ``layout``'s bound: every bound with a kernel id (activations.py)."""
-    return layout.activation.kernel_id is not None
-
-
 Const = "float | Tensor"  # a per-dimension constant: a Python float when uniform, else a block
 
 
-def _bound_into(bound: int, x: Tensor, y: Tensor, deriv: Tensor | None, slope: Const) -> None:
-    """``y = f(x)`` for the bound of kernel id ``bound`` (``x`` may be ``y``); ``deriv = slope * f'(x)`` when given. Same operations
+def _bound_into(activation: Activation, x: Tensor, y: Tensor, deriv: Tensor | None, slope: Const) -> None:
+    """``y = f(x)`` for a bound with a kernel id (``x`` may be ``y``); ``deriv = slope * f'(x)`` when given. Same operations
     as :mod:`..activations`, so that the values match the reference bit for bit."""
+    bound, a = activation.kernel_id, activation.kernel_scale
     if bound == ERF_KERNEL and deriv is not None:
         torch.mul(x, x, out=deriv)
-        deriv.mul_(-0.5).exp_().mul_(math.sqrt(2 / math.pi)).mul_(slope)
+        deriv.mul_(-0.5).exp_().mul_(ERF_DERIVATIVE_SCALE).mul_(slope)
     if bound == CLAMP_KERNEL and deriv is not None:
         torch.abs(x, out=deriv)
         deriv.le_(1).mul_(slope)
     if bound == TANH_KERNEL:
         torch.tanh(x, out=y)
     elif bound == SIGMOID_KERNEL:
-        torch.mul(x, 1.6, out=y)
+        torch.mul(x, a, out=y)
         sigmoid_(y)
         torch.add(y.new_tensor(-1.0), y, alpha=2, out=y)  # 2s - 1 in one pass (2s is exact: same rounding)
     elif bound == ERF_KERNEL:
-        torch.mul(x, math.sqrt(0.5), out=y)
+        torch.mul(x, a, out=y)
         y.erf_()
     else:
         torch.clamp(x, -1.0, 1.0, out=y)
     if bound in (TANH_KERNEL, SIGMOID_KERNEL) and deriv is not None:
-        # tanh' = 1 - y^2 and (2 sigmoid(1.6 z) - 1)' = 0.8 (1 - y^2), from the output as autograd does.
-        c = 1.0 if bound == TANH_KERNEL else 0.8
+        # tanh' = 1 - y^2 and (2 sigmoid(a z) - 1)' = a/2 (1 - y^2), from the output as autograd does.
+        c = 1.0 if bound == TANH_KERNEL else a / 2
         if isinstance(slope, float):
             c *= slope
         torch.addcmul(y.new_tensor(c), y, y, value=-c, out=deriv)  # c - c y^2 in one pass
@@ -159,14 +155,14 @@ class _Block:
         scale = self.constant(v["scale"])
         exact = (bound == SIGMOID_KERNEL and self.kind == ROUND_KERNEL and not self.has_bias and isinstance(scale, float)
                  and isinstance(self.get("slope", 0), float) and scale > 0 and math.frexp(scale)[0] == 0.5)
-        return (1.6, 2 * scale, -scale) if exact else None
+        return (self.layout.activation.kernel_scale, 2 * scale, -scale) if exact else None
 
     def prerounded(self, x: Tensor, y: Tensor, deriv: Tensor | None) -> None:
         """``y =`` the values before rounding of inputs ``x`` (``x`` may be ``y``); ``deriv = slope * f'(x)`` when given."""
         n = y.shape[0]
         slope = self.get("slope", n)
         if self.affine is None:
-            _bound_into(self.layout.activation.kernel_id, x, y, deriv, slope)
+            _bound_into(self.layout.activation, x, y, deriv, slope)
             self.scaled(y, n)
             return
         alpha, a, b = self.affine
@@ -180,8 +176,8 @@ class _Block:
         else:
             torch.addcmul(y.new_tensor(b) if isinstance(b, float) else b[:n], y, a[:n], out=y)
         if deriv is not None and not self.fast_tanh:
-            # 0.8 slope (1 - y^2) with y = u / scale: the same bits as from y (powers of two)
-            c = 0.8 * slope
+            # a/2 slope (1 - y^2) with y = u / scale: the same bits as from y (powers of two)
+            c = alpha / 2 * slope
             torch.addcmul(y.new_tensor(c), y, y, value=-c / self.get("scale", n) ** 2, out=deriv)
 
     def constant(self, vector: Tensor) -> Const:

@@ -22,7 +22,7 @@ code (``_bound``, ``_bound_grad`` and the functions they call) is written once, 
 functions that both kernels call.
 
 Exactness. The operations and their order are those of :class:`~ifsq_quant.bins.BinLayout` and
-:mod:`~ifsq_quant.activations` (``y * scale`` then ``+ bias``, ``2 * sigmoid(1.6 * x) - 1``,
+:mod:`~ifsq_quant.activations` (``y * scale`` then ``+ bias``, ``2 * sigmoid(a * x) - 1``,
 ``erf(x * sqrt(0.5))``, fmax/fmin clamping that sends NaN to level 0, ...), with every constant
 in the compute dtype. Three things keep the compiled kernel from rounding differently:
 
@@ -67,7 +67,7 @@ from torch.utils._python_dispatch import _disable_current_modes
 from triton.language.extra import libdevice
 from triton.runtime.jit import JITFunction
 
-from ..activations import CLAMP_KERNEL, ERF_KERNEL, SIGMOID_KERNEL, TANH_KERNEL, vector_sigmoid
+from ..activations import CLAMP_KERNEL, ERF_BACKWARD_FACTOR, ERF_KERNEL, SIGMOID_KERNEL, TANH_KERNEL, vector_sigmoid
 from ..bins import EQUAL_KERNEL, ROUND_KERNEL, SYMMETRIC_KERNEL, BinLayout
 from ..contexts import cached, tracing
 from ..indexing import IndexPlan
@@ -78,6 +78,7 @@ __all__ = ["forward", "backward"]
 # The kernel ids of the bounds (activations.py) and layouts (bins.py), as the kernels' constants.
 _TANH, _SIGMOID, _ERF, _CLAMP = (tl.constexpr(i) for i in (TANH_KERNEL, SIGMOID_KERNEL, ERF_KERNEL, CLAMP_KERNEL))
 _ROUND, _SYMMETRIC, _EQUAL = (tl.constexpr(i) for i in (ROUND_KERNEL, SYMMETRIC_KERNEL, EQUAL_KERNEL))
+_ERF_BACKWARD_FACTOR = tl.constexpr(ERF_BACKWARD_FACTOR)
 # Rows of the (8, d) constant table passed to the kernels.
 _CONSTANT_ROWS = ("scale", "bias", "shift", "slope", "top", "levels", "half_width", "code_step")
 _SCALE, _BIAS, _SHIFT, _SLOPE, _TOP, _LEVELS, _HALF_WIDTH, _CODE_STEP = (tl.constexpr(i) for i in range(8))
@@ -143,14 +144,14 @@ _exp = _DeviceFunction(_exp_math)
 _sigmoid = _DeviceFunction(_sigmoid_math)
 
 
-def _bound_math(x, ACT: tl.constexpr, FP64: tl.constexpr, INTERPRET: tl.constexpr, HOST: tl.constexpr):
-    """``y = f(x)`` for the bound of kernel id ``ACT`` (activations.py), with its operations."""
+def _bound_math(x, ACT: tl.constexpr, ACT_SCALE: tl.constexpr, FP64: tl.constexpr, INTERPRET: tl.constexpr, HOST: tl.constexpr):
+    """``y = f(x)`` for the bound of kernel id ``ACT`` and scale ``ACT_SCALE`` (activations.py), with its operations."""
     if ACT == _TANH:
         y = _tanh(x, INTERPRET, HOST)
     elif ACT == _SIGMOID:
-        y = 2.0 * _sigmoid(x * 1.6, FP64, INTERPRET, HOST) - 1.0
+        y = 2.0 * _sigmoid(x * ACT_SCALE, FP64, INTERPRET, HOST) - 1.0
     elif ACT == _ERF:
-        u = x * 0.7071067811865476  # math.sqrt(0.5)
+        u = x * ACT_SCALE
         if INTERPRET:
             y = HOST.erf(u)
         else:
@@ -160,22 +161,23 @@ def _bound_math(x, ACT: tl.constexpr, FP64: tl.constexpr, INTERPRET: tl.constexp
     return y
 
 
-def _bound_grad_math(g, x, ACT: tl.constexpr, FP64: tl.constexpr, INTERPRET: tl.constexpr, HOST: tl.constexpr):
+def _bound_grad_math(g, x, ACT: tl.constexpr, ACT_SCALE: tl.constexpr, FP64: tl.constexpr, INTERPRET: tl.constexpr,
+                     HOST: tl.constexpr):
     """``g * f'(x)`` for the bound of kernel id ``ACT``, in the order of autograd's backward formulas."""
     if ACT == _TANH:  # tanh_backward: g * (1 - y*y), whose `1 - y*y` PyTorch's kernels compile to an FMA
         y = _tanh(x, INTERPRET, HOST)
         g = g * tl.math.fma(-y, y, 1.0)
-    elif ACT == _SIGMOID:  # 2*s - 1, s = sigmoid(1.6 x): ((g*2) * (1 - s)) * s, then * 1.6
-        s = _sigmoid(x * 1.6, FP64, INTERPRET, HOST)
+    elif ACT == _SIGMOID:  # 2*s - 1, s = sigmoid(a x): ((g*2) * (1 - s)) * s, then * a
+        s = _sigmoid(x * ACT_SCALE, FP64, INTERPRET, HOST)
         g = g * 2.0
         g = g * (1.0 - s)
         g = g * s
-        g = g * 1.6
-    elif ACT == _ERF:  # erf(u), u = x*sqrt(0.5): (2/sqrt(pi) * exp(-(u*u))) * g, then * sqrt(0.5)
-        u = x * 0.7071067811865476
+        g = g * ACT_SCALE
+    elif ACT == _ERF:  # erf(u), u = x*a: (2/sqrt(pi) * exp(-(u*u))) * g (PyTorch's erf backward), then * a
+        u = x * ACT_SCALE
         e = _exp(-(u * u), INTERPRET, HOST)
-        g = (1.1283791670955126 * e) * g
-        g = g * 0.7071067811865476
+        g = (_ERF_BACKWARD_FACTOR * e) * g
+        g = g * ACT_SCALE
     else:  # clamp_backward: where(-1 <= x <= 1, g, 0)
         g = tl.where((x >= -1.0) & (x <= 1.0), g, 0.0)
     return g
@@ -187,7 +189,7 @@ _bound_grad = _DeviceFunction(_bound_grad_math)
 
 def _quantize_forward_kernel(
     z_ptr, const_ptr, pack_ptr, codes_ptr, levels_ptr, index_ptr, M,
-    D: tl.constexpr, G: tl.constexpr, ACT: tl.constexpr, KIND: tl.constexpr, HAS_SHIFT: tl.constexpr,
+    D: tl.constexpr, G: tl.constexpr, ACT: tl.constexpr, ACT_SCALE: tl.constexpr, KIND: tl.constexpr, HAS_SHIFT: tl.constexpr,
     NEED_LEVELS: tl.constexpr, NEED_INDEX: tl.constexpr, FP64: tl.constexpr, WIDE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr,
     INTERPRET: tl.constexpr, HOST: tl.constexpr,
@@ -206,7 +208,7 @@ def _quantize_forward_kernel(
     # Bound: y = f(x + shift) (activations.py).
     if HAS_SHIFT:
         x = x + tl.load(const_ptr + _SHIFT * D + cols, mask=col_ok, other=0.0)[None, :]
-    y = _bound(x, ACT, FP64, INTERPRET, HOST)
+    y = _bound(x, ACT, ACT_SCALE, FP64, INTERPRET, HOST)
 
     # Level index k (BinLayout.level_index).
     scale = tl.load(const_ptr + _SCALE * D + cols, mask=col_ok, other=1.0)[None, :]
@@ -268,7 +270,7 @@ def _quantize_forward_kernel(
 
 def _quantize_backward_kernel(
     grad_ptr, z_ptr, const_ptr, out_ptr, N,
-    D: tl.constexpr, ACT: tl.constexpr, HAS_SHIFT: tl.constexpr, FP64: tl.constexpr, WIDE: tl.constexpr,
+    D: tl.constexpr, ACT: tl.constexpr, ACT_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, FP64: tl.constexpr, WIDE: tl.constexpr,
     BLOCK: tl.constexpr, INTERPRET: tl.constexpr, HOST: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -283,7 +285,7 @@ def _quantize_backward_kernel(
         x = x + tl.load(const_ptr + _SHIFT * D + col, mask=mask, other=0.0)
     slope = tl.load(const_ptr + _SLOPE * D + col, mask=mask, other=0.0)
     # soft = f(x) * slope (x = 0 where it is NaN): mul backward, then the bound's backward
-    g = _bound_grad(grad * slope, x, ACT, FP64, INTERPRET, HOST)
+    g = _bound_grad(grad * slope, x, ACT, ACT_SCALE, FP64, INTERPRET, HOST)
     g = tl.where(x == x, g, 0.0)  # zero gradient at NaN inputs
     tl.store(out_ptr + offsets, g, mask=mask)
 
@@ -407,7 +409,7 @@ def forward(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: b
         kernel or _default_kernel(0), grid, z,
         z, _constant_table(layout, z.device, z.dtype), _pack_table(plan, z.device) if plan is not None else placeholder, codes,
         levels if levels is not None else z.new_empty(1), indices if indices is not None else placeholder.clone(), m,
-        D=d, G=groups, ACT=layout.activation.kernel_id, KIND=layout.kernel_id,
+        D=d, G=groups, ACT=layout.activation.kernel_id, ACT_SCALE=layout.activation.kernel_scale, KIND=layout.kernel_id,
         HAS_SHIFT=layout.has_shift, NEED_LEVELS=need_levels, NEED_INDEX=plan is not None,
         FP64=z.dtype == torch.float64,
         WIDE=_wide((m + block_m) * max(d, groups)),
@@ -431,7 +433,7 @@ def backward(grad: Tensor, z: Tensor, layout: BinLayout, kernel=None) -> Tensor:
     _launch(
         kernel or _default_kernel(1), (triton.cdiv(n, block),), z,
         grad, z, _constant_table(layout, z.device, z.dtype), out, n,
-        D=z.shape[1], ACT=layout.activation.kernel_id, HAS_SHIFT=layout.has_shift,
+        D=z.shape[1], ACT=layout.activation.kernel_id, ACT_SCALE=layout.activation.kernel_scale, HAS_SHIFT=layout.has_shift,
         FP64=z.dtype == torch.float64,
         WIDE=_wide(n + block), BLOCK=block,
         INTERPRET=interpret, HOST=_HOST if interpret else None,

@@ -26,29 +26,33 @@ import torch
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
+from ..bins import layout_from_key
+from ..indexing import plan_from_groups
 from . import triton_kernels, triton_support
-from .registered import _empty, _layout, _plan, op_arguments, straight_through_grad
+from .registered import empty, op_arguments, straight_through_grad
 from .triton_kernels import BACKWARD_KERNEL, FORWARD_KERNEL
 
 __all__ = ["quantize"]
 
 
-def _quantize_triton(z: Tensor, levels: list[int], kind: str, activation: str, eps: float, groups: list[int],
-                     pack: bool, need_levels: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _quantize_triton(z: Tensor, levels: list[int], kind: str, activation: str, activation_scale: float, eps: float,
+                     groups: list[int], pack: bool, need_levels: bool) -> tuple[Tensor, Tensor, Tensor]:
     """``z (M, d)`` -> ``codes (M, d)``, ``indices (M, G)`` int64 (empty unless ``pack``), level
     indices ``(M, d)`` (empty unless ``need_levels``)."""
-    plan = _plan(tuple(levels), tuple(groups)) if pack else None
+    layout = layout_from_key(levels, kind, activation, activation_scale, eps)
+    plan = plan_from_groups(layout.levels, tuple(groups)) if pack else None
     # ``wrap_triton(FORWARD_KERNEL)`` written out here, where triton_op's source scan finds it.
     kernel = None if triton_support.interpreting() else wrap_triton(FORWARD_KERNEL)  # None: the interpreter's
-    codes, indices, level_indices = triton_kernels.forward(z, _layout(tuple(levels), kind, activation, eps), plan, need_levels, kernel)
-    return (codes, _empty(z, torch.int64) if indices is None else indices,
-            _empty(z) if level_indices is None else level_indices)
+    codes, indices, level_indices = triton_kernels.forward(z, layout, plan, need_levels, kernel)
+    return (codes, empty(z, torch.int64) if indices is None else indices,
+            empty(z) if level_indices is None else level_indices)
 
 
-def _quantize_triton_backward(grad: Tensor, z: Tensor, levels: list[int], kind: str, activation: str, eps: float) -> Tensor:
+def _quantize_triton_backward(grad: Tensor, z: Tensor, levels: list[int], kind: str, activation: str, activation_scale: float,
+                              eps: float) -> Tensor:
     """The straight-through gradient ``(M, d)`` of :func:`_quantize_triton`'s codes."""
     kernel = None if triton_support.interpreting() else wrap_triton(BACKWARD_KERNEL)
-    return triton_kernels.backward(grad, z, _layout(tuple(levels), kind, activation, eps), kernel)
+    return triton_kernels.backward(grad, z, layout_from_key(levels, kind, activation, activation_scale, eps), kernel)
 
 
 quantize_op = triton_op("ifsq_quant::quantize_triton", mutates_args=())(_quantize_triton)
@@ -56,19 +60,18 @@ backward_op = triton_op("ifsq_quant::quantize_triton_backward", mutates_args=())
 
 
 def _setup_context(ctx, inputs, output):
-    z, levels, kind, activation, eps, *_ = inputs
-    ctx.layout_key = (list(levels), kind, activation, eps)
+    z, levels, kind, activation, activation_scale, eps, *_ = inputs
+    ctx.layout_key = (list(levels), kind, activation, activation_scale, eps)
     ctx.save_for_backward(z)
 
 
 def _backward(ctx, grad_codes, *_unused):
     (z,) = ctx.saved_tensors
     if torch.is_grad_enabled():  # create_graph=True: a gradient that can itself be differentiated
-        levels, kind, activation, eps = ctx.layout_key
-        grad = straight_through_grad(grad_codes, z, _layout(tuple(levels), kind, activation, eps))
+        grad = straight_through_grad(grad_codes, z, layout_from_key(*ctx.layout_key))
     else:
         grad = backward_op(grad_codes.contiguous(), z, *ctx.layout_key)
-    return (grad,) + (None,) * 7
+    return (grad,) + (None,) * 8
 
 
 quantize_op.register_autograd(_backward, setup_context=_setup_context)
