@@ -4,7 +4,7 @@
 of the same names (same constructor arguments, same return values and shapes, and in eval
 mode bit-identical codes and indices), with this package's stage options on top
 (``activation``, ``bins``, ``eps``, ``backend``) so that the stages can be iFSQ stages.
-``vqp_version="1.x.y"`` gives a release's semantics (:mod:`.vqp_releases`); by default the latest.
+``vqp_version="1.x.y"`` gives a release's semantics (:mod:`.compat.vqp`); by default the latest.
 
 How a forward works (``q`` stages, ``d = len(levels)``; the latest release)::
 
@@ -33,73 +33,34 @@ vector-quantize-pytorch); a warning says so once. Use ``use_reentrant=False``.
 
 from __future__ import annotations
 
-import math
-import operator
-import random
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
-from .activations import Activation, HardClamp, get_activation
-from .bins import check_levels
-from .compat import vqp as vqp_releases
-from .contexts import cached, functorch_active, tracing
+from .bins import check_levels, compute_dtype
+from .buffers import ConstantBuffers
+from .checks import check_float_input, integer
+from .compat import vqp
+from .config import ActivationArgument
+from .contexts import functorch_active, tracing
+from .dropout import DROPPED, QuantizeDropout
 from .indexing import IndexPlan
-from .quantizer import FSQ, check_float_input, compute_dtype
+from .positions import Positions
+from .quantizer import FSQ
 
 __all__ = ["ResidualFSQ", "GroupedResidualFSQ"]
-
-DROPPED = -1  # index of a stage skipped by quantize dropout (vector-quantize-pytorch's marker)
-GROUPED_PYTHON_SEED_BOUND = 10_000_000  # the grouped seed of releases that draw it from Python's random
-TORCH_SEED_BOUND = 10_000  # the dropout seed drawn from torch's RNG
 
 # Stage arguments that would change a stage's input or index shape; the residual module owns them.
 _OWNED_STAGE_ARGS = {
     "channel_first": "use is_channel_first=... on the residual module",
     "preserve_symmetry": 'use bins="symmetric" (the default of residual stages) or bins="round"/"equal"',
 }
+HALF_AND_FULL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _int_arg(value, name: str, minimum: int = 1) -> int:
-    """``value`` as a Python int (any integer type: ``int``, numpy integers, ...), at least ``minimum``."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got a bool ({value!r})")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})") from None
-    if number < minimum:
-        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-    return number
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _dropout_seed(device: torch.device, synchronize: bool = True, over_ranks: bool = True) -> int | None:
-    """A seed drawn from torch's RNG on ``device`` (so ``torch.manual_seed`` fixes it), summed over ranks.
-
-    The sum is the same on every rank, so all ranks drop the same stages (as
-    vector-quantize-pytorch does). With ``synchronize=False`` the number is drawn (the RNG
-    advances exactly as with it, so later random draws match vector-quantize-pytorch's) but
-    neither reduced over ranks nor read back to the host; ``None`` is returned. With
-    ``over_ranks=False`` it is read back without the sum (each rank keeps its own).
-    """
-    seed = torch.randint(0, TORCH_SEED_BOUND, (), device=device)
-    if not synchronize:
-        return None
-    if over_ranks and _distributed():
-        dist.all_reduce(seed)
-    return int(seed.item())
-
-
-class ResidualFSQ(nn.Module):
+class ResidualFSQ(ConstantBuffers, nn.Module):
     """Residual FSQ, a drop-in for vector-quantize-pytorch's ``ResidualFSQ``.
 
     Args:
@@ -135,7 +96,7 @@ class ResidualFSQ(nn.Module):
         eps: range widening of the ``"round"`` layout (only with ``bins="round"``).
         backend: stage kernel backend (see :class:`~ifsq_quant.FSQ`).
         vqp_version: ``None`` (the latest release's semantics) or the vector-quantize-pytorch
-            release whose semantics to reproduce, such as ``"1.17.8"`` (:mod:`.vqp_releases`).
+            release whose semantics to reproduce, such as ``"1.17.8"`` (:mod:`.compat.vqp`).
         **kwargs: forwarded to every stage :class:`~ifsq_quant.FSQ` (e.g. ``noise_dropout``,
             ``force_quantization_f32``, ``allowed_dtypes``, ``orthogonal_rotation``, ``track_usage``).
 
@@ -155,6 +116,7 @@ class ResidualFSQ(nn.Module):
     stage), ``codebooks`` (``(q, codebook_size, d)``, unscaled), ``has_projections``.
     """
 
+
     def __init__(
         self,
         *,
@@ -168,7 +130,7 @@ class ResidualFSQ(nn.Module):
         soft_clamp_input_value: float | Sequence[float] | Tensor | None = None,
         bound_hard_clamp: bool | None = None,
         projection_has_bias: bool = True,
-        activation: str | Activation | Callable[[Tensor], Tensor] | None = None,
+        activation: ActivationArgument | None = None,
         bins: str | None = None,
         eps: float | None = None,
         backend: str = "auto",
@@ -177,147 +139,87 @@ class ResidualFSQ(nn.Module):
         **kwargs,
     ):
         super().__init__()
-        levels = list(check_levels(levels))
-        self.levels = levels
-        self.num_quantizers = _int_arg(num_quantizers, "num_quantizers")
-        codebook_dim = len(levels)
-        self.codebook_dim = codebook_dim
-        self.dim = codebook_dim if dim is None else _int_arg(dim, "dim")
+        self.levels = levels = list(check_levels(levels))
+        self.num_quantizers = integer(num_quantizers, "num_quantizers")
+        self.codebook_dim = codebook_dim = len(levels)
+        self.dim = codebook_dim if dim is None else integer(dim, "dim")
         self.is_channel_first = bool(is_channel_first)
         self.residual_f32 = bool(residual_f32)
         self.vqp_version = vqp_version
-        self.vqp = release = vqp_releases.semantics(vqp_version)
-        for name, is_default in (("is_channel_first", not is_channel_first), ("soft_clamp_input_value", soft_clamp_input_value is None),
-                                 ("bound_hard_clamp", bound_hard_clamp is None or bool(bound_hard_clamp) == release.hard_clamp_default)):
-            release.check_argument("ResidualFSQ", name, is_default)
-
+        self.vqp = release = vqp.semantics(vqp_version)
+        self.spec = spec = vqp.residual_spec(release)
         for key, hint in _OWNED_STAGE_ARGS.items():
             if key in kwargs:
                 raise TypeError(f"{key} is not a stage argument of ResidualFSQ; {hint}")
         # The stages must return one index per position, so no codebook or group axes.
         if kwargs.get("num_codebooks", 1) != 1:
-            raise ValueError(
-                f"num_codebooks must be 1 for residual stages, got {kwargs['num_codebooks']!r}; use GroupedResidualFSQ to split features"
-            )
+            raise ValueError(f"num_codebooks must be 1 for residual stages, got {kwargs['num_codebooks']!r}; "
+                             "use GroupedResidualFSQ to split features")
         if kwargs.get("keep_num_codebooks_dim"):
             raise ValueError("keep_num_codebooks_dim=True is not supported by residual stages (indices are (..., num_quantizers))")
         if kwargs.get("index_groups") is not None:
             raise ValueError("index_groups is not supported by residual stages (indices are (..., num_quantizers))")
-        if kwargs.get("return_indices", release.return_indices_default) is not True:
-            if not release.return_indices_default and "return_indices" not in kwargs:
-                raise ValueError(f"vqp_version={release.release!r}: the stages of that release return no indices unless "
-                                 "return_indices=True is passed (its ResidualFSQ fails without it)")
-            raise ValueError("return_indices=False is not supported: residual quantization returns its indices")
+        self.bound_hard_clamp, bins = vqp.residual_options(
+            release, is_channel_first=is_channel_first, soft_clamp_input_value=soft_clamp_input_value,
+            bound_hard_clamp=bound_hard_clamp, activation=activation, bins=bins, eps=eps, stage_kwargs=kwargs)
         kwargs["return_indices"] = True
-
-        # The hard clamp *is* the bound, so an explicit activation turns it off by default.
-        if bound_hard_clamp is None:
-            bound_hard_clamp = activation is None and release.hard_clamp_default
-        if bound_hard_clamp and activation is not None and not isinstance(get_activation(activation), HardClamp):
-            raise ValueError(
-                f"bound_hard_clamp=True replaces the stage activation by clamp(z, -1, 1); it contradicts "
-                f"activation={activation!r} (leave bound_hard_clamp unset or False to use the activation)"
-            )
-        self.bound_hard_clamp = bool(bound_hard_clamp)
-        if bins is None:
-            bins = release.stage_bins
-        if eps is not None and bins != "round":
-            raise ValueError(f'eps only affects bins="round"; it has no effect with bins={bins!r}')
-        if release.first_residual == "bound" and bins != "round":
-            raise ValueError(f"vqp_version={release.release!r}: that release's first residual is the round layout's "
-                             f'unrounded bound, which bins={bins!r} does not define; use bins="round" (its default)')
 
         # Always with a bias: vector-quantize-pytorch gives projection_has_bias to the stages only.
         self.has_projections = self.dim != codebook_dim
         self.project_in = nn.Linear(self.dim, codebook_dim) if self.has_projections else nn.Identity()
         self.project_out = nn.Linear(codebook_dim, self.dim) if self.has_projections else nn.Identity()
-
         self.layers = nn.ModuleList(
-            FSQ(levels=levels, dim=codebook_dim, bound_hard_clamp=self.bound_hard_clamp, activation=activation,
-                bins=bins, eps=eps, backend=backend, projection_has_bias=projection_has_bias, vqp_version=vqp_version, **kwargs)
-            for _ in range(self.num_quantizers)
-        )
+            FSQ(levels=levels, dim=codebook_dim, bound_hard_clamp=self.bound_hard_clamp, activation=activation, bins=bins, eps=eps,
+                backend=backend, projection_has_bias=projection_has_bias, vqp_version=vqp_version, **kwargs)
+            for _ in range(self.num_quantizers))
         self.codebook_size = self.layers[0].codebook_size
 
         self.quantize_dropout = bool(quantize_dropout) and self.num_quantizers > 1
-        cutoff = _int_arg(quantize_dropout_cutoff_index, "quantize_dropout_cutoff_index", minimum=0)
-        if self.quantize_dropout and cutoff >= self.num_quantizers:
-            raise ValueError(
-                f"quantize_dropout_cutoff_index must be below num_quantizers={self.num_quantizers}, got {cutoff}"
-            )
-        self.quantize_dropout_cutoff_index = cutoff
-        self.quantize_dropout_multiple_of = _int_arg(quantize_dropout_multiple_of, "quantize_dropout_multiple_of")
+        self.quantize_dropout_cutoff_index = integer(quantize_dropout_cutoff_index, "quantize_dropout_cutoff_index", minimum=0)
+        if self.quantize_dropout and self.quantize_dropout_cutoff_index >= self.num_quantizers:
+            raise ValueError(f"quantize_dropout_cutoff_index must be below num_quantizers={self.num_quantizers}, "
+                             f"got {self.quantize_dropout_cutoff_index}")
+        self.quantize_dropout_multiple_of = integer(quantize_dropout_multiple_of, "quantize_dropout_multiple_of")
+        self.dropout = QuantizeDropout(spec.dropout, spec.refusals, self.quantize_dropout, self.quantize_dropout_cutoff_index,
+                                       self.quantize_dropout_multiple_of, self.num_quantizers)
 
-        with torch.device("cpu"):  # host-side copies, also when the module is built on the meta device
-            # Same float32 ops as vector-quantize-pytorch ((L - 1) ** -i or L ** -i), so residuals
-            # match it bit for bit. A buffer (it follows .half()/.double() as theirs); residual_f32
-            # uses the exact copy.
+        # Stage i's scale: the same float32 ops as vector-quantize-pytorch ((L - 1) ** -i or L ** -i), so
+        # residuals match it bit for bit. A buffer (it follows .half()/.double() as theirs); residual_f32
+        # reads the exact copy (constant_value).
+        with torch.device("cpu"):  # host-side values, also when the module is built on the meta device
             levels_f = torch.tensor(levels).float()
-            base = levels_f - 1 if release.stage_scale == "levels_minus_one" else levels_f
-            self._scales_f32 = torch.stack([base ** -i for i in range(self.num_quantizers)])
+            base = levels_f - 1 if spec.stage_scale_base == "levels_minus_one" else levels_f
+            scales = torch.stack([base ** -i for i in range(self.num_quantizers)])
             if self.bound_hard_clamp:
                 if soft_clamp_input_value is not None:
-                    raise ValueError(
-                        "soft_clamp_input_value must not be given with bound_hard_clamp=True (it is then 1 + 1/(L-1)); "
-                        "pass bound_hard_clamp=False to choose your own"
-                    )
+                    raise ValueError("soft_clamp_input_value must not be given with bound_hard_clamp=True (it is then 1 + 1/(L-1)); "
+                                     "pass bound_hard_clamp=False to choose your own")
                 # Squash into slightly more than [-1, 1] so the hard clamp rarely saturates.
                 soft_clamp_input_value = 1 + (1 / (torch.tensor(levels) - 1))
-            if soft_clamp_input_value is not None:
-                soft_clamp_input_value = self._check_soft_clamp(soft_clamp_input_value, codebook_dim)
-            self._soft_clamp_exact = soft_clamp_input_value
-        self.register_buffer("scales", self._scales_f32.clone(), persistent=False)
-        self.register_buffer("soft_clamp_input_value", None if soft_clamp_input_value is None else soft_clamp_input_value.clone(),
-                             persistent=False)
-        self._exact_cache: dict[tuple, Tensor] = {}
+            self.register_constant("scales", scales)
+            self.register_constant("soft_clamp_input_value",
+                                   None if soft_clamp_input_value is None else _soft_clamp(soft_clamp_input_value, codebook_dim))
         # Per floating dtype, the stages whose scale underflows so far that 1 / scale overflows (deep
-        # stacks of many levels), with the dimensions where it does: (q,) stage -> (d,) bool mask.
-        self._vanishing_scales = {}
-        with torch.device("cpu"):
-            for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-                vanishing = torch.isinf(1 / self._scales_f32.to(dtype))
-                self._vanishing_scales[dtype] = {i: vanishing[i] for i in range(self.num_quantizers) if bool(vanishing[i].any())}
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        # The buffers outside the state_dict are rebuilt from the exact host copies after every move
-        # (in the dtype the move gave them), so that a module built on the meta device and moved with
-        # to_empty() holds them instead of uninitialized memory.
-        self.scales = self._scales_f32.to(device=self.scales.device, dtype=self.scales.dtype)
-        if self.soft_clamp_input_value is not None:
-            self.soft_clamp_input_value = self._soft_clamp_exact.to(device=self.soft_clamp_input_value.device,
-                                                                     dtype=self.soft_clamp_input_value.dtype)
-        return self
-
-    def _exact(self, name: str, device: torch.device, dtype: torch.dtype) -> Tensor | None:
-        """The scales / soft clamp as built (not cast by ``.half()``), in ``dtype`` on ``device`` (cached)."""
-        source = self._scales_f32 if name == "scales" else self._soft_clamp_exact
-        if source is None:
-            return None
-        return cached(self._exact_cache, (name, torch.device(device), dtype), lambda: source.to(device=device, dtype=dtype))
+        # stacks of many levels), with the dimensions where it does: stage -> (d,) bool mask.
+        vanishing = {dtype: torch.isinf(1 / scales.to(dtype)) for dtype in HALF_AND_FULL}
+        self._vanishing_scales = {dtype: {i: v[i] for i in range(self.num_quantizers) if bool(v[i].any())}
+                                  for dtype, v in vanishing.items()}
 
     @property
     def module_dtype(self) -> torch.dtype:
         """The floating dtype of the module (of its ``scales`` buffer: follows ``.half()``, ``.double()``, ...)."""
         return self.scales.dtype
 
-    @staticmethod
-    def _check_soft_clamp(value, d: int) -> Tensor:
-        if isinstance(value, (bool, str, bytes)) or not isinstance(value, (int, float, Sequence, Tensor)):
-            raise TypeError(f"soft_clamp_input_value must be a number, a list of numbers or a tensor, got {value!r} "
-                            f"({type(value).__name__})")
-        if isinstance(value, Sequence) and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            raise TypeError(f"soft_clamp_input_value must hold numbers, got {value!r}")
-        t = value if isinstance(value, Tensor) else torch.tensor(value, dtype=torch.float32)
-        if not t.is_floating_point():
-            t = t.float()
-        if t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (1, d)):
-            raise ValueError(f"soft_clamp_input_value must be a number or {d} numbers (one per dimension), got shape {tuple(t.shape)}")
-        if not bool((t > 0).all()) or not bool(torch.isfinite(t).all()):
-            raise ValueError(f"soft_clamp_input_value must be positive and finite, got {t.tolist()}")
-        return t
+    def _work_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The dtype the residual arithmetic runs in for a ``dtype`` module/input (see ``residual_f32``)."""
+        return compute_dtype(dtype) if self.residual_f32 else dtype
 
-    # --- codebooks and indices -------------------------------------------------------------
+    def _constant(self, name: str, device: torch.device, work: torch.dtype) -> Tensor | None:
+        """The scales / soft clamp: with ``residual_f32`` as built, in ``work``; else the buffer (in the module's dtype)."""
+        value = self.constant_value(name) if self.residual_f32 else getattr(self, name)
+        return None if value is None else value.to(device=device, dtype=work if self.residual_f32 else value.dtype)
+
+    # --- codebooks and decoding ------------------------------------------------------------
 
     @property
     def codebooks(self) -> Tensor:
@@ -340,68 +242,32 @@ class ResidualFSQ(nn.Module):
         if given < self.num_quantizers:
             # Coarse indices (the first stages only) are what quantize dropout trains for.
             if not self.quantize_dropout:
-                raise ValueError(
-                    f"indices have {given} of {self.num_quantizers} quantizer entries; reconstructing from fewer "
-                    "stages needs quantize_dropout=True"
-                )
+                raise ValueError(f"indices have {given} of {self.num_quantizers} quantizer entries; reconstructing from fewer "
+                                 "stages needs quantize_dropout=True")
             indices = nn.functional.pad(indices, (0, self.num_quantizers - given), value=DROPPED)
         if indices.numel() and not tracing() and not functorch_active():  # no values to check in a traced graph
             bad = (indices < DROPPED) | (indices >= self.codebook_size)
             if bool(bad.any()):
-                value = int(indices[bad][0])
-                raise ValueError(
-                    f"indices out of range: got {value}; valid are 0 .. {self.codebook_size - 1} and -1 (stage dropped)"
-                )
+                raise ValueError(f"indices out of range: got {int(indices[bad][0])}; valid are 0 .. {self.codebook_size - 1} "
+                                 "and -1 (stage dropped)")
         return indices
 
-    def _work_dtype(self, dtype: torch.dtype) -> torch.dtype:
-        """The dtype the residual arithmetic runs in for a ``dtype`` module/input (see ``residual_f32``)."""
-        if self.residual_f32:
-            return compute_dtype(dtype)
-        return dtype
-
-    def _stage_scales(self, device: torch.device, work: torch.dtype) -> Tensor:
-        return self._exact("scales", device, work) if self.residual_f32 else self.scales.to(device)
-
     def _scaled_codes(self, indices: Tensor, channel_first: bool) -> tuple[list[Tensor], tuple[int, ...]]:
-        """Every stage's scaled codes ``(N, d)`` in the forward's working dtype, and the lead shape.
+        """Every stage's scaled codes ``(N, d)`` in the forward's working dtype (zero where dropped), and the lead shape.
 
-        Each code is computed as the stage's forward computes it (float32, float64 in a float64
-        module; then cast to the working dtype) and scaled with the forward's scale, so that
-        summing them in order reproduces the forward's ``quantized`` bit for bit in eval mode.
-        """
+        Each code is computed as the stage's forward computes it (:meth:`FSQ.codes_from_indices`) and
+        scaled with the forward's scale, so that summing them in order reproduces the forward's
+        ``quantized`` bit for bit in eval mode."""
         indices = self._indices_channel_last(indices, channel_first)
         lead = tuple(indices.shape[:-1])
         flat = indices.reshape(-1, self.num_quantizers)
         dropped = flat == DROPPED
-        safe = flat.masked_fill(dropped, 0)  # look up a dummy code, zeroed below
+        safe = flat.masked_fill(dropped, 0)  # decode a dummy code, zeroed below
         work = self._work_dtype(self.module_dtype)
-        scales = self._stage_scales(indices.device, work)
-        codes = []
-        for i, layer in enumerate(self.layers):
-            code_dtype = compute_dtype(work, layer.layout)
-            if flat.shape[0] > layer.codebook_size and layer.index_groups is None and not layer.orthogonal_rotation:
-                codes.append(self._stage_table_lookup(layer, safe[:, i], dropped[:, i], code_dtype, work, scales[i]))
-                continue
-            # The stage's level indices and layout directly: its forward computes codes in
-            # code_dtype, whatever the dtype FSQ.indices_to_codes would return.
-            code = layer.layout.code(layer.indices_to_level_indices(safe[:, i]).to(code_dtype))  # (N, d)
-            if layer.orthogonal_rotation:
-                code = code @ layer.orthogonal_rot.t().to(code_dtype)
-            codes.append(code.to(work).masked_fill(dropped[:, i, None], 0.0) * scales[i])
+        scales = self._constant("scales", indices.device, work)
+        codes = [layer.codes_from_indices(safe[:, i], dtype=work).masked_fill(dropped[:, i, None], 0.0) * scales[i]
+                 for i, layer in enumerate(self.layers)]
         return codes, lead
-
-    @staticmethod
-    def _stage_table_lookup(layer, stage: Tensor, dropped: Tensor, code_dtype: torch.dtype, work: torch.dtype,
-                            scale: Tensor) -> Tensor:
-        """One stage's scaled codes ``(N, d)`` of its indices ``stage (N,)`` (0 where ``dropped``), looked
-        up in a table of all ``K`` scaled codes plus a zero row for dropped stages (row ``K``): with
-        more rows than codes, one gather is cheaper than decoding each row. The table's values come
-        from the same operations as the row-by-row decoding, so the results are the same bit for bit."""
-        layer.index_plan.check_range(stage[:, None])
-        table = layer.layout.code(layer._every_level_index(stage.device).to(code_dtype)).to(work) * scale  # (K, d)
-        table = torch.cat([table, table.new_zeros(1, table.shape[1])])  # (K + 1, d)
-        return table.index_select(0, stage.to(torch.int64).masked_fill(dropped, layer.codebook_size))
 
     def get_codes_from_indices(self, indices: Tensor, *, channel_first: bool = False) -> Tensor:
         """Indices -> every stage's scaled codes ``(q, b, ..., d)`` (zero where the index is -1).
@@ -414,8 +280,7 @@ class ResidualFSQ(nn.Module):
         in the module's dtype (:attr:`module_dtype`).
         """
         codes, lead = self._scaled_codes(indices, channel_first)
-        out = torch.stack(codes).to(self.module_dtype)
-        return out.reshape(self.num_quantizers, *lead, self.codebook_dim)
+        return torch.stack(codes).to(self.module_dtype).reshape(self.num_quantizers, *lead, self.codebook_dim)
 
     def get_output_from_indices(self, indices: Tensor, *, channel_first: bool = False) -> Tensor:
         """Indices -> the forward's ``quantized`` in the module's dtype.
@@ -427,126 +292,57 @@ class ResidualFSQ(nn.Module):
         float64, float16, bfloat16), with or without ``residual_f32``.
         """
         codes, lead = self._scaled_codes(indices, channel_first)
-        out = self._sum_stages(codes).to(self.module_dtype)
-        out = self.project_out(out.reshape(*lead, self.codebook_dim))
-        if channel_first:
-            out = out.movedim(-1, 1)
-        return out
-
-    @staticmethod
-    def _sum_stages(parts: list[Tensor]) -> Tensor:
-        # Stage by stage from 0.0, in the forward's order (vector-quantize-pytorch's
-        # ``quantized_out = 0.`` then ``+=``), so a round trip is bit-exact.
-        total = 0.0
-        for part in parts:
-            total = total + part
-        return total
+        out = self.project_out(_sum_stages(codes).to(self.module_dtype).reshape(*lead, self.codebook_dim))
+        return out.movedim(-1, 1) if channel_first else out
 
     # --- forward ---------------------------------------------------------------------------
 
-    def _dropout_last_kept(self, device: torch.device, seed: int | None) -> int:
-        """The index of the last stage kept by quantize dropout (stages after it are skipped),
-        drawn as the module's release draws it."""
-        release = self.vqp
-        if self.quantize_dropout_multiple_of != 1 and not release.dropout_multiple_of_works:
-            vqp_releases.refuse(release, "dropout_multiple_of_works")
-        if seed is not None:
-            rng = random.Random(seed)
-        elif release.dropout_seed == "python_random" or (release.dropout_seed == "python_random_local" and not _distributed()):
-            rng = random  # the global Python RNG, as those releases
-        elif release.dropout_seed in ("torch", "torch_cpu"):
-            seed_device = torch.device("cpu") if release.dropout_seed == "torch_cpu" else device
-            rng = random.Random(_dropout_seed(seed_device, over_ranks=not release.seed_sync_needs_grad or torch.is_grad_enabled()))
-        else:
-            vqp_releases.refuse(release, "dropout_seed")
-        last = rng.randrange(self.quantize_dropout_cutoff_index, self.num_quantizers)
-        m = self.quantize_dropout_multiple_of
-        if m != 1:
-            last = math.ceil((last + 1) / m) * m - 1  # keep a multiple of m stages
-        return last
-
-    def _drops_stages(self) -> bool:
-        """Whether this forward draws quantize dropout (training; with gradients, in the releases that ask for them)."""
-        if not (self.training and self.quantize_dropout):
-            return False
-        if self.vqp.dropout_needs_grad and not torch.is_grad_enabled():
-            warnings.warn("ResidualFSQ: a training forward with quantize_dropout=True ran without gradients, so no stage was "
-                          "dropped; under reentrant activation checkpointing (use_reentrant=True) the recompute in the backward "
-                          "drops stages, so the gradients come from another computation than the loss (use use_reentrant=False)",
-                          stacklevel=3)
-            return False
-        return True
-
-    def forward(
-        self,
-        x: Tensor,
-        return_all_codes: bool = False,
-        rand_quantize_dropout_fixed_seed: int | None = None,
-    ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, return_all_codes: bool = False,
+                rand_quantize_dropout_fixed_seed: int | None = None) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
         """Quantizes ``x``; returns ``(quantized, indices)`` or, with ``return_all_codes``,
         ``(quantized, indices, all_codes)`` (shapes in the class docstring).
 
         ``rand_quantize_dropout_fixed_seed`` fixes the quantize dropout draw (training only).
         """
         check_float_input(x)
-        if self.is_channel_first:
-            x = x.movedim(1, -1)
-        # Positions flattened to (b, N, dim) with an explicit N (an inferred axis cannot be reshaped
-        # when the batch is empty): the stages see vector-quantize-pytorch's (b, n, d).
-        lead = x.shape[:-1]
-        x = x.reshape(lead[0], math.prod(lead[1:]), x.shape[-1])
+        # the stages see vector-quantize-pytorch's (b, n, d): some releases' draws depend on the batch size
+        x, positions = Positions.rows(x, self.is_channel_first)
         if x.shape[-1] != self.dim:
             where = "channel (second)" if self.is_channel_first else "last"
             hint = "" if self.is_channel_first else "; for (b, dim, *spatial) inputs pass is_channel_first=True"
             raise ValueError(f"expected {self.dim} features in the {where} axis, got {x.shape[-1]}{hint}")
 
         x = self.project_in(x)
-        out_dtype = x.dtype
-        work = self._work_dtype(x.dtype)
-        if self.residual_f32:
-            x = x.to(work)
-            clamp_value = self._exact("soft_clamp", x.device, work)
-        else:
-            # vector-quantize-pytorch's ops on the buffers as they are: type promotion decides
-            # the dtype (a half-precision module keeps half-precision residuals).
-            clamp_value = self.soft_clamp_input_value
-        scales = self._stage_scales(x.device, work)
+        out_dtype, work = x.dtype, self._work_dtype(x.dtype)
+        x = x.to(work)
+        # vector-quantize-pytorch's ops on the buffers as they are: type promotion decides the dtype (a
+        # half-precision module keeps half-precision residuals); residual_f32 computes in `work`
+        clamp_value = self._constant("soft_clamp_input_value", x.device, work)
+        scales = self._constant("scales", x.device, work)
         if clamp_value is not None:
             x = (x / clamp_value).tanh() * clamp_value
 
-        drop = self._drops_stages()
-        last_kept = self._dropout_last_kept(x.device, rand_quantize_dropout_fixed_seed) if drop else self.num_quantizers - 1
-
-        autocast_off = torch.autocast(x.device.type, enabled=False) if x.device.type in ("cuda", "cpu") else nullcontext()
+        drop = self.dropout.active(self.training)
+        last_kept = self.dropout.last_kept(x.device, rand_quantize_dropout_fixed_seed) if drop else self.num_quantizers - 1
         parts, all_indices = [], []
-        residual = x
         vanishing = self._vanishing_scales.get(scales.dtype, {})
-        with autocast_off:
-            if self.vqp.first_residual == "bound":
-                residual = self.layers[0].bound(x)  # those releases start from stage 0's unrounded bound
+        with torch.autocast(x.device.type, enabled=False) if x.device.type in ("cuda", "cpu") else nullcontext():
+            residual = self.layers[0].bound(x) if self.spec.first_residual == "bound" else x
             for i, layer in enumerate(self.layers):
                 if i > last_kept:
                     all_indices.append(torch.full(x.shape[:2], DROPPED, dtype=torch.int64, device=x.device))
                     continue
-                scale = scales[i]
                 # no gradient through 1 / scale = inf (the stage's STE gradient there, f'(+-inf), is 0 anyway)
-                stage_input = (residual if i not in vanishing else torch.where(vanishing[i].to(x.device), residual.detach(), residual)) / scale
-                codes, indices = layer(stage_input)
-                quantized = codes * scale
-                residual = residual - quantized.detach()  # gradient reaches x through every stage's STE
+                stage_input = residual if i not in vanishing else torch.where(vanishing[i].to(x.device), residual.detach(), residual)
+                codes, indices = layer(stage_input / scales[i])
+                quantized = codes * scales[i]
+                residual = residual - quantized.detach()  # the gradient reaches x through every stage's STE
                 parts.append(quantized)
                 all_indices.append(indices)
 
-        out = self._sum_stages(parts)
-        if self.residual_f32:
-            out = out.to(out_dtype)
-        out = self.project_out(out)
-        out = out.reshape(*lead, self.dim)
-        indices = torch.stack(all_indices, dim=-1).reshape(*lead, self.num_quantizers)
-        if self.is_channel_first:
-            out = out.movedim(-1, 1)
-            indices = indices.movedim(-1, 1)
-
+        out = _sum_stages(parts)
+        out = positions.restore(self.project_out(out.to(out_dtype) if self.residual_f32 else out))
+        indices = positions.restore(torch.stack(all_indices, dim=-1))
         if not return_all_codes:
             return out, indices
         return out, indices, self.get_codes_from_indices(indices, channel_first=self.is_channel_first)
@@ -556,7 +352,8 @@ class ResidualFSQ(nn.Module):
         parts = [f"levels={self.levels}", f"num_quantizers={self.num_quantizers}", f"dim={self.dim}",
                  f"bins={stage.bins!r}", f"activation={stage.activation!r}"]
         if self.quantize_dropout:
-            parts.append(f"quantize_dropout=True, cutoff_index={self.quantize_dropout_cutoff_index}, multiple_of={self.quantize_dropout_multiple_of}")
+            parts.append(f"quantize_dropout=True, cutoff_index={self.quantize_dropout_cutoff_index}, "
+                         f"multiple_of={self.quantize_dropout_multiple_of}")
         if self.is_channel_first:
             parts.append("is_channel_first=True")
         if self.residual_f32:
@@ -564,6 +361,34 @@ class ResidualFSQ(nn.Module):
         if self.vqp_version is not None:
             parts.append(f"vqp_version={self.vqp_version!r}")
         return ", ".join(parts)
+
+
+def _soft_clamp(value, d: int) -> Tensor:
+    """``soft_clamp_input_value`` checked: a number or ``d`` numbers, positive and finite -> a float tensor."""
+    if isinstance(value, (bool, str, bytes)) or not isinstance(value, (int, float, Sequence, Tensor)):
+        raise TypeError(f"soft_clamp_input_value must be a number, a list of numbers or a tensor, got {value!r} "
+                        f"({type(value).__name__})")
+    if isinstance(value, Sequence) and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise TypeError(f"soft_clamp_input_value must hold numbers, got {value!r}")
+    if isinstance(value, Tensor) and value.is_meta:
+        raise ValueError("soft_clamp_input_value is a meta tensor: it has no values; give the numbers (a float, a list or a "
+                         "tensor with values)")
+    t = value.detach() if isinstance(value, Tensor) else torch.tensor(value, dtype=torch.float32, device="cpu")
+    t = t if t.is_floating_point() else t.float()
+    if t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (1, d)):
+        raise ValueError(f"soft_clamp_input_value must be a number or {d} numbers (one per dimension), got shape {tuple(t.shape)}")
+    if not bool((t > 0).all()) or not bool(torch.isfinite(t).all()):
+        raise ValueError(f"soft_clamp_input_value must be positive and finite, got {t.tolist()}")
+    return t
+
+
+def _sum_stages(parts: list[Tensor]) -> Tensor:
+    # Stage by stage from 0.0, in the forward's order (vector-quantize-pytorch's ``quantized_out = 0.``
+    # then ``+=``), so a decode is bit-exact.
+    total = 0.0
+    for part in parts:
+        total = total + part
+    return total
 
 
 class GroupedResidualFSQ(nn.Module):
@@ -596,21 +421,15 @@ class GroupedResidualFSQ(nn.Module):
 
     def __init__(self, *, dim: int, groups: int = 1, accept_image_fmap: bool = False, **kwargs):
         super().__init__()
-        self.dim = dim = _int_arg(dim, "dim")
-        self.groups = groups = _int_arg(groups, "groups")
+        self.dim = dim = integer(dim, "dim")
+        self.groups = groups = integer(groups, "groups")
         if dim % groups != 0:
             raise ValueError(f"dim ({dim}) must be divisible by groups ({groups})")
-        self.vqp = release = vqp_releases.semantics(kwargs.get("vqp_version"))
-        if release.grouped_seed == "broken":
-            vqp_releases.refuse(release, "grouped_seed")
         channel_first = bool(accept_image_fmap) or bool(kwargs.get("is_channel_first", False))
         if accept_image_fmap and kwargs.get("is_channel_first", True) is False:
             raise ValueError("accept_image_fmap=True puts the features on axis 1; it contradicts is_channel_first=False")
+        vqp.check_grouped_options(vqp.semantics(kwargs.get("vqp_version")), channel_first)
         if channel_first:
-            if not release.has_argument("ResidualFSQ", "is_channel_first"):
-                raise ValueError(f"vqp_version={release.release!r}: accept_image_fmap needs vector-quantize-pytorch >= "
-                                 f"{release.first_release_of('ResidualFSQ', 'is_channel_first')} (that release's ResidualFSQ "
-                                 "takes (batch, seq, dim) inputs only)")
             kwargs["is_channel_first"] = True
         self.accept_image_fmap = channel_first
         self.rvqs = nn.ModuleList(ResidualFSQ(dim=dim // groups, **kwargs) for _ in range(groups))
@@ -651,29 +470,13 @@ class GroupedResidualFSQ(nn.Module):
         outs = [rvq.get_output_from_indices(chunk, channel_first=channel_first) for rvq, chunk in zip(self.rvqs, chunks)]
         return torch.cat(outs, dim=1 if channel_first else -1)
 
-    def _shared_seed(self, device: torch.device) -> int | None:
-        """The groups' dropout seed for this forward, drawn as the module's release draws it."""
-        policy = self.vqp.grouped_seed
-        if policy == "python_every_forward":
-            return random.randint(0, GROUPED_PYTHON_SEED_BOUND)
-        if policy in ("torch_cpu_every_forward", "torch_every_forward"):
-            return _dropout_seed(torch.device("cpu") if policy == "torch_cpu_every_forward" else device)
-        if not self.training:
-            return None
-        # As vector-quantize-pytorch, a number is drawn from torch's RNG on every training forward
-        # (so the RNG stream, and with it noise dropout, stays the same as theirs), but unlike it
-        # the cross-rank all_reduce and the host read-back happen only when quantize dropout will
-        # use the seed.
-        needs_seed = any(rvq.quantize_dropout for rvq in self.rvqs) and (torch.is_grad_enabled() or not self.vqp.dropout_needs_grad)
-        return _dropout_seed(device, synchronize=needs_seed)
-
     def forward(self, x: Tensor, return_all_codes: bool = False):
         """Returns ``(quantized, indices)`` or ``(quantized, indices, all_codes)`` (see the class docstring)."""
         check_float_input(x)
         if x.shape[self.split_dim] != self.dim:
             where = "second" if self.accept_image_fmap else "last"
             raise ValueError(f"expected {self.dim} features in the {where} axis, got {x.shape[self.split_dim]}")
-        seed = self._shared_seed(x.device)  # one seed for all groups: they drop the same stages
+        seed = self.rvqs[0].dropout.group_seed(self.training, x.device)  # one seed for all groups: they drop the same stages
         outs = [rvq(chunk, return_all_codes=return_all_codes, rand_quantize_dropout_fixed_seed=seed)
                 for rvq, chunk in zip(self.rvqs, x.chunk(self.groups, dim=self.split_dim))]
         quantized = torch.cat([o[0] for o in outs], dim=self.split_dim)

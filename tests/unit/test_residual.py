@@ -131,13 +131,13 @@ class _FakeDist:
     """Counts all_reduce calls of an apparently initialized 2-rank group (adds 1 to the tensor)."""
 
     def __init__(self, monkeypatch):
-        import ifsq_quant.residual as residual
+        import ifsq_quant.dropout as dropout
 
         self.calls = 0
-        monkeypatch.setattr(residual.dist, "is_available", lambda: True)
-        monkeypatch.setattr(residual.dist, "is_initialized", lambda: True)
-        monkeypatch.setattr(residual.dist, "get_world_size", lambda group=None: 2)
-        monkeypatch.setattr(residual.dist, "all_reduce", self.all_reduce)
+        monkeypatch.setattr(dropout.dist, "is_available", lambda: True)
+        monkeypatch.setattr(dropout.dist, "is_initialized", lambda: True)
+        monkeypatch.setattr(dropout.dist, "get_world_size", lambda group=None: 2)
+        monkeypatch.setattr(dropout.dist, "all_reduce", self.all_reduce)
 
     def all_reduce(self, tensor, *args, **kwargs):
         self.calls += 1

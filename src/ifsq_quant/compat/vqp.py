@@ -5,8 +5,11 @@ semantics: its codes, indices, outputs, decodes and random draws. ``FSQ``, ``iFS
 ``ResidualFSQ`` and ``GroupedResidualFSQ`` take ``vqp_version=None | "1.x.y"``; ``None`` is the
 latest release's behaviour, a release string that release's. :func:`semantics` turns the string
 into a :class:`Semantics`, the few switches in which releases differ, by applying every row of
-:data:`CHANGES` up to that release to the oldest release's switches. The modules read these
-switches; nothing else in the package knows about releases.
+:data:`CHANGES` up to that release to the oldest release's switches. This module translates them
+into the specs the core reads (:func:`fsq_spec`, :func:`residual_spec`), translates the vqp
+constructor arguments into an :class:`~ifsq_quant.config.FSQConfig` (:func:`fsq_config`), and holds
+vqp's methods that only its users call (:class:`FSQMethods`); nothing else in the package knows
+about releases.
 
 What a switch value means is documented on its field. Releases whose behaviour is a bug (indices
 outside the codebook, a forward that fails) are refused with a ``ValueError`` naming the release
@@ -18,8 +21,19 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+import warnings
 
-__all__ = ["Semantics", "semantics", "OLDEST", "LATEST", "CHANGES"]
+import torch
+from torch import Tensor
+
+from .. import kernels
+from ..activations import HardClamp, get_activation
+from ..bins import BinLayout, compute_dtype
+from ..config import FSQConfig
+from ..spec import DropoutSpec, FSQSpec, Refusals, ResidualSpec
+
+__all__ = ["Semantics", "semantics", "OLDEST", "LATEST", "CHANGES", "fsq_spec", "residual_spec", "fsq_config", "residual_options",
+           "check_grouped_options", "FSQMethods"]
 
 OLDEST = "1.14.0"  # the oldest release reproduced
 LATEST = "1.32.0"  # the newest release known; ``vqp_version=None`` is its behaviour
@@ -202,3 +216,208 @@ def semantics(vqp_version: str | None) -> Semantics:
         if _key(first) <= key:
             values.update(change)
     return Semantics(release=vqp_version, **values)
+
+
+# --- the specs the core reads --------------------------------------------------------------------
+
+def _refusals(s: Semantics, **switches: str) -> Refusals:
+    """The reasons of ``s``'s refused switches, keyed by the spec switches they become."""
+    reasons = tuple((name, f"{s.label()} is not reproduced here: {REFUSED[(switch, getattr(s, switch))]}")
+                    for name, switch in switches.items() if (switch, getattr(s, switch)) in REFUSED)
+    return Refusals(source=f"vqp_version={s.release!r}", reasons=reasons)
+
+
+_HALF_INPUTS = {"promote": "promote", "upcast_before_projection": "before_projection", "upcast_after_projection": "after_projection"}
+_EXTRA_DRAWS = {"none": "none", "python_random": "python_random", "bernoulli_4d": "sample_masks", "bernoulli_batch": "batch_masks"}
+_NOISE = {"codes": "codes", "input": "input", "input_scaled": "input_per_level"}
+
+
+@functools.cache
+def fsq_spec(s: Semantics) -> FSQSpec:
+    """The :class:`~ifsq_quant.spec.FSQSpec` of release ``s``'s FSQ."""
+    return FSQSpec(half_inputs=_HALF_INPUTS[s.half_inputs], autocast_off_in_forward=s.forward_autocast_off,
+                   noise=_NOISE.get(s.noise, "refused"), extra_draws=_EXTRA_DRAWS.get(s.training_draws, "refused"),
+                   refusals=_refusals(s, noise="noise", extra_draws="training_draws"))
+
+
+@functools.cache
+def residual_spec(s: Semantics) -> ResidualSpec:
+    """The :class:`~ifsq_quant.spec.ResidualSpec` of release ``s``'s residual modules."""
+    seed = {"python_random": "python", "python_random_local": "python_local", "torch": "torch", "torch_cpu": "torch_cpu"}
+    dropout = DropoutSpec(seed=seed.get(s.dropout_seed, "refused"), seed_sum_needs_grad=s.seed_sync_needs_grad,
+                          needs_grad=s.dropout_needs_grad, multiple_of="works" if s.dropout_multiple_of_works else "refused",
+                          grouped_seed=s.grouped_seed if s.grouped_seed != "broken" else "refused")
+    return ResidualSpec(first_residual=s.first_residual, stage_scale_base="levels" if s.stage_scale == "levels" else "levels_minus_one",
+                        dropout=dropout, stage=fsq_spec(s),
+                        refusals=_refusals(s, seed="dropout_seed", multiple_of="dropout_multiple_of_works",
+                                           grouped_seed="grouped_seed"))
+
+
+# --- vqp's FSQ arguments -> the core's config ---------------------------------------------------------
+
+def fsq_config(s: Semantics, module: type, *, levels, dim, num_codebooks, keep_num_codebooks_dim, allowed_dtypes, channel_first,
+               projection_has_bias, return_indices, force_quantization_f32, preserve_symmetry, noise_dropout, bound_hard_clamp,
+               orthogonal_rotation, activation, bins, eps, index_groups, track_usage, backend) -> FSQConfig:
+    """vqp's ``FSQ`` arguments (and this package's) as release ``s`` reads them -> an :class:`FSQConfig`.
+
+    ``module`` is the class built (its ``default_activation`` / ``default_eps``: FSQ's or iFSQ's).
+    Refuses arguments the release did not have and options it did not reproduce."""
+    if return_indices is None:
+        return_indices = s.return_indices_default
+    allowed = (allowed_dtypes,) if isinstance(allowed_dtypes, torch.dtype) else allowed_dtypes
+    for name, is_default in (("allowed_dtypes", isinstance(allowed, (tuple, list)) and tuple(allowed) == (torch.float32, torch.float64)),
+                             ("channel_first", not channel_first), ("projection_has_bias", projection_has_bias is True),
+                             ("return_indices", return_indices is s.return_indices_default),
+                             ("force_quantization_f32", force_quantization_f32 is True),
+                             ("preserve_symmetry", not preserve_symmetry), ("noise_dropout", noise_dropout == 0),
+                             ("bound_hard_clamp", not bound_hard_clamp), ("orthogonal_rotation", not orthogonal_rotation)):
+        s.check_argument("FSQ", name, is_default)
+    if preserve_symmetry and s.symmetry == "rounded_again":
+        refuse(s, "symmetry", " with preserve_symmetry=True")
+    if bins is None:
+        bins = "symmetric" if preserve_symmetry else "round"
+    elif preserve_symmetry and bins != "symmetric":
+        raise ValueError(f'preserve_symmetry=True is the "symmetric" layout; it contradicts bins={bins!r}')
+    if bound_hard_clamp:
+        # The hard clamp replaces FSQ's default tanh, as in vector-quantize-pytorch; any other bound
+        # (given, or the default of a subclass such as iFSQ's sigmoid) contradicts it.
+        if (activation is not None and not isinstance(get_activation(activation), HardClamp)) or (
+                activation is None and module.default_activation != "tanh"):
+            given = module.default_activation if activation is None else activation
+            raise ValueError(f"bound_hard_clamp=True replaces the bound by clamp(z, -1, 1); it contradicts "
+                             f"{module.__name__}'s activation={given!r} (use FSQ(..., bound_hard_clamp=True) or activation='clamp')")
+        activation = "clamp"
+    config = FSQConfig(levels=levels, dim=dim, num_codebooks=num_codebooks, keep_num_codebooks_dim=keep_num_codebooks_dim,
+                       channel_first=channel_first, projection_has_bias=projection_has_bias, return_indices=return_indices,
+                       force_quantization_f32=force_quantization_f32, allowed_dtypes=allowed_dtypes, noise_dropout=noise_dropout,
+                       orthogonal_rotation=orthogonal_rotation, activation=module.default_activation if activation is None else activation,
+                       bins=bins, eps=module.default_eps if eps is None else eps, index_groups=index_groups, track_usage=track_usage,
+                       backend=backend, spec=fsq_spec(s))
+    if config.noise_dropout not in (0.0, 0.5) and s.noise == "codes":
+        warnings.warn(f"noise_dropout={config.noise_dropout}: as in vector-quantize-pytorch, each code value is perturbed "
+                      "with probability 0.5 whatever noise_dropout > 0 is (its mask is Tensor.bernoulli_())", stacklevel=4)
+    return config
+
+
+def residual_options(s: Semantics, *, is_channel_first, soft_clamp_input_value, bound_hard_clamp, activation, bins, eps,
+                     stage_kwargs: dict) -> tuple[bool, str]:
+    """vqp's ``ResidualFSQ`` arguments as release ``s`` reads them -> ``(bound_hard_clamp, stage bins)``.
+
+    Refuses arguments the release did not have, and stage options that contradict each other or the
+    release (its first residual is the ``"round"`` layout's bound before 1.18.5)."""
+    for name, is_default in (("is_channel_first", not is_channel_first), ("soft_clamp_input_value", soft_clamp_input_value is None),
+                             ("bound_hard_clamp", bound_hard_clamp is None or bool(bound_hard_clamp) == s.hard_clamp_default)):
+        s.check_argument("ResidualFSQ", name, is_default)
+    if stage_kwargs.get("return_indices", s.return_indices_default) is not True:
+        if not s.return_indices_default and "return_indices" not in stage_kwargs:
+            raise ValueError(f"vqp_version={s.release!r}: the stages of that release return no indices unless "
+                             "return_indices=True is passed (its ResidualFSQ fails without it)")
+        raise ValueError("return_indices=False is not supported: residual quantization returns its indices")
+    # The hard clamp *is* the bound, so an explicit activation turns it off by default.
+    if bound_hard_clamp is None:
+        bound_hard_clamp = activation is None and s.hard_clamp_default
+    if bound_hard_clamp and activation is not None and not isinstance(get_activation(activation), HardClamp):
+        raise ValueError(f"bound_hard_clamp=True replaces the stage activation by clamp(z, -1, 1); it contradicts "
+                         f"activation={activation!r} (leave bound_hard_clamp unset or False to use the activation)")
+    if bins is None:
+        bins = s.stage_bins
+    if eps is not None and bins != "round":
+        raise ValueError(f'eps only affects bins="round"; it has no effect with bins={bins!r}')
+    if s.first_residual == "bound" and bins != "round":
+        raise ValueError(f"vqp_version={s.release!r}: that release's first residual is the round layout's "
+                         f'unrounded bound, which bins={bins!r} does not define; use bins="round" (its default)')
+    return bool(bound_hard_clamp), bins
+
+
+def check_grouped_options(s: Semantics, channel_first: bool) -> None:
+    """Refuses a ``GroupedResidualFSQ`` that release ``s`` could not build or run."""
+    if s.grouped_seed == "broken":
+        refuse(s, "grouped_seed")
+    if channel_first and not s.has_argument("ResidualFSQ", "is_channel_first"):
+        raise ValueError(f"vqp_version={s.release!r}: accept_image_fmap needs vector-quantize-pytorch >= "
+                         f"{s.first_release_of('ResidualFSQ', 'is_channel_first')} (that release's ResidualFSQ "
+                         "takes (batch, seq, dim) inputs only)")
+
+
+# --- vqp's FSQ methods that only its users call ----------------------------------------------------------
+
+class FSQMethods:
+    """vector-quantize-pytorch's ``FSQ`` methods besides the forward and the decodes, as release
+    ``self.vqp`` defines them; a base of :class:`~ifsq_quant.FSQ`."""
+
+    def _use_release(self, vqp_version: str | None, soft_activation) -> None:
+        """Records the release whose methods this module has; ``soft_activation`` is the bound of
+        ``bound(..., hard_clamp=False)`` and ``symmetry_preserving_bound`` on a hard-clamped module."""
+        self.vqp_version = vqp_version
+        self.vqp = semantics(vqp_version)
+        self._soft_activation = soft_activation
+
+    def _vqp_config(self, vqp_version: str | None, **arguments) -> FSQConfig:
+        """``FSQ``'s arguments as release ``vqp_version`` reads them (:func:`fsq_config`); records the release."""
+        release = semantics(vqp_version)
+        config = fsq_config(release, type(self), **arguments)
+        hard_clamped = arguments["bound_hard_clamp"]
+        self._use_release(vqp_version, get_activation(type(self).default_activation) if hard_clamped else config.activation)
+        return config
+
+    def quantize(self, z: Tensor) -> Tensor:
+        """Codes ``(..., d)`` of ``z (..., d)`` (already projected in): bound and round with the
+        straight-through gradient; no projection or rotation (and no noise, except in the releases
+        whose quantize() added it in training)."""
+        from ..noise import training_input
+
+        if self.training and isinstance(z, Tensor):
+            z = training_input(z, self.spec, self.noise_dropout, self._levels)
+        return self._quantize_with(self.layout, z)
+
+    def bound(self, z: Tensor, eps: float | None = None, hard_clamp: bool = False) -> Tensor:
+        """Codes of ``z (..., d)`` in the ``"round"`` layout (vector-quantize-pytorch's ``bound``);
+        ``eps`` defaults to this module's, ``hard_clamp`` to ``False`` as theirs (``quantize``
+        applies the module's ``bound_hard_clamp``). With a ``vqp_version`` before 1.22.16 it is
+        that release's unrounded value ``f(z + shift) * half_l - offset`` (level units), as theirs."""
+        layout = self._layout_like("round", eps, hard_clamp)
+        if self.vqp.public_bound == "unrounded":
+            z = self._check_codebook_input(z, "z")
+            z = z.to(compute_dtype(z.dtype, layout))
+            c = layout.constants(z.device, z.dtype)
+            return layout.bound(z) * c["scale"] + c["bias"]
+        return self._quantize_with(layout, z)
+
+    def symmetry_preserving_bound(self, z: Tensor, hard_clamp: bool = False) -> Tensor:
+        """Codes of ``z (..., d)`` in the ``"symmetric"`` layout (``preserve_symmetry=True``);
+        ``hard_clamp`` defaults to ``False`` as theirs. With a ``vqp_version`` 1.21.x it is that
+        release's unfloored ``2 / (L - 1) * ((L - 1) * (f(z) + 1) / 2 + 0.5) - 1``."""
+        layout = self._layout_like("symmetric", None, hard_clamp)
+        if not self.vqp.symmetric_bound_floored:
+            z = self._check_codebook_input(z, "z")
+            levels_minus_1 = (layout.num_levels - 1).to(z.device)  # an integer tensor, as theirs
+            bracket = levels_minus_1 * (layout.bound(z) + 1) / 2.0 + 0.5
+            return 2.0 / levels_minus_1 * bracket - 1.0
+        return self._quantize_with(layout, z)
+
+    def _layout_like(self, kind: str, eps: float | None, hard_clamp: bool | None) -> BinLayout:
+        """This module's layout, or one that differs in ``kind``, ``eps`` or the hard clamp."""
+        eps = self.eps if eps is None else eps
+        clamp = self.bound_hard_clamp if hard_clamp is None else hard_clamp
+        if (kind, eps, clamp) == (self.layout.kind, self.eps, self.bound_hard_clamp):
+            return self.layout
+        return BinLayout(self.levels, kind, HardClamp() if clamp else self._soft_activation, eps)
+
+    def _quantize_with(self, layout: BinLayout, z: Tensor) -> Tensor:
+        z = self._check_codebook_input(z, "z")
+        # theirs never upcasts here: a bf16/fp16 z goes to the kernels as it is (see kernels.quantize)
+        flat = (z if z.dtype in kernels.HALF_DTYPES else z.to(compute_dtype(z.dtype, layout))).reshape(-1, self.codebook_dim)
+        return kernels.quantize(flat, layout, None, self.backend).codes.view(z.shape)
+
+    def _indices_to_codes(self, indices: Tensor) -> Tensor:
+        """Indices -> codes ``(..., d)`` before rotation and projection."""
+        return self._level_indices_to_codes(self.indices_to_level_indices(indices))
+
+    def _scale_and_shift(self, codes: Tensor) -> Tensor:
+        """Codes -> level indices as unrounded floats, ``(..., d)`` (inverse of :meth:`_scale_and_shift_inverse`)."""
+        return self.layout.level_value(codes)
+
+    def _scale_and_shift_inverse(self, level_indices: Tensor) -> Tensor:
+        """Level indices ``(..., d)`` -> codes ``(..., d)``."""
+        dtype = level_indices.dtype if level_indices.is_floating_point() else compute_dtype(self._decode_like.dtype, self.layout)
+        return self.layout.code(level_indices.to(dtype))
