@@ -1,4 +1,5 @@
-"""The repository's scripts: what ``dev.sh`` installs for each command.
+"""The repository's scripts: what ``dev.sh`` installs for each command, which Python
+``benchmarks/gpu_check.sh`` runs, and where ``benchmarks/bench_speed.py`` writes by default.
 
 ``dev.sh`` runs against a stand-in environment: its ``bin/python`` logs every call and answers
 ``-c`` snippets with the real interpreter and a stand-in ``torch`` of a chosen version (none: the
@@ -96,3 +97,21 @@ def test_test_installs_everything_the_tests_need_then_runs_ruff_and_pytest(fake_
 def test_ci_runs_the_test_command_in_a_fresh_environment():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "export VENV=.venv-ci" in ci and 'rm -rf "$VENV"' in ci and ci.rstrip().endswith("bash dev.sh test")
+
+
+def test_gpu_check_runs_the_environment_dev_sh_builds(fake_venv):
+    venv, _, _ = fake_venv
+    out_dir = venv.parent / "gpu"
+    proc, calls = run_script(fake_venv, "benchmarks/gpu_check.sh", str(out_dir), torch_version="2.13.0")
+    assert proc.returncode == 1  # the stand-in torch has no triton: stopped at the first check
+    assert calls and calls[0].startswith("python -c import torch, triton")
+    assert f"needs {venv}/bin/python with CUDA torch" in proc.stdout
+
+
+def test_bench_speed_writes_outside_the_committed_results_by_default():
+    from benchmarks import bench_speed
+
+    out = bench_speed.build_parser().parse_args([]).out.resolve()
+    assert out == ROOT / "runs" / "bench"
+    assert "runs/" in (ROOT / ".gitignore").read_text().splitlines()
+    assert bench_speed.build_parser().parse_args(["--out", "benchmarks/results"]).out == Path("benchmarks/results")
