@@ -76,7 +76,7 @@ pip_install() {
 setup_demo() {
   make_venv
   ensure_torch
-  pip_install demo "the package with its examples extra (numpy, scipy, scikit-learn, scikit-image, matplotlib, tqdm, safetensors, Pillow: about 450 MB)" \
+  pip_install demo "the package with its examples extra (numpy, scipy, scikit-learn, scikit-image, matplotlib, tqdm, safetensors, Pillow: about 430 MB)" \
     -e ".[examples]"
 }
 
