@@ -95,7 +95,7 @@ case "$cmd" in
   setup) setup_test ;;
   demo)
     setup_demo
-    say "running the demo: python -m examples.end_to_end --preset quick --out runs/quick"
+    say "running the demo: python -m examples.end_to_end --preset quick --out runs/quick${*:+ $*}"
     "$VENV/bin/python" -m examples.end_to_end --preset quick --out runs/quick "$@"
     say "results in runs/quick/ (report.md, metrics.json, figures, checkpoints/)"
     ;;

@@ -66,6 +66,7 @@ def test_demo_installs_only_the_examples_extra_and_keeps_the_installed_torch(fak
     assert pip_installs(calls) == [["-e", ".[examples]"]]
     assert calls[-1] == "python -m examples.end_to_end --preset quick --out runs/quick --threads 2"
     assert "keeping the installed torch 2.7.1+cu126" in proc.stdout
+    assert "running the demo: python -m examples.end_to_end --preset quick --out runs/quick --threads 2" in proc.stdout
     assert "runs/quick/" in proc.stdout.splitlines()[-1]
     again, calls = run_script(fake_venv, "dev.sh", "demo", torch_version="2.7.1+cu126")  # installed before: pip only checks
     assert pip_installs(calls)[-1] == ["-q", "-e", ".[examples]"] and "checking" in again.stdout
