@@ -71,5 +71,7 @@ def test_the_demo_numbers_are_the_committed_run():
     assert f"validation PSNR {psnr['fsq']} dB (FSQ) and {psnr['ifsq']} dB (iFSQ)" in stated
     assert (f"{metrics['ar']['fd']:.1f} for the AR transformer and {metrics['diffusion']['fd']:.1f} for the DiT, against "
             f"{base['fd_real']:.1f} for real validation images and {random_fd:,.0f} for decoded uniformly random tokens") in stated
-    assert (f"real images {base['fd_real'] / random_fd:.3f}, AR {metrics['ar']['fd'] / random_fd:.3f}, "
-            f"DiT {metrics['diffusion']['fd'] / random_fd:.3f}") in stated
+    assert f"real images {base['fd_real']:.1f} in the repository's run" in stated
+    assert f"agree for real images ({base['fd_real'] / random_fd:.3f} and" in stated
+    assert f"the DiT ({metrics['diffusion']['fd'] / random_fd:.3f} and" in stated
+    assert f"the AR transformer's varies most ({metrics['ar']['fd'] / random_fd:.3f} and" in stated
