@@ -2,10 +2,12 @@
 decoding (``FSQ.indices_to_codes``, ``ResidualFSQ.get_output_from_indices``) against theirs.
 
 Interleaved in one process (A B C A B C ...), median of ``--repeats`` runs. Writes
-``benchmarks/results/speed_<device>.md`` and ``.json``. Ratios are what carry over between
+``runs/bench/speed_<device>.md`` and ``.json`` (``--out`` another folder; the committed results in
+``benchmarks/results/`` change only when ``--out`` names them). Ratios are what carry over between
 machines; absolute times mean something only on a GPU.
 
-    python benchmarks/bench_speed.py                 # CPU, 1M/4M/16M elements
+    python benchmarks/bench_speed.py                 # CPU, 1M/4M/16M elements, into runs/bench/
+    python benchmarks/bench_speed.py --out benchmarks/results   # rewrites the committed speed_cpu.{md,json}
     python benchmarks/bench_speed.py --quick         # 1M elements only, fewer repeats
     python benchmarks/bench_speed.py --sizes 4194304 --levels '[17]*4' --compiled --load 2
         # also ours and vqp under torch.compile, with two busy background processes
@@ -38,7 +40,9 @@ except ImportError:  # the comparison column is then reported as missing
     VqpFSQ = VqpResidualFSQ = None
 
 LEVELS = {"[8,5,5,5]": [8, 5, 5, 5], "[17]*4": [17] * 4, "[17]*8": [17] * 8}
-RESULTS = Path(__file__).resolve().parent / "results"
+# The default output folder: ignored by git, so that a run as the docs write it leaves the committed
+# results in benchmarks/results/ as they are.
+RESULTS = Path(__file__).resolve().parent.parent / "runs" / "bench"
 
 
 def _sync(device):
@@ -150,7 +154,7 @@ def measure_decode(device, repeats, warmup=2):
     return rows
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sizes", type=int, nargs="+", default=[2**20, 2**22, 2**24])
@@ -159,9 +163,13 @@ def main(argv=None):
     parser.add_argument("--levels", nargs="+", choices=list(LEVELS), default=list(LEVELS))
     parser.add_argument("--compiled", action="store_true", help="add torch.compile columns (ours and vqp)")
     parser.add_argument("--load", type=int, default=0, help="busy background processes during the runs")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="output folder (default: runs/bench in the repository)")
     parser.add_argument("--stem", default=None, help="output file name stem (default speed_<device>)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.quick:
         args.sizes, args.repeats = [2**20], 5
     device = torch.device(args.device)

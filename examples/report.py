@@ -42,39 +42,61 @@ def _pyplot():
     return plt
 
 
-def save_grid_figure(path: Path, panels: list[tuple[str, torch.Tensor, int]], ylabel: str | None = None) -> None:
-    """One image mosaic per panel (title, images (n, c, s, s), rows), side by side."""
+# A mosaic is drawn at one whole number of screen pixels per image pixel, the smallest that makes
+# the larger side of the figure's largest mosaic at least this many pixels (16x16 digits in a 10x10
+# grid: 4, a 676-pixel square), so every image pixel is an even block.
+MOSAIC_PIXELS = 600
+FIGURE_DPI = 100
+
+
+def _save_mosaics(path: Path, panels: list[tuple[str, np.ndarray]], vertical: bool, ylabel: str | None = None) -> None:
+    """Saves the mosaics (title, array in [0, 1]) side by side (or one above the other), each at the same
+    whole-number zoom, with exact pixel geometry (no resampling between pixel sizes)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), squeeze=False)
-    for ax, (title, images, rows) in zip(axes[0], panels):
-        ax.imshow(image_mosaic(images, rows), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(title, fontsize=9)
+    zoom = max(1, math.ceil(MOSAIC_PIXELS / max(max(m.shape[:2]) for _, m in panels)))
+    sizes = [(m.shape[1] * zoom, m.shape[0] * zoom) for _, m in panels]
+    title, pad, left = 26, 12, 12 + (22 if ylabel else 0)
+    if vertical:
+        width, height = left + max(w for w, _ in sizes) + pad, sum(h + title for _, h in sizes) + pad * (len(sizes) + 1)
+    else:
+        width, height = left + sum(w for w, _ in sizes) + pad * len(sizes), title + max(h for _, h in sizes) + 2 * pad
+    fig = plt.figure(figsize=(width / FIGURE_DPI, height / FIGURE_DPI), dpi=FIGURE_DPI)
+    x, top = left, height - pad
+    for (name, mosaic), (w, h) in zip(panels, sizes):
+        top -= title
+        ax = fig.add_axes((x / width, (top - h) / height, w / width, h / height))
+        ax.imshow(mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest", aspect="auto")
+        ax.set_title(name, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
+        ax.set_frame_on(False)
         if ylabel:
-            ax.set_ylabel(ylabel, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
+            ax.set_ylabel(ylabel, fontsize=9)
+        if vertical:
+            top -= h + pad
+        else:
+            x += w + pad
+            top += title
+    fig.savefig(path, dpi=FIGURE_DPI)
     plt.close(fig)
+
+
+def save_grid_figure(path: Path, panels: list[tuple[str, torch.Tensor, int]], ylabel: str | None = None) -> None:
+    """One image mosaic per panel (title, images (n, c, s, s), rows), side by side."""
+    _save_mosaics(path, [(title, image_mosaic(images, rows)) for title, images, rows in panels], vertical=False, ylabel=ylabel)
 
 
 def save_reconstruction_figure(path: Path, real: torch.Tensor, recons: dict[str, torch.Tensor]) -> None:
     """Rows: real validation images, then the reconstruction of each tokenizer."""
-    plt = _pyplot()
     rows = [("real", real)] + [(f"{k.upper() if k == 'fsq' else 'iFSQ'} reconstruction", v) for k, v in recons.items()]
-    fig, axes = plt.subplots(len(rows), 1, figsize=(7, 1.0 * len(rows) + 0.3))
-    for ax, (title, images) in zip(np.atleast_1d(axes), rows):
-        ax.imshow(image_mosaic(images, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(title, fontsize=8)
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save_mosaics(path, [(title, image_mosaic(images, 1)) for title, images in rows], vertical=True)
 
 
 def save_usage_figure(path: Path, counts: dict[str, np.ndarray], levels: list[int]) -> None:
     """Bin-usage histograms: counts[kind] (d, L) level frequencies, one subplot per dimension."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     d = len(levels)
     fig, axes = plt.subplots(1, d, figsize=(2.6 * d, 2.4), squeeze=False)
     for i, ax in enumerate(axes[0]):
@@ -86,6 +108,7 @@ def save_usage_figure(path: Path, counts: dict[str, np.ndarray], levels: list[in
         ax.axhline(1.0 / levels[i], color="k", lw=0.8, ls="--")
         ax.set_title(f"latent dim {i}", fontsize=8)
         ax.set_xlabel("level index", fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # level indices are whole numbers
         ax.tick_params(labelsize=6)
     axes[0][0].set_ylabel("frequency (validation)", fontsize=7)
     axes[0][0].legend(fontsize=6)

@@ -307,3 +307,44 @@ def test_checkpoints_without_levels_still_load():
     again = CodeUsage([5, 6])
     again.load_state_dict(padded)
     assert torch.equal(again.flat_bin_counts, usage.flat_bin_counts) and again.num_samples == 3
+
+
+def test_load_state_dict_replaces_the_counts_learnt_from_other_ranks(monkeypatch):
+    """A module that holds all-reduced counts and then loads a checkpoint reads the checkpoint's
+    totals alone: the other ranks' counts learnt at the last all_reduce are dropped, not added.
+    One gloo process whose all_reduce also adds a second rank's counts stands in for two ranks."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    other_rank = {}  # the counts the simulated second rank contributes to the next all_reduce
+    real_all_reduce = dist.all_reduce
+
+    def all_reduce_with_a_second_rank(tensor, *args, **kwargs):
+        work = real_all_reduce(tensor, *args, **kwargs)
+        tensor += other_rank["counts"]
+        return work
+
+    monkeypatch.setattr(dist, "all_reduce", all_reduce_with_a_second_rank)
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        usage = CodeUsage([3, 3])
+        usage.update(torch.tensor([[0, 0]]))  # this rank: 1 sample at levels (0, 0)
+        theirs = CodeUsage([3, 3])
+        theirs.update(torch.tensor([[1, 1]] * 4))  # the other rank: 4 samples at levels (1, 1)
+        other_rank["counts"] = torch.cat([theirs.flat_bin_counts, theirs.code_counts])
+        usage.all_reduce()
+        assert usage.num_samples == 5 and usage.bin_counts.tolist() == [[1, 4, 0], [1, 4, 0]]
+
+        saved = CodeUsage([3, 3])
+        saved.update(torch.tensor([[2, 2]] * 7))  # a checkpoint of 7 samples in total, at levels (2, 2)
+        usage.load_state_dict(saved.state_dict())
+        assert usage.bin_counts.tolist() == [[0, 0, 7], [0, 0, 7]]
+        assert torch.equal(usage.code_counts, saved.code_counts) and usage.num_samples == 7
+        assert torch.equal(usage.state_dict()["bin_counts"], saved.flat_bin_counts)
+
+        other_rank["counts"] = torch.cat([saved.flat_bin_counts, saved.code_counts])  # the other rank loaded it too
+        usage.all_reduce()
+        assert usage.num_samples == 14 and usage.bin_counts.tolist() == [[0, 0, 14], [0, 0, 14]]
+    finally:
+        dist.destroy_process_group()
