@@ -41,6 +41,10 @@ SIXTEEN_BIT_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # integer greyscale
 WHITE = (255, 255, 255)
 
 
+class ImageError(ExampleError):
+    """An image file that cannot be read (raised in the process, or DataLoader worker, that reads it)."""
+
+
 def list_images(folder: Path) -> list[Path]:
     """The files under ``folder`` with an image suffix (case-insensitive), sorted; ExampleError if there are none."""
     if not folder.is_dir():
@@ -73,7 +77,7 @@ def load_image(path: Path, size: int) -> torch.Tensor:
                 img.draft(img.mode, (size, size))  # decode at 1/2, 1/4 or 1/8 scale while both sides stay >= size
             img = ImageOps.exif_transpose(img)
             if img.mode == "F":
-                raise ExampleError(f"image {str(path)!r} holds 32-bit floating-point pixels (mode F), whose range is not defined; "
+                raise ImageError(f"image {str(path)!r} holds 32-bit floating-point pixels (mode F), whose range is not defined; "
                                    "convert it to 8 or 16 bits per channel")
             if img.mode in SIXTEEN_BIT_GREY:
                 grey = np.asarray(_resize_and_crop(img.convert("F"), size), dtype=np.float32)  # convert("RGB") would clip at 255
@@ -84,7 +88,7 @@ def load_image(path: Path, size: int) -> torch.Tensor:
                     img = Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE + (255,)), rgba)
                 pixels = np.asarray(_resize_and_crop(img.convert("RGB"), size), dtype=np.float32) / 255.0
     except (OSError, UnidentifiedImageError, ValueError) as e:  # ValueError: Pillow's for some damaged files
-        raise ExampleError(f"cannot read image {str(path)!r}: {e}") from None
+        raise ImageError(f"cannot read image {str(path)!r}: {e}") from None
     return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1) * 2.0 - 1.0
 
 
