@@ -3,7 +3,8 @@
     python -m examples.end_to_end --preset quick --out runs/quick
     python -m torch.distributed.run --nproc_per_node=2 -m examples.end_to_end --preset smoke --out runs/ddp
 
-Run from the repository root. Stages, in order (``--stages`` picks a subset; the others are
+Run from the repository root (``python -m examples.end_to_end``) or as a path
+(``python examples/end_to_end.py``). Stages, in order (``--stages`` picks a subset; the others are
 loaded from checkpoints when a later stage needs them):
 
 1. ``classifier``  a small CNN on the real training digits; its pre-activation features

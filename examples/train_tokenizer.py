@@ -315,7 +315,10 @@ def train(args: argparse.Namespace, env: Env) -> list[dict]:
     # the model, where it runs, the optimizer
     model = build_tokenizer(settings, vqp_version)
     if resume:
-        model.load_state_dict(model_state)
+        try:
+            model.load_state_dict(model_state)
+        except RuntimeError as e:
+            raise ExampleError(f"--resume: {str(path)!r} does not fit the model of its settings: {e}") from None
     model.to(env.device)
     forward = model
     if env.distributed and args.fsdp:
@@ -329,7 +332,11 @@ def train(args: argparse.Namespace, env: Env) -> list[dict]:
         forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99))
     if resume:
-        set_optimizer_state_dict(model, optimizer, optimizer_state, options=StateDictOptions(full_state_dict=True))
+        try:
+            set_optimizer_state_dict(model, optimizer, optimizer_state, options=StateDictOptions(full_state_dict=True))
+        except (KeyError, ValueError, RuntimeError) as e:  # state keyed by anything but this model's parameter names
+            raise ExampleError(f"--resume: the optimizer state in {str(path)!r} does not fit the model's parameters "
+                               f"({type(e).__name__}: {e}); encode and decode can use it, training cannot continue from it") from None
     bf16 = args.precision == "bf16" or (args.precision == "auto" and env.device.type == "cuda" and torch.cuda.is_bf16_supported())
 
     # data: this process's shares of the crops and of the validation images

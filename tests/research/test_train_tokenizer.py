@@ -339,10 +339,36 @@ def test_torchrun_ddp_train_resume_encode_match_one_process(images, tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_fsdp2_matches_one_process(images, tmp_path):
-    """2 gloo processes with --fsdp (fully_shard): one epoch, checkpoint gathered to full tensors, the same training."""
+    """2 gloo processes with --fsdp (fully_shard): one epoch, the checkpoint gathered to full tensors, then --resume
+    (the full optimizer state sharded again) to two: the same training as one process."""
     single, fsdp = tmp_path / "single", tmp_path / "fsdp"
     assert run_main(tiny(images, single, 1, "--lr", "0.05")) == 0
     proc = torchrun(tiny(images, fsdp, 1, "--lr", "0.05", "--fsdp"))
     assert "(2 x 2, FSDP2 on cpu)" in proc.stdout and proc.stdout.count("epoch 1: train loss") == 1
     assert relative_gap(single / "tokenizer.safetensors", fsdp / "tokenizer.safetensors") < 0.1
-    assert (fsdp / "reconstructions" / "epoch_001.png").is_file()
+    assert run_main(tiny(images, single, 2, "--lr", "0.05", "--resume")) == 0
+    proc = torchrun(tiny(images, fsdp, 2, "--lr", "0.05", "--fsdp", "--resume"))
+    assert "epochs 2..2" in proc.stdout and proc.stdout.count("epoch 2: train loss") == 1
+    assert relative_gap(single / "tokenizer.safetensors", fsdp / "tokenizer.safetensors") < 0.1
+    assert sorted(p.name for p in (fsdp / "reconstructions").iterdir()) == ["epoch_001.png", "epoch_002.png"]
+
+
+def test_bf16_autocast_on_the_cpu_and_resume_without_a_checkpoint(images, tmp_path, capsys):
+    assert run_main(tiny(images, tmp_path / "bf16", 1, "--precision", "bf16", "--resume")) == 0
+    out = capsys.readouterr().out
+    assert "no checkpoint in" in out and "training from epoch 1" in out and "bf16 autocast" in out
+    row = json.loads((tmp_path / "bf16" / "history.json").read_text())["history"][0]
+    assert np.isfinite(row["train_loss"]) and row["val_psnr"] > 0
+    assert all(v.dtype == torch.float32 for k, v in weights(tmp_path / "bf16" / "tokenizer.safetensors").items() if "weight" in k)
+
+
+def test_tensorboard_event_files(images, tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install tensorboard); --tensorboard is optional")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert run_main(tiny(images, tmp_path / "tb", 1, "--tensorboard")) == 0
+    events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "train/lr", "epoch/val_psnr", "epoch/train_utilization"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("train/loss")] == [2, 4, 5]
+    assert events.Tags()["images"]  # the reconstruction grid
