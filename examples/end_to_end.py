@@ -3,7 +3,8 @@
     python -m examples.end_to_end --preset quick --out runs/quick
     python -m torch.distributed.run --nproc_per_node=2 -m examples.end_to_end --preset smoke --out runs/ddp
 
-Run from the repository root. Stages, in order (``--stages`` picks a subset; the others are
+Run from the repository root (``python -m examples.end_to_end``) or as a path
+(``python examples/end_to_end.py``). Stages, in order (``--stages`` picks a subset; the others are
 loaded from checkpoints when a later stage needs them):
 
 1. ``classifier``  a small CNN on the real training digits; its pre-activation features
@@ -57,6 +58,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a path (python examples/end_to_end.py): import the package examples from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -76,6 +80,7 @@ from examples.training import Env, ExampleError, setup_env
 STAGES = ("classifier", "tokenizers", "ar", "diffusion")
 MODELS_OF_STAGE = {"classifier": ["classifier"], "tokenizers": ["tokenizer_fsq", "tokenizer_ifsq"], "ar": ["ar"], "diffusion": ["diffusion"]}
 COMMAND = "python -m examples.end_to_end"
+MISSING_HINT = "run its stage first (see --stages)"
 
 
 # ----------------------------------------------------------------------------- command line
@@ -227,7 +232,7 @@ class Run:
         config = self.ckpt_cfg[name.split("_")[0]]
         if name in self.load_now:
             model = build().to(self.env.device)
-            info = load_checkpoint(path, model, config)
+            info = load_checkpoint(path, model, config, MISSING_HINT)
             if "losses" in info:
                 self.curves[curve] = info["losses"]
         else:
@@ -249,7 +254,7 @@ def prepare(args: argparse.Namespace) -> Run:
     refuse_another_run(args.out, args.preset, cfg, ckpt_cfg, train_now)
     check_output_dir(args.out)
     for name in sorted(load_now):
-        read_checkpoint(ckpt / f"{name}.safetensors", ckpt_cfg[name.split("_")[0]])
+        read_checkpoint(ckpt / f"{name}.safetensors", ckpt_cfg[name.split("_")[0]], MISSING_HINT)
     metrics = {
         "config": dict(preset=args.preset, command=args.command, stages=list(args.stages), world_size=env.world,
                        threads=torch.get_num_threads(), device=str(env.device), torch=torch.__version__,

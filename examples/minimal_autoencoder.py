@@ -2,11 +2,14 @@
 
     python -m examples.minimal_autoencoder              # about a minute on one CPU thread
     python -m examples.minimal_autoencoder --steps 100  # a few seconds
+    python examples/minimal_autoencoder.py --out recon.png
 
 The bottleneck is one line: ``iFSQ(LEVELS)``; ``FSQ(LEVELS)`` is the tanh original, nothing else changes.
+The held-out digits and their decoded indices are saved side by side as a PNG (``--out``).
 """
 
 import argparse
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -39,10 +42,27 @@ class Autoencoder(nn.Module):
         return self.decoder(self.quantizer.indices_to_codes(indices))
 
 
+def save_reconstructions(path: Path, real: torch.Tensor, decoded: torch.Tensor, n: int = 16, zoom: int = 4) -> None:
+    """The first ``n`` images (b, 1, 8, 8) in [-1, 1] of ``real`` (top row) and ``decoded`` (bottom row) -> a PNG, each pixel zoom x zoom."""
+    from PIL import Image
+
+    rows = [torch.cat(list(x[:n, 0]), dim=1) for x in (real, decoded)]  # (8, 8n) each
+    grid = ((torch.cat(rows, dim=0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    grid = grid.repeat_interleave(zoom, 0).repeat_interleave(zoom, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid.numpy()).save(path)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=1000, help="training steps (batch 128)")
+    parser.add_argument("--out", type=Path, default=Path("runs/minimal_autoencoder.png"),
+                        help="PNG of held-out digits (top) and their decoded indices (bottom) (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
+    if args.out.suffix.lower() != ".png":
+        parser.error(f"--out must name a .png file, got {str(args.out)!r}")
     torch.set_num_threads(1)  # a model this small runs best on one thread (two can spin-wait on a busy 2-core machine)
     torch.manual_seed(0)
     digits = load_digits()  # 1,797 images, 8x8, grey levels 0..16 -> [-1, 1]
@@ -72,7 +92,12 @@ def main(argv: list[str] | None = None) -> dict:
     usage.update(model.quantizer.indices_to_level_indices(indices))  # (n, 2, 2, 4) level of every dimension
     utilization = float(usage.utilization().mean())  # entropy / log2(L) per dimension: 1 = every level used equally
     print(f"held-out digits: {tuple(indices.shape)} indices -> decoded PSNR {psnr:.2f} dB, bin utilization {utilization:.3f}")
-    return dict(psnr=psnr, utilization=utilization, indices=indices)
+    try:
+        save_reconstructions(args.out, test, decoded)
+    except OSError as e:
+        parser.exit(2, f"{parser.prog}: error: --out {str(args.out)!r}: cannot write the PNG: {e.strerror or e}\n")
+    print(f"held-out digits (top) and their decoded indices (bottom) -> {args.out}")
+    return dict(psnr=psnr, utilization=utilization, indices=indices, png=args.out)
 
 
 if __name__ == "__main__":

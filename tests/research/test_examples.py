@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import ifsq_quant
 from examples import pipeline
 from examples.ar import ARTransformer
 from examples.checkpoints import load_checkpoint, read_checkpoint, read_config, save_checkpoint
@@ -189,12 +190,16 @@ def test_missing_mismatched_and_resumable_checkpoints(tmp_path):
         read_checkpoint(tmp_path / "none.safetensors", {})
     save_checkpoint(tmp_path / "c.safetensors", model, {"a": 1}, losses=[2.5, 1.25])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors"]  # written under a temporary name, then renamed
-    with pytest.raises(ExampleError, match="another configuration"):
+    with pytest.raises(ExampleError, match="another configuration: a: 1 in the checkpoint, 2 here"):  # names the key
         read_checkpoint(tmp_path / "c.safetensors", {"a": 2})
+    save_checkpoint(tmp_path / "nested.safetensors", model, {"a": 1, "b": {"c": 3, "d": 4}})
+    with pytest.raises(ExampleError, match=r"another configuration: a: 1 in the checkpoint, \(absent\) here; b.c: 3 in the checkpoint, 5 here$"):
+        read_checkpoint(tmp_path / "nested.safetensors", {"b": {"c": 5, "d": 4}})
     assert read_config(tmp_path / "c.safetensors") == {"a": 1}
     fresh = FeatureClassifier(feature_dim=16)
     info = load_checkpoint(tmp_path / "c.safetensors", fresh, {"a": 1})
-    assert info == {"config": {"a": 1}, "losses": [2.5, 1.25]}  # the training losses travel with the weights
+    # the training losses travel with the weights; the package version too, and no vqp_version for a model without a quantizer
+    assert info == {"config": {"a": 1}, "losses": [2.5, 1.25], "ifsq_quant_version": ifsq_quant.__version__, "vqp_version": None}
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
     (tmp_path / "bad.safetensors").write_bytes(b"\x00 not safetensors" * 8)
     with pytest.raises(ExampleError, match="corrupt"):
