@@ -23,8 +23,9 @@ from ifsq_quant.compat.vqp import LATEST, semantics
 pytestmark = pytest.mark.slow
 
 # the releases published audio codecs and TTS models pin (fish-speech 1.14.24, stable-audio-tools
-# 1.14.41, xcodec2 / neucodec 1.17.8, others 1.18.5 and 1.22.15), one per residual-math era, and the latest
-RELEASES = ["1.14.24", "1.14.41", "1.17.8", "1.18.5", "1.20.11", "1.22.15", "1.25.2", "1.27.15", LATEST]
+# 1.14.41, xcodec2 / neucodec 1.17.8, others 1.18.5 and 1.22.15), one per residual-math era, 1.32.0
+# (the last release before materialize_codebook) and the latest
+RELEASES = list(dict.fromkeys(["1.14.24", "1.14.41", "1.17.8", "1.18.5", "1.20.11", "1.22.15", "1.25.2", "1.27.15", "1.32.0", LATEST]))
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 level_lists = st.lists(st.integers(3, 9), min_size=1, max_size=4)
 scales = st.sampled_from([0.5, 1.0, 3.0])
