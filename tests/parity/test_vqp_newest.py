@@ -25,7 +25,6 @@ from hypothesis import strategies as st
 from test_vqp_releases import SETTINGS, _same_forwards, _twins, level_lists, residual_configs, scales
 
 from ifsq_quant import FSQ, GroupedResidualFSQ, ResidualFSQ
-
 from ifsq_quant.compat import vqp as table
 
 pytestmark = pytest.mark.slow

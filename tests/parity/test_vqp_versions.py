@@ -15,9 +15,7 @@ import pytest
 from vqp_index_releases import INDEX_RELEASES
 
 from ifsq_quant import FSQ, GroupedResidualFSQ, ResidualFSQ, iFSQ
-
 from ifsq_quant.compat import vqp as table
-
 
 
 def _key(version: str) -> tuple[int, ...]:
