@@ -41,6 +41,7 @@ class FSQConfig:
     allowed_dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
     noise_dropout: float = 0.0
     orthogonal_rotation: bool = False
+    materialize_codebook: bool = True
     activation: ActivationArgument = "tanh"
     bins: str = "round"
     eps: float = 1e-3

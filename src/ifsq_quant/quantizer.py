@@ -66,6 +66,9 @@ class FSQ(vqp.FSQMethods, ConstantBuffers, nn.Module):
         bound_hard_clamp: use ``clamp(z, -1, 1)`` as the bound instead of the activation.
         orthogonal_rotation: rotate ``z`` by a fixed random orthogonal matrix before
             quantizing and back after.
+        materialize_codebook: ``False`` makes ``implicit_codebook`` ``None``, as in
+            vector-quantize-pytorch 1.34.1 (here the codebook is never stored either way;
+            :meth:`enumerate_codes` builds it).
         activation: ``"tanh"`` (FSQ), ``"sigmoid"`` (iFSQ, ``2*sigmoid(1.6 z) - 1``), ``"erf"``,
             ``"clamp"``, an :class:`~ifsq_quant.activations.Activation` or a callable.
         bins: ``"round"`` (default), ``"symmetric"`` or ``"equal"`` (`docs/design.md`, section 2).
@@ -115,6 +118,7 @@ class FSQ(vqp.FSQMethods, ConstantBuffers, nn.Module):
         noise_dropout: float = 0.0,
         bound_hard_clamp: bool = False,
         orthogonal_rotation: bool = False,
+        materialize_codebook: bool = True,
         *,
         activation: ActivationArgument | None = None,
         bins: str | None = None,
@@ -130,7 +134,8 @@ class FSQ(vqp.FSQMethods, ConstantBuffers, nn.Module):
             allowed_dtypes=allowed_dtypes, channel_first=channel_first, projection_has_bias=projection_has_bias,
             return_indices=return_indices, force_quantization_f32=force_quantization_f32, preserve_symmetry=preserve_symmetry,
             noise_dropout=noise_dropout, bound_hard_clamp=bound_hard_clamp, orthogonal_rotation=orthogonal_rotation,
-            activation=activation, bins=bins, eps=eps, index_groups=index_groups, track_usage=track_usage, backend=backend)
+            materialize_codebook=materialize_codebook, activation=activation, bins=bins, eps=eps, index_groups=index_groups,
+            track_usage=track_usage, backend=backend)
         self.scale = scale  # unused, as in vector-quantize-pytorch
         self._build(config)
 
@@ -171,7 +176,7 @@ class FSQ(vqp.FSQMethods, ConstantBuffers, nn.Module):
         self.project_out = nn.Linear(inner, self.dim, bias=bias) if self.has_projections else nn.Identity()
         # Empty; follows .to()/.half()/.double(), so decoding knows the module's dtype and device.
         self.register_buffer("_decode_like", torch.empty(0), persistent=False)
-        self.orthogonal_rotation = config.orthogonal_rotation
+        self.orthogonal_rotation, self.materialize_codebook = config.orthogonal_rotation, config.materialize_codebook
         if config.orthogonal_rotation:
             if len(set(levels)) != 1:
                 warnings.warn("orthogonal_rotation mixes dimensions with different level counts; use equal levels", stacklevel=3)
@@ -286,9 +291,14 @@ class FSQ(vqp.FSQMethods, ConstantBuffers, nn.Module):
     # --- codebook and decoding -------------------------------------------------------------
 
     @property
-    def implicit_codebook(self) -> Tensor:
-        """``(codebook_size, d)`` every code in index order, in the module's dtype, built on each
-        access (not stored). Not defined with ``index_groups`` or above ``2**26`` codes."""
+    def implicit_codebook(self) -> Tensor | None:
+        """``(codebook_size, d)`` every code in index order (:meth:`enumerate_codes`), built on each access
+        (not stored); ``None`` with ``materialize_codebook=False``, as in vector-quantize-pytorch."""
+        return self.enumerate_codes() if self.materialize_codebook else None
+
+    def enumerate_codes(self) -> Tensor:
+        """``(codebook_size, d)`` every code in index order, in the module's dtype, before rotation and
+        projection. Not defined with ``index_groups`` or above ``2**26`` codes."""
         self._check_codebook_enumerable()
         return self._level_indices_to_codes(self._every_level_index(self._levels.device)).to(self._decode_like.dtype)
 
@@ -305,7 +315,7 @@ class FSQ(vqp.FSQMethods, ConstantBuffers, nn.Module):
 
     def __getattr__(self, name: str):
         # A property that raises AttributeError falls through to here: re-raise its own message.
-        if name == "implicit_codebook":
+        if name == "implicit_codebook" and self.__dict__.get("materialize_codebook", True):
             self._check_codebook_enumerable()
         return super().__getattr__(name)
 

@@ -224,7 +224,7 @@ class ResidualFSQ(ConstantBuffers, nn.Module):
     @property
     def codebooks(self) -> Tensor:
         """``(q, codebook_size, d)``: every stage's codes in index order, unscaled (built on access)."""
-        return torch.stack([layer.implicit_codebook for layer in self.layers])
+        return torch.stack([layer.enumerate_codes() for layer in self.layers])
 
     def _indices_channel_last(self, indices: Tensor, channel_first: bool) -> Tensor:
         """Validates indices and returns them as ``(b, ..., q)`` int64, padded with -1 to ``q``."""

@@ -30,7 +30,7 @@ def test_switches_per_era():
 
 
 @pytest.mark.parametrize("version,match", [
-    ("1.13.9", "before 1.14.0"), ("1.33.0", "newer than"), ("2", "release string"), (1.17, "release string"),
+    ("1.13.9", "before 1.14.0"), ("1.35.0", "newer than"), ("1.33.0", "no such release"), ("2", "release string"),
     ("1.27.17", "returns no codes"),
 ])
 def test_bad_or_unusable_releases_are_refused(version, match):

@@ -32,11 +32,31 @@ from ..bins import BinLayout, compute_dtype
 from ..config import FSQConfig
 from ..spec import DropoutSpec, FSQSpec, Refusals, ResidualSpec
 
-__all__ = ["Semantics", "semantics", "OLDEST", "LATEST", "CHANGES", "fsq_spec", "residual_spec", "fsq_config", "residual_options",
+__all__ = ["Semantics", "semantics", "OLDEST", "LATEST", "RELEASES", "CHANGES", "fsq_spec", "residual_spec", "fsq_config", "residual_options",
            "check_grouped_options", "FSQMethods"]
 
 OLDEST = "1.14.0"  # the oldest release reproduced
-LATEST = "1.32.0"  # the newest release known; ``vqp_version=None`` is its behaviour
+LATEST = "1.34.1"  # the newest release known; ``vqp_version=None`` is its behaviour
+
+# The patch numbers of each 1.x minor release the package index serves, from OLDEST to LATEST (ranges
+# inclusive; 1.22.8, 1.22.13 and 1.33.x, among others, were never released).
+_RELEASED_PATCHES = {
+    14: "0-2 4-12 14-37 39-46", 15: "0-6", 16: "1-3", 17: "0-8", 18: "0-3 5-8", 19: "0-5", 20: "0-11", 21: "0-5 7-9",
+    22: "0-7 9-12 14-18", 23: "0-5", 24: "0-2", 25: "0-2", 26: "0", 27: "0-1 4-12 14-21", 28: "0-3", 29: "0-1",
+    30: "0-1", 31: "0-2 4 6", 32: "0", 34: "1",
+}
+
+
+def _expand(patches: str) -> list[int]:
+    numbers = []
+    for part in patches.split():
+        first, _, last = part.partition("-")
+        numbers.extend(range(int(first), int(last or first) + 1))
+    return numbers
+
+
+# Every release from OLDEST to LATEST, spelled as the package index spells it: vqp_version takes exactly these.
+RELEASES: tuple[str, ...] = tuple(f"1.{minor}.{patch}" for minor, patches in _RELEASED_PATCHES.items() for patch in _expand(patches))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +128,7 @@ class Semantics:
                             ("projection_has_bias", "1.14.16"), ("return_indices", "1.14.27"),
                             ("force_quantization_f32", "1.15.1"), ("preserve_symmetry", "1.21.0"),
                             ("noise_dropout", "1.21.2"), ("bound_hard_clamp", "1.26.0"),
-                            ("orthogonal_rotation", "1.28.1"))
+                            ("orthogonal_rotation", "1.28.1"), ("materialize_codebook", "1.34.1"))
     residual_arguments: tuple = (("is_channel_first", "1.18.5"), ("soft_clamp_input_value", "1.21.8"),
                                  ("bound_hard_clamp", "1.26.0"))
 
@@ -196,26 +216,48 @@ def _key(version: str) -> tuple[int, int, int]:
     return tuple(int(part) for part in version.split("."))
 
 
-@functools.cache
 def semantics(vqp_version: str | None) -> Semantics:
-    """The :class:`Semantics` of ``vqp_version`` (``None``: the latest release)."""
+    """The :class:`Semantics` of ``vqp_version``: ``None`` (the latest release) or one of :data:`RELEASES`."""
     if vqp_version is None:
-        vqp_version = LATEST
-    if not isinstance(vqp_version, str) or not re.fullmatch(r"\d+\.\d+\.\d+", vqp_version):
-        raise ValueError(f'vqp_version must be None or a release string such as "1.17.8", got {vqp_version!r}')
-    key = _key(vqp_version)
-    if key < _key(OLDEST):
-        raise ValueError(f"vqp_version={vqp_version!r}: releases of vector-quantize-pytorch before {OLDEST} are not reproduced")
-    if key > _key(LATEST):
-        raise ValueError(f"vqp_version={vqp_version!r} is newer than {LATEST}, the latest vector-quantize-pytorch release this "
-                         "version of ifsq-quant reproduces; pass vqp_version=None for the latest semantics it knows")
+        return _semantics(LATEST)
+    if not isinstance(vqp_version, str):
+        raise TypeError(f'vqp_version must be None or a release string such as "1.17.8", got {vqp_version!r} '
+                        f"({type(vqp_version).__name__})")
+    return _semantics(vqp_version)
+
+
+@functools.cache
+def _semantics(vqp_version: str) -> Semantics:
+    if vqp_version not in RELEASES:
+        raise ValueError(_not_a_release(vqp_version))
     if vqp_version in UNUSABLE:
         raise ValueError(f"vqp_version={vqp_version!r}: vector-quantize-pytorch {vqp_version} is not reproduced: {UNUSABLE[vqp_version]}")
+    key = _key(vqp_version)
     values: dict = {}
     for first, change in CHANGES:
         if _key(first) <= key:
             values.update(change)
     return Semantics(release=vqp_version, **values)
+
+
+def _not_a_release(version: str) -> str:
+    """Why ``version`` is not one of :data:`RELEASES`: another spelling, outside the range, or never released."""
+    prefix = f"vqp_version={version!r}"
+    if not re.fullmatch(r"\d+\.\d+\.\d+", version):
+        return f'{prefix} is not a release string such as "1.17.8" (ifsq_quant.compat.vqp.RELEASES lists them)'
+    key = _key(version)
+    canonical = ".".join(str(part) for part in key)
+    if canonical != version and canonical in RELEASES:
+        return f"{prefix}: releases are spelled as the package index spells them; use {canonical!r}"
+    if key < _key(OLDEST):
+        return f"{prefix}: releases of vector-quantize-pytorch before {OLDEST} are not reproduced"
+    if key > _key(LATEST):
+        return (f"{prefix} is newer than {LATEST}, the latest vector-quantize-pytorch release this version of ifsq-quant "
+                "reproduces; pass vqp_version=None for the latest semantics it knows")
+    below = max((r for r in RELEASES if _key(r) < key), key=_key)
+    above = min((r for r in RELEASES if _key(r) > key), key=_key)
+    return (f"{prefix}: vector-quantize-pytorch has no such release (the releases around it are {below} and {above}; "
+            "ifsq_quant.compat.vqp.RELEASES lists them all)")
 
 
 # --- the specs the core reads --------------------------------------------------------------------
@@ -257,7 +299,7 @@ def residual_spec(s: Semantics) -> ResidualSpec:
 
 def fsq_config(s: Semantics, module: type, *, levels, dim, num_codebooks, keep_num_codebooks_dim, allowed_dtypes, channel_first,
                projection_has_bias, return_indices, force_quantization_f32, preserve_symmetry, noise_dropout, bound_hard_clamp,
-               orthogonal_rotation, activation, bins, eps, index_groups, track_usage, backend) -> FSQConfig:
+               orthogonal_rotation, materialize_codebook, activation, bins, eps, index_groups, track_usage, backend) -> FSQConfig:
     """vqp's ``FSQ`` arguments (and this package's) as release ``s`` reads them -> an :class:`FSQConfig`.
 
     ``module`` is the class built (its ``default_activation`` / ``default_eps``: FSQ's or iFSQ's).
@@ -270,7 +312,8 @@ def fsq_config(s: Semantics, module: type, *, levels, dim, num_codebooks, keep_n
                              ("return_indices", return_indices is s.return_indices_default),
                              ("force_quantization_f32", force_quantization_f32 is True),
                              ("preserve_symmetry", not preserve_symmetry), ("noise_dropout", noise_dropout == 0),
-                             ("bound_hard_clamp", not bound_hard_clamp), ("orthogonal_rotation", not orthogonal_rotation)):
+                             ("bound_hard_clamp", not bound_hard_clamp), ("orthogonal_rotation", not orthogonal_rotation),
+                             ("materialize_codebook", materialize_codebook is True)):
         s.check_argument("FSQ", name, is_default)
     if preserve_symmetry and s.symmetry == "rounded_again":
         refuse(s, "symmetry", " with preserve_symmetry=True")
@@ -290,7 +333,8 @@ def fsq_config(s: Semantics, module: type, *, levels, dim, num_codebooks, keep_n
     config = FSQConfig(levels=levels, dim=dim, num_codebooks=num_codebooks, keep_num_codebooks_dim=keep_num_codebooks_dim,
                        channel_first=channel_first, projection_has_bias=projection_has_bias, return_indices=return_indices,
                        force_quantization_f32=force_quantization_f32, allowed_dtypes=allowed_dtypes, noise_dropout=noise_dropout,
-                       orthogonal_rotation=orthogonal_rotation, activation=module.default_activation if activation is None else activation,
+                       orthogonal_rotation=orthogonal_rotation, materialize_codebook=bool(materialize_codebook),
+                       activation=module.default_activation if activation is None else activation,
                        bins=bins, eps=module.default_eps if eps is None else eps, index_groups=index_groups, track_usage=track_usage,
                        backend=backend, spec=fsq_spec(s))
     if config.noise_dropout not in (0.0, 0.5) and s.noise == "codes":
