@@ -211,8 +211,20 @@ class ResidualFSQ(ConstantBuffers, nn.Module):
         return self.scales.dtype
 
     def _work_dtype(self, dtype: torch.dtype) -> torch.dtype:
-        """The dtype the residual arithmetic runs in for a ``dtype`` module/input (see ``residual_f32``)."""
-        return compute_dtype(dtype) if self.residual_f32 else dtype
+        """The dtype the residual arithmetic runs in for a ``dtype`` module/input (see ``residual_f32``):
+        with the first residual a stage's bound, that bound's compute dtype (float32 for half precision)."""
+        work = compute_dtype(dtype) if self.residual_f32 else dtype
+        return torch.promote_types(work, compute_dtype(dtype)) if self.spec.first_residual == "bound" else work
+
+    def _stage_sum(self, parts: list[Tensor], dtype: torch.dtype) -> Tensor:
+        """The sum of the stages' scaled codes, as the forward gives it to ``project_out``: in the dtype
+        type promotion gives, or cast to ``dtype`` (``project_in``'s) with ``residual_f32``."""
+        total = _sum_stages(parts)
+        total = total.to(dtype) if self.residual_f32 else total
+        if (self.spec.first_residual == "bound" and self.has_projections and total.dtype != self.project_out.weight.dtype
+                and not torch.is_autocast_enabled(total.device.type)):
+            self.spec.refusals.refuse("half_projection", f" in a {self.module_dtype} module")
+        return total
 
     def _constant(self, name: str, device: torch.device, work: torch.dtype) -> Tensor | None:
         """The scales / soft clamp: with ``residual_f32`` as built, in ``work``; else the buffer (in the module's dtype)."""
@@ -288,11 +300,14 @@ class ResidualFSQ(ConstantBuffers, nn.Module):
         ``(b, ..., q) -> (b, ..., dim)``, channel-last in every layout (as vector-quantize-pytorch);
         with ``channel_first=True`` the forward's channel-first indices ``(b, q, *spatial)`` ->
         ``(b, dim, *spatial)``, the forward's own layout. ``-1`` marks a dropped stage. In eval mode
-        it equals the forward's output bit for bit for inputs in the module's dtype (float32,
-        float64, float16, bfloat16), with or without ``residual_f32``.
+        it equals the forward's output bit for bit, dtype included, for inputs in the module's dtype
+        (float32, float64, float16, bfloat16), with or without ``residual_f32``. That dtype is the
+        module's, except where the forward promotes: with a ``vqp_version`` before 1.18.5 a
+        half-precision module's forward and decode return float32 (the first residual is the float32
+        bound); that release's own decode returns the module's dtype and equals neither.
         """
         codes, lead = self._scaled_codes(indices, channel_first)
-        out = self.project_out(_sum_stages(codes).to(self.module_dtype).reshape(*lead, self.codebook_dim))
+        out = self.project_out(self._stage_sum(codes, self.module_dtype).reshape(*lead, self.codebook_dim))
         return out.movedim(-1, 1) if channel_first else out
 
     # --- forward ---------------------------------------------------------------------------
@@ -340,8 +355,7 @@ class ResidualFSQ(ConstantBuffers, nn.Module):
                 parts.append(quantized)
                 all_indices.append(indices)
 
-        out = _sum_stages(parts)
-        out = positions.restore(self.project_out(out.to(out_dtype) if self.residual_f32 else out))
+        out = positions.restore(self.project_out(self._stage_sum(parts, out_dtype)))
         indices = positions.restore(torch.stack(all_indices, dim=-1))
         if not return_all_codes:
             return out, indices

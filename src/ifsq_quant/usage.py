@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .bins import check_levels
+from .buffers import ConstantBuffers
 from .contexts import fake_mode_active
 from .indexing import IndexPlan
 
@@ -32,7 +33,7 @@ def _entropy_bits(counts: Tensor) -> Tensor:
     return -(p * torch.log2(p)).sum()
 
 
-class CodeUsage(nn.Module):
+class CodeUsage(ConstantBuffers, nn.Module):
     """Counts how often every level of every dimension, and every code, is used.
 
     Args:
@@ -95,8 +96,9 @@ class CodeUsage(nn.Module):
         # The other ranks' counts, set by all_reduce (None: nothing learnt from other ranks).
         self._other_bins: Tensor | None = None
         self._other_codes: Tensor | None = None
-        self.register_buffer("_dim_offsets", torch.tensor(offsets, dtype=torch.int64), persistent=False)
-        self.register_buffer("_levels", torch.tensor(self.levels, dtype=torch.int64), persistent=False)
+        with torch.device("cpu"):
+            self.register_constant("_dim_offsets", torch.tensor(offsets, dtype=torch.int64))
+            self.register_constant("_levels", torch.tensor(self.levels, dtype=torch.int64))
 
     # --- the counts ----------------------------------------------------------------------------
 
@@ -142,15 +144,13 @@ class CodeUsage(nn.Module):
     _STATE = ("_local_bins", "_local_codes", "_other_bins", "_other_codes")
 
     def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
+        super()._apply(fn, recurse)  # also rebuilds the constants (ConstantBuffers)
         for name in self._STATE:
             value = getattr(self, name)
             if value is not None:
-                setattr(self, name, fn(value))
-        # The constants outside the state_dict are rebuilt after every move (after to_empty() they
-        # would hold uninitialized memory); the counts are state, loaded with the state_dict.
-        self._dim_offsets = torch.tensor(self.bin_offsets, dtype=torch.int64, device=self._dim_offsets.device)
-        self._levels = torch.tensor(self.levels, dtype=torch.int64, device=self._levels.device)
+                moved = fn(value)
+                # Counts built on the meta device have no values: given storage (to_empty()), they start at zero.
+                setattr(self, name, moved.zero_() if value.is_meta and not moved.is_meta else moved)
         return self
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):

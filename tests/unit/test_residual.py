@@ -272,3 +272,26 @@ def test_table_decoding_of_large_batches_matches_decoding_row_by_row(dtype):
         [r.get_codes_from_indices(indices[:, i:i + 200]) for i in range(0, 1200, 200)], dim=2))
     with pytest.raises(ValueError, match="out of range"):
         r.get_output_from_indices(indices.masked_fill(indices == 5, 1000))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("version", ["1.14.24", "1.17.8"])
+def test_first_residual_bound_releases_decode_what_the_forward_returns_in_half_modules(dtype, version):
+    """Before 1.18.5 the first residual is the float32 bound, so a half-precision module's forward returns
+    float32; its decode returns the same tensor, dtype included."""
+    module = ResidualFSQ(levels=[8, 5, 5, 5], num_quantizers=3, vqp_version=version).to(dtype).eval()
+    out, indices = module(inputs((2, 200, 4)).to(dtype))
+    decoded = module.get_output_from_indices(indices)
+    assert out.dtype == decoded.dtype == torch.float32 and torch.equal(decoded, out)
+
+
+def test_first_residual_bound_releases_with_projections_refuse_half_modules_by_name():
+    """That release's forward fails there (float32 sum into half project_out weights): a ValueError naming it."""
+    module = ResidualFSQ(levels=[8, 5, 5, 5], num_quantizers=2, dim=16, vqp_version="1.17.8").half()
+    with pytest.raises(ValueError, match="1.17.8.*half-precision module"):
+        module(torch.randn(2, 10, 16).half())
+    with pytest.raises(ValueError, match="1.17.8.*half-precision module"):
+        module.get_output_from_indices(torch.zeros(2, 10, 2, dtype=torch.long))
+    f32 = ResidualFSQ(levels=[8, 5, 5, 5], num_quantizers=2, dim=16, vqp_version="1.17.8", residual_f32=True).half().eval()
+    out, indices = f32(torch.randn(2, 10, 16).half())
+    assert out.dtype == torch.float16 and torch.equal(f32.get_output_from_indices(indices), out)

@@ -203,6 +203,9 @@ REFUSED = {
     ("dropout_seed", "broken"): "its quantize dropout fails without a fixed seed (torch.randint gets the device as its bound)",
     ("grouped_seed", "broken"): "its GroupedResidualFSQ.forward fails (torch.randint gets the device as its bound)",
     ("dropout_multiple_of_works", False): "its quantize_dropout_multiple_of > 1 fails (NameError: ceil), fixed in 1.21.9",
+    ("first_residual", "bound"): "its ResidualFSQ with projections fails in a half-precision module (the first residual is "
+                                 "the float32 bound, whose sum project_out's half weights refuse); use a float32 module or "
+                                 "residual_f32=True",
 }
 
 
@@ -291,7 +294,7 @@ def residual_spec(s: Semantics) -> ResidualSpec:
                           grouped_seed=s.grouped_seed if s.grouped_seed != "broken" else "refused")
     return ResidualSpec(first_residual=s.first_residual, stage_scale_base="levels" if s.stage_scale == "levels" else "levels_minus_one",
                         dropout=dropout, stage=fsq_spec(s),
-                        refusals=_refusals(s, seed="dropout_seed", multiple_of="dropout_multiple_of_works",
+                        refusals=_refusals(s, seed="dropout_seed", multiple_of="dropout_multiple_of_works", half_projection="first_residual",
                                            grouped_seed="grouped_seed"))
 
 
