@@ -29,6 +29,7 @@ from .config import ActivationArgument, FSQConfig
 from .contexts import functorch_active, tracing
 from .indexing import IndexPlan
 from .positions import Positions
+from .sharding import not_a_view, runs_as_forward
 from .usage import CodeUsage
 
 __all__ = ["FSQ", "iFSQ", "CodebookUnavailableError"]
@@ -242,7 +243,7 @@ class FSQ(vqp.FSQMethods, ConstantBuffers, nn.Module):
                 indices = indices[..., 0]
             if not self.keep_num_codebooks_dim:
                 indices = indices.squeeze(-1 if self.index_groups is None else -2)
-        return out, indices
+        return not_a_view(self, out), not_a_view(self, indices)
 
     def _quantize_rows(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
         """``z (b, n, c, d)`` -> codes of that shape (straight-through gradient) and indices ``(b, n, c, G)``;
@@ -376,13 +377,15 @@ class FSQ(vqp.FSQMethods, ConstantBuffers, nn.Module):
         indices = self.index_plan.pack(self.layout.code_to_level(codes.to(compute_dtype(codes.dtype, self.layout))))
         return indices if self.index_groups is not None else indices[..., 0]
 
+    @runs_as_forward
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         """Inverse of the forward's indices: codes in the forward output's layout (projected out).
 
         ``(b, n[, c][, G]) -> (b, n, dim)``; image/video indices ``(b, *spatial[, c][, G])`` ->
-        ``(b, dim, *spatial)``; with ``channel_first`` the feature axis is second.
+        ``(b, dim, *spatial)``; with ``channel_first`` the feature axis is second. In the module's
+        dtype (that of its projection's weights, which a mixed-precision FSDP2 policy sets).
         """
-        codes = self.codes_from_indices(indices)
+        codes = self.codes_from_indices(indices, self.project_out.weight.dtype if self.has_projections else None)
         if self.keep_num_codebooks_dim:
             codes = rearrange(codes, "... c d -> ... (c d)")
         codes = self.project_out(codes)

@@ -49,6 +49,7 @@ from .dropout import DROPPED, QuantizeDropout
 from .indexing import IndexPlan
 from .positions import Positions
 from .quantizer import FSQ
+from .sharding import not_a_view, runs_as_forward
 
 __all__ = ["ResidualFSQ", "GroupedResidualFSQ"]
 
@@ -207,8 +208,9 @@ class ResidualFSQ(ConstantBuffers, nn.Module):
 
     @property
     def module_dtype(self) -> torch.dtype:
-        """The floating dtype of the module (of its ``scales`` buffer: follows ``.half()``, ``.double()``, ...)."""
-        return self.scales.dtype
+        """The floating dtype of the module: its projections' (which ``.half()`` and a mixed-precision FSDP2
+        policy set), else its ``scales`` buffer's (``.half()``, ``.double()``, ...)."""
+        return self.project_in.weight.dtype if self.has_projections else self.scales.dtype
 
     def _work_dtype(self, dtype: torch.dtype) -> torch.dtype:
         """The dtype the residual arithmetic runs in for a ``dtype`` module/input (see ``residual_f32``):
@@ -227,9 +229,9 @@ class ResidualFSQ(ConstantBuffers, nn.Module):
         return total
 
     def _constant(self, name: str, device: torch.device, work: torch.dtype) -> Tensor | None:
-        """The scales / soft clamp: with ``residual_f32`` as built, in ``work``; else the buffer (in the module's dtype)."""
+        """The scales / soft clamp: with ``residual_f32`` as built, in ``work``; else the buffer in the module's dtype."""
         value = self.constant_value(name) if self.residual_f32 else getattr(self, name)
-        return None if value is None else value.to(device=device, dtype=work if self.residual_f32 else value.dtype)
+        return None if value is None else value.to(device=device, dtype=work if self.residual_f32 else self.module_dtype)
 
     # --- codebooks and decoding ------------------------------------------------------------
 
@@ -294,6 +296,7 @@ class ResidualFSQ(ConstantBuffers, nn.Module):
         codes, lead = self._scaled_codes(indices, channel_first)
         return torch.stack(codes).to(self.module_dtype).reshape(self.num_quantizers, *lead, self.codebook_dim)
 
+    @runs_as_forward
     def get_output_from_indices(self, indices: Tensor, *, channel_first: bool = False) -> Tensor:
         """Indices -> the forward's ``quantized`` in the module's dtype.
 
@@ -357,6 +360,7 @@ class ResidualFSQ(ConstantBuffers, nn.Module):
 
         out = positions.restore(self.project_out(self._stage_sum(parts, out_dtype)))
         indices = positions.restore(torch.stack(all_indices, dim=-1))
+        out, indices = not_a_view(self, out), not_a_view(self, indices)
         if not return_all_codes:
             return out, indices
         return out, indices, self.get_codes_from_indices(indices, channel_first=self.is_channel_first)
@@ -477,6 +481,7 @@ class GroupedResidualFSQ(nn.Module):
         chunks = self._group_chunks(indices)
         return torch.stack([rvq.get_codes_from_indices(chunk, channel_first=channel_first) for rvq, chunk in zip(self.rvqs, chunks)])
 
+    @runs_as_forward
     def get_output_from_indices(self, indices: Tensor, *, channel_first: bool = False) -> Tensor:
         """``(g, b, ..., q)`` -> ``(b, ..., dim)``; with ``channel_first=True`` the forward's
         ``(g, b, q, *spatial)`` -> ``(b, dim, *spatial)``."""
