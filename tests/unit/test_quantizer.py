@@ -167,24 +167,6 @@ def test_arguments_of_the_wrong_type_are_named(kwargs, exc, match):
     assert FSQ([5] * 4, allowed_dtypes=torch.bfloat16).allowed_dtypes == (torch.bfloat16,)
 
 
-@pytest.mark.parametrize("config,exc,match", [
-    ({"levels": "17"}, TypeError, "official config's 'levels'"),
-    ({"levels": 17}, TypeError, "official config's 'levels'"),
-    ({"levels": None}, TypeError, "official config's 'levels'"),
-    ({"levels": [17] * 4, "factorized_bits": 2}, TypeError, "official config's 'factorized_bits'"),
-    ({"levels": [17] * 4, "factorized_bits": "22"}, TypeError, "official config's 'factorized_bits'"),
-    ({"levels": [17] * 4, "factorized_bits": [2.0, 2.0]}, TypeError, "official config's 'factorized_bits'"),
-    ({"levels": [17] * 4, "factorized_bits": [1, 2]}, ValueError, r"'factorized_bits' must add up to len\(levels\) = 4"),
-    ({"levels": [17] * 4, "do_simple_bound": "yes"}, TypeError, "'do_simple_bound' must be a bool"),
-    ({"levels": [17] * 4, "do_simple_bound": True, "act_fun": "sigmoid"}, ValueError, "official config's 'act_fun'"),
-])
-def test_official_config_errors_name_the_key(config, exc, match):
-    from ifsq_quant import iFSQ
-
-    with pytest.raises(exc, match=match):
-        iFSQ.from_official_config(config)
-
-
 def test_one_hard_clamp_policy_for_fsq_and_ifsq():
     """bound_hard_clamp=True replaces FSQ's default tanh (as vector-quantize-pytorch); any other bound,
     given or a subclass's default, contradicts it."""
