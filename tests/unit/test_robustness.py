@@ -80,15 +80,3 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="implicit_codebook"):
         _ = FSQ([5, 5], index_groups=[1, 1]).implicit_codebook
     assert not hasattr(FSQ([5, 5], index_groups=[1, 1]), "implicit_codebook")  # tools that probe attributes pass over it
-
-
-def test_a_subclass_quantize_is_used_by_forward():
-    """vector-quantize-pytorch's extension point: a subclass overriding quantize() gets its codes
-    (and their indices) from forward."""
-
-    class Coarse(FSQ):
-        def quantize(self, z):
-            return torch.zeros_like(z)
-
-    out, idx = Coarse([5, 5])(torch.randn(2, 7, 2))
-    assert torch.equal(out, torch.zeros(2, 7, 2)) and torch.equal(idx, torch.full((2, 7), 12))
