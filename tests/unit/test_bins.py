@@ -1,4 +1,5 @@
-"""Property-based tests: bin occupancy, grid membership, monotonicity, straight-through gradients."""
+"""Bin layouts (``ifsq_quant.bins``): bin occupancy, grid membership, monotonicity and straight-through
+gradients (property-based), and the float32 clamp bound."""
 
 import math
 

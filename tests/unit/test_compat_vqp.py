@@ -1,5 +1,6 @@
-"""The release table (``vqp_releases.py``) and what the modules refuse, without installing releases
-(``tests/parity/test_vqp_releases.py`` compares with the releases themselves)."""
+"""``ifsq_quant.compat.vqp``: the release table and what the modules refuse, without installing releases
+(``tests/parity/test_vqp_releases.py`` compares with the releases themselves), and vector-quantize-pytorch's
+``quantize()`` extension point."""
 
 from __future__ import annotations
 

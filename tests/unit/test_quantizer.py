@@ -1,4 +1,5 @@
-"""Clear errors (`docs/design.md`, section 8) for bad input, defined results at the edges."""
+"""FSQ and iFSQ (``ifsq_quant.quantizer``): clear errors (`docs/design.md`, section 8) for bad arguments
+and input, defined results at the edges (infinities, NaN, empty batches, levels beyond int32 and float32)."""
 
 import numpy as np
 import pytest
