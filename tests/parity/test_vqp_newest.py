@@ -22,10 +22,10 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from test_vqp_releases import SETTINGS, _same_forwards, _twins, level_lists, residual_configs, scales
 
 from ifsq_quant import FSQ, GroupedResidualFSQ, ResidualFSQ
 from ifsq_quant.compat import vqp as table
+from tests.parity.test_vqp_releases import SETTINGS, _same_forwards, _twins, level_lists, residual_configs, scales
 
 pytestmark = pytest.mark.slow
 

@@ -12,10 +12,10 @@ every module's constructor.
 from __future__ import annotations
 
 import pytest
-from vqp_index_releases import INDEX_RELEASES
 
 from ifsq_quant import FSQ, GroupedResidualFSQ, ResidualFSQ, iFSQ
 from ifsq_quant.compat import vqp as table
+from tests.parity.vqp_index_releases import INDEX_RELEASES
 
 
 def _key(version: str) -> tuple[int, ...]:

@@ -1,4 +1,5 @@
-"""Property-based tests: bin occupancy, grid membership, monotonicity, straight-through gradients."""
+"""Bin layouts (``ifsq_quant.bins``): bin occupancy, grid membership, monotonicity and straight-through
+gradients (property-based), and the float32 clamp bound."""
 
 import math
 
@@ -123,3 +124,13 @@ def test_uniform_input_keeps_all_codes(levels):
     q = iFSQ(levels, bins="equal", activation="erf")
     _, idx = q(torch.randn(200_000, len(levels)))
     assert idx.unique().numel() == q.codebook_size
+
+
+def test_clamp_bound_never_rounds_up():
+    """The float32 clamp bound L - 1 is rounded down where float32 cannot hold it."""
+    from ifsq_quant.activations import get_activation
+    from ifsq_quant.bins import BinLayout
+
+    for L in (2**24 + 3, 2**31 - 1):
+        top = BinLayout([L], "round", get_activation("tanh"), 0.0).constants(torch.device("cpu"), torch.float32)["top"]
+        assert top.item() <= L - 1 and torch.nextafter(top, torch.tensor(float("inf"))).item() > L - 1

@@ -1,5 +1,6 @@
-"""The release table (``vqp_releases.py``) and what the modules refuse, without installing releases
-(``tests/parity/test_vqp_releases.py`` compares with the releases themselves)."""
+"""``ifsq_quant.compat.vqp``: the release table and what the modules refuse, without installing releases
+(``tests/parity/test_vqp_releases.py`` compares with the releases themselves), and vector-quantize-pytorch's
+``quantize()`` extension point."""
 
 from __future__ import annotations
 
@@ -141,3 +142,15 @@ def test_ifsq_takes_vqp_version_and_keeps_its_bound():
     assert q.activation.name == "sigmoid" and q.vqp.release == "1.17.8"
     z = torch.randn(5, 4)
     assert torch.equal(q.bound(z), q.layout.bound(z) * 8)  # unrounded, in level units (eps = 0)
+
+
+def test_a_subclass_quantize_is_used_by_forward():
+    """vector-quantize-pytorch's extension point: a subclass overriding quantize() gets its codes
+    (and their indices) from forward."""
+
+    class Coarse(FSQ):
+        def quantize(self, z):
+            return torch.zeros_like(z)
+
+    out, idx = Coarse([5, 5])(torch.randn(2, 7, 2))
+    assert torch.equal(out, torch.zeros(2, 7, 2)) and torch.equal(idx, torch.full((2, 7), 12))
