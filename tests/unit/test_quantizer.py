@@ -125,21 +125,6 @@ def test_infinities_saturate_and_nan_is_level_zero(cls, bins):
     assert 0 <= int(idx[3]) < q.codebook_size
 
 
-def test_noise_dropout_keeps_indices_clean_and_in_range():
-    q = FSQ([5, 5, 5], preserve_symmetry=True, noise_dropout=1.0).train()
-    z = torch.randn(8, 100, 3) * 4
-    out, idx = q(z)
-    assert int(idx.min()) >= 0 and int(idx.max()) < q.codebook_size
-    assert torch.equal(idx, q.eval()(z)[1])
-    assert out.abs().max() <= 1
-
-
-def test_noise_dropout_with_round_layout():
-    q = iFSQ([17, 17], noise_dropout=0.3).train()
-    out, idx = q(torch.randn(4, 50, 2))
-    assert int(idx.max()) < q.codebook_size and out.abs().max() <= 1
-
-
 def test_large_eps_is_clamped_into_range():
     q = FSQ([17, 9], eps=0.3)  # (L-1)(1+eps)/2 would round past the last level without the clamp
     out, idx = q(torch.randn(1000, 2) * 10)
