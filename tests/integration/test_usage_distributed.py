@@ -1,54 +1,16 @@
 """CodeUsage across torch.distributed ranks: two gloo processes on this machine."""
 
-import contextlib
-import os
-import socket
-import time
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from ifsq_quant import FSQ, CodeUsage
+from tests.distributed import gloo_group, spawn
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _gloo_group(rank, world_size, port):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
-def _spawn(worker, *args, world_size=2, timeout=120):
-    """Runs ``worker(rank, world_size, port, results, *args)`` in ``world_size`` processes; returns ``results``.
-
-    A worker that dies (a crash inside a collective) or hangs past ``timeout`` seconds fails the test.
-    """
-    results = mp.Manager().dict()
-    context = mp.spawn(worker, args=(world_size, _free_port(), results, *args), nprocs=world_size, join=False)
-    deadline = time.monotonic() + timeout
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            raise AssertionError(f"the {world_size} workers did not finish within {timeout} s")
-    return results
-
-
 def _all_reduce_worker(rank, world_size, port, results):
-    with _gloo_group(rank, world_size, port):
+    with gloo_group(rank, world_size, port):
         usage = CodeUsage([3, 3])
         usage.update(torch.full((rank + 1, 2), rank, dtype=torch.long))  # rank r adds r+1 rows of level r
         usage.all_reduce()
@@ -56,7 +18,7 @@ def _all_reduce_worker(rank, world_size, port, results):
 
 
 def test_all_reduce_sums_counts_over_two_gloo_processes():
-    results = _spawn(_all_reduce_worker)
+    results = spawn(_all_reduce_worker)
     expected_bins = [[1, 2, 0], [1, 2, 0]]
     for rank in range(2):
         bins, codes = results[rank]
@@ -65,7 +27,7 @@ def test_all_reduce_sums_counts_over_two_gloo_processes():
 
 
 def _ddp_worker(rank, world_size, port, results):
-    with _gloo_group(rank, world_size, port):
+    with gloo_group(rank, world_size, port):
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(3, 3), FSQ([5, 5, 5], preserve_symmetry=True, track_usage=True))
         ddp = torch.nn.parallel.DistributedDataParallel(model)  # default broadcast_buffers=True
@@ -79,12 +41,12 @@ def _ddp_worker(rank, world_size, port, results):
 
 
 def test_usage_counts_survive_ddp_buffer_broadcast():
-    results = _spawn(_ddp_worker)
+    results = spawn(_ddp_worker)
     assert results[0] == (20, 60) and results[1] == (40, 60)
 
 
 def _all_reduce_twice_worker(rank, world_size, port, results):
-    with _gloo_group(rank, world_size, port):
+    with gloo_group(rank, world_size, port):
         usage = CodeUsage([3, 3])
         usage.update(torch.full((rank + 1, 2), rank, dtype=torch.long))  # rank r adds r+1 rows of level r
         usage.all_reduce()
@@ -99,7 +61,7 @@ def _all_reduce_twice_worker(rank, world_size, port, results):
 
 
 def test_all_reduce_twice_does_not_double_the_counts():
-    results = _spawn(_all_reduce_twice_worker)
+    results = spawn(_all_reduce_twice_worker)
     for rank in range(2):
         once, twice, local, before_reduce, after, bins = results[rank]
         assert once == twice and once[0] == [[1, 2, 0], [1, 2, 0]]
@@ -109,7 +71,7 @@ def test_all_reduce_twice_does_not_double_the_counts():
 
 
 def _mismatch_worker(rank, world_size, port, results, levels_of_rank):
-    with _gloo_group(rank, world_size, port):
+    with gloo_group(rank, world_size, port):
         usage = CodeUsage(levels_of_rank[rank])
         usage.update(torch.ones(3, len(levels_of_rank[rank]), dtype=torch.long))
         try:
@@ -128,7 +90,7 @@ def _mismatch_worker(rank, world_size, port, results, levels_of_rank):
 @pytest.mark.parametrize("levels_of_rank", [([5, 5], [5, 6]), ([6, 5], [5, 6]), ([5, 5], [5, 5, 5])],
                          ids=["one-level-differs", "same-size-swapped", "other-length"])
 def test_all_reduce_refuses_ranks_of_other_levels(levels_of_rank):
-    results = _spawn(_mismatch_worker, levels_of_rank)
+    results = spawn(_mismatch_worker, levels_of_rank)
     for rank in range(2):
         message, samples, after = results[rank]
         assert message is not None, f"rank {rank} summed counts of other levels"
@@ -139,7 +101,7 @@ def test_all_reduce_refuses_ranks_of_other_levels(levels_of_rank):
 
 
 def _codes_mismatch_worker(rank, world_size, port, results):
-    with _gloo_group(rank, world_size, port):
+    with gloo_group(rank, world_size, port):
         usage = CodeUsage([5, 5], max_counted_codebook=25 if rank == 0 else 0)
         try:
             usage.all_reduce()
@@ -150,13 +112,13 @@ def _codes_mismatch_worker(rank, world_size, port, results):
 
 
 def test_all_reduce_refuses_ranks_that_count_codes_differently():
-    results = _spawn(_codes_mismatch_worker)
+    results = spawn(_codes_mismatch_worker)
     for rank in range(2):
         assert results[rank] is not None and "max_counted_codebook" in results[rank]
 
 
 def _load_after_reduce_worker(rank, world_size, port, results):
-    with _gloo_group(rank, world_size, port):
+    with gloo_group(rank, world_size, port):
         usage = CodeUsage([3, 3])
         usage.update(torch.full((rank + 1, 2), rank, dtype=torch.long))  # rank r adds r+1 rows of level r
         usage.all_reduce()
@@ -170,7 +132,7 @@ def _load_after_reduce_worker(rank, world_size, port, results):
 
 
 def test_load_state_dict_after_all_reduce_forgets_the_other_ranks():
-    results = _spawn(_load_after_reduce_worker)
+    results = spawn(_load_after_reduce_worker)
     for rank in range(2):
         reduced, (samples, bins, codes), after = results[rank]
         assert reduced == 3
