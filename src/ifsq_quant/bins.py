@@ -8,6 +8,13 @@ compute dtype (float32, or float64 for float64 inputs) when used.
 ``"round"``      ``k = round(f(z + shift) * half_l - offset) + L // 2``, ``code = (k - L//2) / (L//2)``
 ``"symmetric"``  ``k = floor((L - 1) * (f(z) + 1) / 2 + 0.5)``,          ``code = k * (2 / (L-1)) - 1``
 ``"equal"``      ``k = min(floor((f(z) + 1) * L / 2), L - 1)``,          ``code = (2k + 1) / L - 1``
+``"grid"``       ``k = round((f(z) + s) / step)``,                        ``code = k * step - s``
+
+``"grid"`` is the ``L``-point grid over ``[-s, s]`` with both ends, even ``L`` too, rounded half to
+even (stable-audio-tools' ``DitheredFSQ``); ``step`` is ``2 s / (L - 1)`` as that code computes it
+(``reciprocal(L - 1) * 2s`` in float32) or as given. ``"round"`` takes a negative ``eps`` (the range
+shrinks by ``1 + eps``, as NeMo's ``(1 - eps)``) and ``shift="tan"``, the centring shift of even
+``L`` as Google's reference code computes it (``tan(offset / half_l)``, not ``f^-1``).
 
 Level indices are carried as floats holding exact integers (cheaper than integer tensors on
 the hot path); ``[0, L)`` is enforced with a clamp, and NaN goes to level 0.
@@ -28,12 +35,14 @@ from .activations import KERNEL_NAMES, Activation, kernel_activation
 from .contexts import cached
 from .indexing import FLOAT32_EXACT_INTEGERS, FLOAT64_EXACT_INTEGERS
 
-__all__ = ["LAYOUTS", "ROUND_KERNEL", "SYMMETRIC_KERNEL", "EQUAL_KERNEL", "BinLayout", "check_levels", "layout_from_key", "compute_dtype"]
+__all__ = ["LAYOUTS", "SHIFTS", "ROUND_KERNEL", "SYMMETRIC_KERNEL", "EQUAL_KERNEL", "GRID_KERNEL", "BinLayout", "check_levels",
+           "layout_from_key", "compute_dtype"]
 
 # Kernel ids of the layouts: every fused kernel selects a layout's code by this number.
-ROUND_KERNEL, SYMMETRIC_KERNEL, EQUAL_KERNEL = range(3)
-LAYOUT_KERNELS = {"round": ROUND_KERNEL, "symmetric": SYMMETRIC_KERNEL, "equal": EQUAL_KERNEL}
+ROUND_KERNEL, SYMMETRIC_KERNEL, EQUAL_KERNEL, GRID_KERNEL = range(4)
+LAYOUT_KERNELS = {"round": ROUND_KERNEL, "symmetric": SYMMETRIC_KERNEL, "equal": EQUAL_KERNEL, "grid": GRID_KERNEL}
 LAYOUTS = tuple(LAYOUT_KERNELS)
+SHIFTS = ("inverse", "tan")  # the "round" layout's centring shift of even L: f^-1(offset / half_l), or tan(.)
 
 
 def check_levels(levels: Sequence[int], name: str = "levels") -> tuple[int, ...]:
@@ -66,9 +75,13 @@ class BinLayout:
 
     Args:
         levels: number of levels ``L_i`` per dimension.
-        kind: ``"round"``, ``"symmetric"`` or ``"equal"``.
+        kind: ``"round"``, ``"symmetric"``, ``"equal"`` or ``"grid"``.
         activation: the bound ``f``.
-        eps: widens the ``"round"`` layout's range by ``(1 + eps)``; ignored by the others.
+        eps: scales the ``"round"`` layout's range by ``(1 + eps)``, ``eps > -1`` (negative shrinks it);
+            ignored by the others.
+        shift: the ``"round"`` layout's shift of even levels, ``"inverse"`` (``f^-1``) or ``"tan"``.
+        grid_scale: ``s`` of the ``"grid"`` layout, the grid's half width.
+        grid_steps: the ``"grid"`` layout's step per dimension (default ``reciprocal(L - 1) * 2s`` in float32).
 
     Attributes (per-dimension float32 tensors of shape ``(d,)``): ``scale`` and ``bias`` give
     the value before rounding, ``u = (y + pre_add) * scale + bias``; ``shift`` is added to
@@ -76,14 +89,22 @@ class BinLayout:
     ``d code / d y`` for the straight-through gradient.
     """
 
-    def __init__(self, levels: Sequence[int], kind: str, activation: Activation, eps: float):
+    def __init__(self, levels: Sequence[int], kind: str, activation: Activation, eps: float, shift: str = "inverse",
+                 grid_scale: float = 1.0, grid_steps: Sequence[float] | None = None):
         self.levels = check_levels(levels)
         if kind not in LAYOUTS:
             raise ValueError(f"bins must be one of {LAYOUTS}, got {kind!r}")
-        if not isinstance(eps, (int, float)) or not eps >= 0:
-            raise ValueError(f"eps must be a number >= 0, got {eps!r}")
-        if not math.isfinite(float(eps)):
-            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > -1 or not math.isfinite(float(eps)):
+            raise ValueError(f"eps must be a finite number > -1 (>= 0 widens the range, < 0 shrinks it), got {eps!r}")
+        if shift not in SHIFTS:
+            raise ValueError(f"shift must be one of {SHIFTS}, got {shift!r}")
+        if isinstance(grid_scale, bool) or not isinstance(grid_scale, (int, float)) or not (0 < grid_scale < math.inf):
+            raise ValueError(f"grid_scale must be a positive finite number, got {grid_scale!r}")
+        if grid_steps is not None:
+            grid_steps = tuple(float(step) for step in grid_steps)
+            if len(grid_steps) != len(self.levels) or not all(0 < step < math.inf for step in grid_steps):
+                raise ValueError(f"grid_steps must be {len(self.levels)} positive finite numbers (one per level count), got {grid_steps}")
+        self.shift_kind, self.grid_scale, self.grid_steps = shift, float(grid_scale), grid_steps
         if max(self.levels) > FLOAT64_EXACT_INTEGERS:
             raise ValueError(f"levels must be at most 2**53 = {FLOAT64_EXACT_INTEGERS} (beyond, even float64 has no integer "
                              f"resolution), got {max(self.levels)}")
@@ -94,6 +115,7 @@ class BinLayout:
         self.kernel_id = LAYOUT_KERNELS[kind]
         # vector-quantize-pytorch computes this layout op for op in a bf16/fp16 input's own dtype
         # when it does not upcast it (kernels.quantize); the others promote to float32 first.
+        # (The "grid" layout's constants come as Python floats: tables for float32 and float64 from them.)
         self.quantizes_half_in_input_dtype = kind == "symmetric" and max(self.levels) <= FLOAT32_EXACT_INTEGERS
         if kind == "round" and 2 in self.levels:
             raise ValueError(
@@ -107,11 +129,11 @@ class BinLayout:
         self._tables = {torch.float32: geometry}
         # float32 cannot hold every level: the quantizer computes in float64 (``compute_dtype``)
         self.needs_float64 = max(self.levels) > FLOAT32_EXACT_INTEGERS
-        if self.needs_float64:
+        if self.needs_float64 or kind == "grid":
             self._tables[torch.float64] = self._geometry(torch.float64)
         for name, value in geometry.items():
             setattr(self, name, value)
-        self.pre_add = 0.0 if kind == "round" else 1.0
+        self.pre_add = 0.0 if kind in ("round", "grid") else 1.0
         self.has_shift = bool(self.shift.ne(0).any())
         # Whether k can leave [0, L) for |y| <= 1 (a large eps, a custom activation, or "equal").
         L = self.num_levels
@@ -120,7 +142,7 @@ class BinLayout:
         elif kind == "symmetric":
             ends = torch.floor(torch.stack([torch.zeros_like(self.scale), 2 * self.scale]) + self.bias)
         else:
-            ends = None  # y = 1 lands on L itself: this layout always clamps its top end.
+            ends = None  # "equal": y = 1 lands on L itself; "grid": any s < 1 or an unbounded f leaves the grid
         in_range = ends is not None and bool((ends[0] >= 0).all() and (ends[1] <= L - 1).all())
         self.needs_clamp = not in_range or activation.kernel_id is None
         self._cache: dict[tuple[torch.device, torch.dtype], dict[str, Tensor]] = {}
@@ -138,8 +160,15 @@ class BinLayout:
             half_l = (L - 1) * (1 + self.eps) / 2
             offset = torch.where(self.num_levels % 2 == 0, 0.5, 0.0).to(dtype)
             half_width = (self.num_levels // 2).to(dtype)
-            return {"scale": half_l, "bias": -offset, "shift": self.activation.inverse(offset / half_l).to(dtype),
+            shift = torch.tan(offset / half_l) if self.shift_kind == "tan" else self.activation.inverse(offset / half_l)
+            return {"scale": half_l, "bias": -offset, "shift": shift.to(dtype),
                     "half_width": half_width, "slope": half_l / half_width, "top": top}
+        if self.kind == "grid":  # u = (y + s) / step, code = k * step - s; "scale" is the divisor
+            with torch.device("cpu"):
+                steps = (torch.tensor(self.grid_steps, dtype=dtype) if self.grid_steps is not None else
+                         ((self.num_levels - 1).to(torch.float32).reciprocal() * (2 * self.grid_scale)).to(dtype))
+            return {"scale": steps, "bias": torch.full_like(zeros, self.grid_scale), "shift": zeros, "code_step": steps,
+                    "slope": torch.ones_like(zeros), "top": top}
         if self.kind == "symmetric":
             code_step = 2.0 / (L - 1)
             return {"scale": (L - 1) / 2, "bias": torch.full_like(zeros, 0.5), "shift": zeros,
@@ -153,9 +182,10 @@ class BinLayout:
 
     @property
     def key(self) -> tuple:
-        """The plain values that define a fused layout, as the registered ops take them:
-        ``(levels, kind, activation, activation_scale, eps)`` (see :func:`layout_from_key`)."""
-        return (list(self.levels), self.kind, KERNEL_NAMES[self.activation.kernel_id], self.activation.kernel_scale, self.eps)
+        """The plain values that define a fused layout, as the registered ops take them: ``(levels, kind,
+        activation, activation_scale, eps, shift, grid_scale, grid_steps)`` (see :func:`layout_from_key`)."""
+        return (list(self.levels), self.kind, KERNEL_NAMES[self.activation.kernel_id], self.activation.kernel_scale, self.eps,
+                self.shift_kind, self.grid_scale, list(self.grid_steps or []))
 
     def constants(self, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
         """The per-dimension constants as ``(d,)`` tensors of ``dtype`` on ``device`` (cached)."""
@@ -177,18 +207,22 @@ class BinLayout:
         c = self.constants(y.device, y.dtype)
         if self.kind == "round":
             k = torch.round(y * c["scale"] + c["bias"]) + c["half_width"]
+        elif self.kind == "grid":
+            k = torch.round((y + c["bias"]) / c["scale"])
         else:
             k = torch.floor((y + 1) * c["scale"] + c["bias"])
         # clamp + where rather than fmax/fmin (same result, NaN -> 0): exportable to ONNX.
         return torch.where(torch.isnan(k), 0.0, torch.clamp(k, torch.zeros_like(c["top"]), c["top"]))
 
     def code(self, k: Tensor) -> Tensor:
-        """Level index (exact-integer float) -> code in ``[-1, 1]``, ``(..., d)``."""
+        """Level index (exact-integer float) -> code in ``[-1, 1]`` (``[-s, s]`` for ``"grid"``), ``(..., d)``."""
         c = self.constants(k.device, k.dtype)
         if self.kind == "round":
             return (k - c["half_width"]) / c["half_width"]
         if self.kind == "symmetric":
             return k * c["code_step"] - 1
+        if self.kind == "grid":
+            return k * c["code_step"] - c["bias"]
         return (2 * k + 1) / c["levels"] - 1
 
     def level_value(self, codes: Tensor) -> Tensor:
@@ -199,6 +233,8 @@ class BinLayout:
             return codes * c["half_width"] + c["half_width"]
         if self.kind == "symmetric":
             return (codes + 1.0) / c["code_step"]
+        if self.kind == "grid":
+            return (codes + c["bias"]) / c["code_step"]
         return ((codes + 1.0) * c["levels"] - 1.0) / 2
 
     def code_to_level(self, codes: Tensor) -> Tensor:
@@ -208,6 +244,8 @@ class BinLayout:
             k = torch.round(codes * c["half_width"]) + c["half_width"]
         elif self.kind == "symmetric":
             k = torch.round((codes + 1) / c["code_step"])
+        elif self.kind == "grid":
+            k = torch.round((codes + c["bias"]) / c["code_step"])
         else:
             k = torch.round(((codes + 1) * c["levels"] - 1) / 2)
         return torch.clamp(k, min=torch.zeros_like(c["top"]), max=c["top"]).long()
@@ -217,12 +255,15 @@ class BinLayout:
 
 
 @functools.lru_cache(maxsize=256)
-def _layout_from_key(levels: tuple[int, ...], kind: str, activation: str, activation_scale: float, eps: float) -> BinLayout:
+def _layout_from_key(levels: tuple[int, ...], kind: str, activation: str, activation_scale: float, eps: float, shift: str,
+                     grid_scale: float, grid_steps: tuple[float, ...]) -> BinLayout:
     # Host-side tables: built from real CPU tensors even while a registered op's body is traced.
     with _disable_current_modes(), torch.device("cpu"):
-        return BinLayout(levels, kind, kernel_activation(activation, activation_scale), eps)
+        return BinLayout(levels, kind, kernel_activation(activation, activation_scale), eps, shift, grid_scale, grid_steps or None)
 
 
-def layout_from_key(levels, kind: str, activation: str, activation_scale: float, eps: float) -> BinLayout:
+def layout_from_key(levels, kind: str, activation: str, activation_scale: float, eps: float, shift: str = "inverse",
+                    grid_scale: float = 1.0, grid_steps=()) -> BinLayout:
     """The fused layout of :attr:`BinLayout.key`'s values (cached; arguments checked as a user's)."""
-    return _layout_from_key(check_levels(levels), kind, activation, float(activation_scale), float(eps))
+    return _layout_from_key(check_levels(levels), kind, activation, float(activation_scale), float(eps), shift,
+                            float(grid_scale), tuple(float(step) for step in grid_steps))

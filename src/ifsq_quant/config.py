@@ -25,8 +25,10 @@ class FSQConfig:
 
     Fields are :class:`~ifsq_quant.FSQ`'s arguments of the same names (see its docstring), in
     their resolved form: ``activation`` an :class:`~ifsq_quant.activations.Activation`, ``bins``
-    a layout name, ``keep_num_codebooks_dim`` a bool, tuples for sequences; ``spec`` is the
-    :class:`~ifsq_quant.spec.FSQSpec` of the semantics reproduced (the package's own by default).
+    a layout name, ``keep_num_codebooks_dim`` a bool, tuples for sequences; ``shift``,
+    ``grid_scale`` and ``grid_steps`` are the layout options of :class:`~ifsq_quant.bins.BinLayout`
+    (the ``"round"`` layout's shift function, the ``"grid"`` layout's half width and steps); ``spec``
+    is the :class:`~ifsq_quant.spec.FSQSpec` of the semantics reproduced (the package's own by default).
     Every check raises ``TypeError``/``ValueError`` naming the argument.
     """
 
@@ -45,6 +47,9 @@ class FSQConfig:
     activation: ActivationArgument = "tanh"
     bins: str = "round"
     eps: float = 1e-3
+    shift: str = "inverse"
+    grid_scale: float = 1.0
+    grid_steps: Sequence[float] | None = None
     index_groups: Sequence[int] | None = None
     track_usage: bool = False
     backend: str = "auto"

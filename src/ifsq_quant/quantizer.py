@@ -73,7 +73,8 @@ class FSQ(vqp.FSQMethods, ConstantBuffers, nn.Module):
         activation: ``"tanh"`` (FSQ), ``"sigmoid"`` (iFSQ, ``2*sigmoid(1.6 z) - 1``), ``"erf"``,
             ``"clamp"``, an :class:`~ifsq_quant.activations.Activation` or a callable.
         bins: ``"round"`` (default), ``"symmetric"`` or ``"equal"`` (`docs/design.md`, section 2).
-        eps: range widening of the ``"round"`` layout (default ``1e-3``, as vector-quantize-pytorch).
+        eps: range widening of the ``"round"`` layout, ``half_l = (L - 1) (1 + eps) / 2`` (default ``1e-3``, as
+            vector-quantize-pytorch); ``eps > -1``, a negative value shrinks the range (NeMo's ``1 - eps``).
         index_groups: split the ``d`` dims into consecutive groups, one index each (a trailing
             group axis on the indices), e.g. ``[2, 2]``.
         track_usage: keep a :class:`CodeUsage` in ``self.usage``, updated on training forwards.
@@ -164,7 +165,7 @@ class FSQ(vqp.FSQMethods, ConstantBuffers, nn.Module):
         self.preserve_symmetry = config.bins == "symmetric"
         self.bound_hard_clamp = isinstance(config.activation, HardClamp)
         with torch.device("cpu"):  # host-side tables, also when the module is built on the meta device
-            self.layout = BinLayout(levels, config.bins, config.activation, config.eps)
+            self.layout = BinLayout(levels, config.bins, config.activation, config.eps, config.shift, config.grid_scale, config.grid_steps)
             # built even without return_indices, for decoding and the codebook size
             self.index_plan = IndexPlan(levels, config.index_groups, check_int64=config.return_indices)
             self.register_constant("_levels", torch.tensor(levels, dtype=torch.int64))

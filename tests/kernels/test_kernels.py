@@ -82,13 +82,14 @@ def test_one_nan_gradient_rule(backend, activation):
 def test_the_raw_op_checks_its_arguments():
     z = torch.randn(4, 2)
     op = torch.ops.ifsq_quant.quantize
-    good = dict(levels=[5, 5], kind="round", activation="tanh", activation_scale=1.0, eps=0.0, groups=[2], pack=True,
-                need_levels=False, need_deriv=False, impl="fused")
+    good = dict(levels=[5, 5], kind="round", activation="tanh", activation_scale=1.0, eps=0.0, shift="inverse", grid_scale=1.0,
+                grid_steps=[], groups=[2], pack=True, need_levels=False, need_deriv=False, impl="fused")
     assert op(z, **good)[0].shape == (4, 2)
     for change, match in [(dict(levels=[5, 5, 5]), "levels has 3 entries but z has 2 columns"), (dict(levels=[5, 1]), "levels"),
                           (dict(kind="floor"), "kind must be one of"), (dict(activation="relu"), "activation"),
                           (dict(activation_scale=2.0), "activation_scale"),
-                          (dict(eps=-1.0), "eps must be"), (dict(groups=[1]), "groups must add up"),
+                          (dict(eps=-1.0), "eps must be"), (dict(shift="sin"), "shift must be"),
+                          (dict(grid_steps=[1.0]), "grid_steps must be"), (dict(groups=[1]), "groups must add up"),
                           (dict(impl="cuda"), "impl must be one of")]:
         with pytest.raises((ValueError, TypeError), match=match):
             op(z, **dict(good, **change))
@@ -242,3 +243,34 @@ def test_constant_blocks_are_cached_and_bounded():
             codes, _, level_indices = kernels.quantize(z, layout, None, "torch", need_level_indices=True)
             assert torch.equal(codes, codes_ref) and torch.equal(level_indices, levels_ref)
     assert len(torch_fused._CONSTANT_BLOCKS) <= torch_fused.CONSTANT_CACHE_SIZE
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("options", [dict(kind="round", eps=-1e-3, shift="tan"), dict(kind="round", eps=-0.3),
+                                     dict(kind="grid", eps=0.0, grid_scale=0.7),
+                                     dict(kind="grid", eps=0.0, grid_scale=1.0, grid_steps=[0.25, 0.5, 0.4, 1 / 3])])
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
+def test_family_options_fused_equal_reference(options, activation, dtype):
+    """The options published FSQ code needs (a shrinking eps, the tan shift, the grid layout with its
+    scale and steps) give the reference's codes and indices on the fused path, clamped into range."""
+    options = dict(options)
+    layout = BinLayout([8, 5, 6, 3], options.pop("kind"), get_activation(activation), options.pop("eps"), **options)
+    plan = IndexPlan(layout.levels)
+    z = (_inputs(4, dtype) * 1.5).requires_grad_(True)
+    codes_ref, levels_ref = reference.quantize(z, layout)
+    codes, indices, level_indices = kernels.quantize(z, layout, plan, "torch", need_level_indices=True)
+    assert torch.equal(codes, codes_ref) and torch.equal(level_indices, levels_ref)
+    assert torch.equal(indices, plan.pack(levels_ref)) and int(indices.max()) < 8 * 5 * 6 * 3
+    (g,) = torch.autograd.grad(codes.sum(), z)
+    (g_ref,) = torch.autograd.grad(codes_ref.sum(), z)
+    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_tan_shift_and_shrinking_eps_are_the_formulas():
+    """``half_l = (L - 1) (1 + eps) / 2`` with eps < 0, and the shift of even L as tan(0.5 / half_l), in float32."""
+    layout = BinLayout([8, 5], "round", get_activation("tanh"), -1e-3, shift="tan")
+    half_l = torch.tensor([7.0, 4.0]) * (1 - 1e-3) / 2
+    assert torch.equal(layout.scale, half_l)
+    assert torch.equal(layout.shift, torch.stack([torch.tan(0.5 / half_l[0]), torch.tensor(0.0)]))
+    grid = BinLayout([5, 4], "grid", get_activation("tanh"), 0.0, grid_scale=0.3)
+    assert torch.equal(grid.scale, torch.tensor([4.0, 3.0]).reciprocal() * 0.6)  # reciprocal(L - 1) * 2s, in float32

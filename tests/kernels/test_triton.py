@@ -78,6 +78,8 @@ def edge_inputs(layout: BinLayout, dtype: torch.dtype, ulps: int = 3) -> torch.T
         if layout.kind == "round":  # round(y * scale + bias) changes at r + 0.5
             half = levels // 2 + 1
             y = (torch.arange(-half, half + 1, dtype=torch.float64) + 0.5 - bias) / scale
+        elif layout.kind == "grid":  # round((y + s) / step) changes at k + 0.5; s is the bias row, step the scale row
+            y = (torch.arange(-1, levels + 1, dtype=torch.float64) + 0.5) * scale - bias
         else:  # floor((y + 1) * scale + bias) changes at integers
             y = (torch.arange(0, levels + 1, dtype=torch.float64) - bias) / scale - 1
         y = y[(y > -0.999) & (y < 0.999)]
@@ -334,7 +336,7 @@ def test_triton_op_traces_to_kernel_launches(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # the kernels as triton.jit functions, as on a GPU
     shape_env = ShapeEnv()
     m = shape_env.create_symintnode(shape_env.create_symbol(1000, ConstantSource("m"), dynamic_dim=DimDynamic.DYNAMIC), hint=1000)
-    args = ([17, 17, 5, 5], "round", "sigmoid", 1.6, 0.0)
+    args = ([17, 17, 5, 5], "round", "sigmoid", 1.6, 0.0, "inverse", 1.0, [])
     ops = torch.ops.ifsq_quant
 
     def trace(fn, *tensors):

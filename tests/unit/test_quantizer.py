@@ -32,7 +32,7 @@ def test_level_two_points_to_other_layouts():
     ({"bins": "nearest"}, "bins"),
     ({"activation": "relu"}, "activation"),
     ({"activation": 3}, "activation"),
-    ({"eps": -0.1}, "eps"),
+    ({"eps": -1.0}, "eps"),
     ({"backend": "cuda"}, "backend"),
     ({"num_codebooks": 0}, "num_codebooks"),
     ({"num_codebooks": 2, "keep_num_codebooks_dim": False}, "keep_num_codebooks_dim"),

@@ -36,8 +36,9 @@ OP_IMPLEMENTATIONS = ("fused", "triton_interpreted")  # values of kernels.Implem
 
 
 def op_arguments(layout: BinLayout, plan: IndexPlan | None) -> tuple:
-    """``layout`` and ``plan`` as the ops' plain arguments: ``levels, kind, activation,
-    activation_scale, eps, groups, pack`` (rebuilt by :func:`layout_from_key` and :func:`plan_from_groups`)."""
+    """``layout`` and ``plan`` as the ops' plain arguments: the layout's key (``levels, kind, activation,
+    activation_scale, eps, shift, grid_scale, grid_steps``), ``groups, pack`` (rebuilt by
+    :func:`layout_from_key` and :func:`plan_from_groups`)."""
     groups = list(plan.groups) if plan is not None else [len(layout.levels)]
     return (*layout.key, groups, plan is not None)
 
@@ -57,13 +58,14 @@ def _check_z(z: Tensor, levels) -> None:
         raise ValueError(f"levels has {len(levels)} entries but z has {z.shape[1]} columns (one per level count)")
 
 
-def _rebuild(z: Tensor, levels, kind, activation, activation_scale, eps, groups, pack, impl) -> tuple[BinLayout, IndexPlan | None]:
+def _rebuild(z: Tensor, levels, kind, activation, activation_scale, eps, shift, grid_scale, grid_steps, groups, pack,
+             impl) -> tuple[BinLayout, IndexPlan | None]:
     """The op's layout and plan, its arguments checked as a user's: each error names the argument."""
     if impl not in OP_IMPLEMENTATIONS:
         raise ValueError(f"impl must be one of {OP_IMPLEMENTATIONS}, got {impl!r}")
     if kind not in LAYOUTS:
         raise ValueError(f"kind must be one of {LAYOUTS}, got {kind!r}")
-    layout = layout_from_key(levels, kind, activation, activation_scale, eps)
+    layout = layout_from_key(levels, kind, activation, activation_scale, eps, shift, grid_scale, grid_steps)
     _check_z(z, levels)
     if not isinstance(groups, (list, tuple)) or sum(groups) != len(levels):
         raise ValueError(f"groups must add up to len(levels) = {len(levels)}, got {groups!r}")
@@ -71,11 +73,12 @@ def _rebuild(z: Tensor, levels, kind, activation, activation_scale, eps, groups,
 
 
 @torch.library.custom_op("ifsq_quant::quantize", mutates_args=())
-def _quantize_op(z: Tensor, levels: list[int], kind: str, activation: str, activation_scale: float, eps: float,
-                 groups: list[int], pack: bool, need_levels: bool, need_deriv: bool, impl: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _quantize_op(z: Tensor, levels: list[int], kind: str, activation: str, activation_scale: float, eps: float, shift: str,
+                 grid_scale: float, grid_steps: list[float], groups: list[int], pack: bool, need_levels: bool, need_deriv: bool,
+                 impl: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``z (M, d)`` -> ``codes (M, d)``, ``indices (M, G)`` int64, ``level indices (M, d)``,
     ``deriv (M, d)`` (each of the last three empty unless asked for)."""
-    layout, plan = _rebuild(z, levels, kind, activation, activation_scale, eps, groups, pack, impl)
+    layout, plan = _rebuild(z, levels, kind, activation, activation_scale, eps, shift, grid_scale, grid_steps, groups, pack, impl)
     if impl == "triton_interpreted":
         from . import triton_kernels
 
@@ -88,8 +91,8 @@ def _quantize_op(z: Tensor, levels: list[int], kind: str, activation: str, activ
 
 
 @_quantize_op.register_fake
-def _(z, levels, kind, activation, activation_scale, eps, groups, pack, need_levels, need_deriv, impl):
-    _rebuild(z, levels, kind, activation, activation_scale, eps, groups, pack, impl)
+def _(z, levels, kind, activation, activation_scale, eps, shift, grid_scale, grid_steps, groups, pack, need_levels, need_deriv, impl):
+    _rebuild(z, levels, kind, activation, activation_scale, eps, shift, grid_scale, grid_steps, groups, pack, impl)
     m, d = z.shape
     indices = z.new_empty((m, len(groups)), dtype=torch.int64) if pack else empty(z, torch.int64)
     return (torch.empty_like(z), indices, torch.empty_like(z) if need_levels else empty(z),
@@ -106,8 +109,8 @@ def straight_through_grad(grad: Tensor, z: Tensor, layout: BinLayout) -> Tensor:
 
 
 def _setup_context(ctx, inputs, output):
-    z, levels, kind, activation, activation_scale, eps, *_rest, impl = inputs
-    ctx.layout_key, ctx.impl = (levels, kind, activation, activation_scale, eps), impl
+    z, *layout_key = inputs[:9]
+    ctx.layout_key, ctx.impl = layout_key, inputs[-1]
     ctx.save_for_backward(z, output[3])
 
 
@@ -124,7 +127,7 @@ def _backward(ctx, grad_codes, *_unused):
         grad = triton_kernels.backward(grad_codes, z, layout)
     else:
         grad = straight_through_grad(grad_codes, z, layout)
-    return (grad,) + (None,) * 10
+    return (grad,) + (None,) * 13
 
 
 _quantize_op.register_autograd(_backward, setup_context=_setup_context)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..activations import CLAMP_KERNEL, ERF_DERIVATIVE_SCALE, ERF_KERNEL, SIGMOID_KERNEL, TANH_KERNEL, Activation, vector_loop_size
-from ..bins import EQUAL_KERNEL, ROUND_KERNEL, SYMMETRIC_KERNEL, BinLayout
+from ..bins import EQUAL_KERNEL, GRID_KERNEL, ROUND_KERNEL, SYMMETRIC_KERNEL, BinLayout
 from ..indexing import IndexPlan
 from .thread_choice import ThreadChoice
 
@@ -123,7 +123,7 @@ class _Block:
         self.margin = TANH_MARGIN * float(c["scale"].abs().max())
         # (a margin of half a bin or more would flag everything: large scales take torch.tanh)
         self.fast_tanh = (layout.activation.kernel_id == TANH_KERNEL and z.device.type == "cpu" and z.dtype == torch.float32
-                          and self.margin < MAX_TANH_MARGIN)
+                          and self.margin < MAX_TANH_MARGIN and layout.kernel_id != GRID_KERNEL)
         if self.fast_tanh:
             self.rounded = torch.empty(rows, c["scale"].shape[0], dtype=z.dtype, device=z.device)
         self.affine = self._sigmoid_affine(layout.activation.kernel_id)
@@ -202,13 +202,15 @@ class _Block:
             y.mul_(self.get("scale", n, where))
             if self.has_bias:
                 y.add_(self.get("bias", n, where))
+        elif self.kind == GRID_KERNEL:
+            y.add_(self.get("bias", n, where)).div_(self.get("scale", n, where))
         else:
             y.add_(1).mul_(self.get("scale", n, where))
             if self.kind == SYMMETRIC_KERNEL:
                 y.add_(0.5)
 
     def rounded_(self, u: Tensor) -> Tensor:
-        return u.round_() if self.kind == ROUND_KERNEL else u.floor_()
+        return u.round_() if self.kind in (ROUND_KERNEL, GRID_KERNEL) else u.floor_()
 
     def levels(self, y: Tensor, x: Tensor | None = None) -> Tensor:
         """Values before rounding -> level values (``r = k - L//2`` for "round", else ``k``), in ``y``
@@ -264,6 +266,9 @@ class _Block:
         elif self.kind == SYMMETRIC_KERNEL:
             torch.mul(r, self.get("code_step", n), out=out)
             out.sub_(1)
+        elif self.kind == GRID_KERNEL:
+            torch.mul(r, self.get("code_step", n), out=out)
+            out.sub_(self.get("bias", n))
         else:
             torch.mul(r, 2, out=out)
             out.add_(1).div_(self.get("levels", n)).sub_(1)

@@ -68,7 +68,7 @@ from triton.language.extra import libdevice
 from triton.runtime.jit import JITFunction
 
 from ..activations import CLAMP_KERNEL, ERF_BACKWARD_FACTOR, ERF_KERNEL, SIGMOID_KERNEL, TANH_KERNEL, vector_sigmoid
-from ..bins import EQUAL_KERNEL, ROUND_KERNEL, SYMMETRIC_KERNEL, BinLayout
+from ..bins import EQUAL_KERNEL, GRID_KERNEL, ROUND_KERNEL, SYMMETRIC_KERNEL, BinLayout
 from ..contexts import cached, tracing
 from ..indexing import IndexPlan
 from . import triton_support
@@ -77,7 +77,7 @@ __all__ = ["forward", "backward"]
 
 # The kernel ids of the bounds (activations.py) and layouts (bins.py), as the kernels' constants.
 _TANH, _SIGMOID, _ERF, _CLAMP = (tl.constexpr(i) for i in (TANH_KERNEL, SIGMOID_KERNEL, ERF_KERNEL, CLAMP_KERNEL))
-_ROUND, _SYMMETRIC, _EQUAL = (tl.constexpr(i) for i in (ROUND_KERNEL, SYMMETRIC_KERNEL, EQUAL_KERNEL))
+_ROUND, _SYMMETRIC, _EQUAL, _GRID = (tl.constexpr(i) for i in (ROUND_KERNEL, SYMMETRIC_KERNEL, EQUAL_KERNEL, GRID_KERNEL))
 _ERF_BACKWARD_FACTOR = tl.constexpr(ERF_BACKWARD_FACTOR)
 # Rows of the (8, d) constant table passed to the kernels.
 _CONSTANT_ROWS = ("scale", "bias", "shift", "slope", "top", "levels", "half_width", "code_step")
@@ -223,6 +223,16 @@ def _quantize_forward_kernel(
         else:
             r = libdevice.rint(b)  # round half to even, as torch.round
         k = r + half_width
+    elif KIND == _GRID:  # (y + s) / step, s in the bias row, step in the scale row
+        b = y + bias
+        if FP64:
+            b = b / scale
+        else:
+            b = tl.math.fdiv(b, scale, ieee_rounding=True)
+        if INTERPRET:
+            k = HOST.rint(b)
+        else:
+            k = libdevice.rint(b)
     else:
         b = y + 1.0
         b = b * scale
@@ -241,6 +251,10 @@ def _quantize_forward_kernel(
         step = tl.load(const_ptr + _CODE_STEP * D + cols, mask=col_ok, other=0.0)[None, :]
         code = k * step
         code = code - 1.0
+    elif KIND == _GRID:
+        step = tl.load(const_ptr + _CODE_STEP * D + cols, mask=col_ok, other=0.0)[None, :]
+        code = k * step
+        code = code - bias
     else:
         levels = tl.load(const_ptr + _LEVELS * D + cols, mask=col_ok, other=1.0)[None, :]
         code = 2.0 * k + 1.0

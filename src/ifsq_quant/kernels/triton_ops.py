@@ -35,11 +35,12 @@ from .triton_kernels import BACKWARD_KERNEL, FORWARD_KERNEL
 __all__ = ["quantize"]
 
 
-def _quantize_triton(z: Tensor, levels: list[int], kind: str, activation: str, activation_scale: float, eps: float,
-                     groups: list[int], pack: bool, need_levels: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _quantize_triton(z: Tensor, levels: list[int], kind: str, activation: str, activation_scale: float, eps: float, shift: str,
+                     grid_scale: float, grid_steps: list[float], groups: list[int], pack: bool,
+                     need_levels: bool) -> tuple[Tensor, Tensor, Tensor]:
     """``z (M, d)`` -> ``codes (M, d)``, ``indices (M, G)`` int64 (empty unless ``pack``), level
     indices ``(M, d)`` (empty unless ``need_levels``)."""
-    layout = layout_from_key(levels, kind, activation, activation_scale, eps)
+    layout = layout_from_key(levels, kind, activation, activation_scale, eps, shift, grid_scale, grid_steps)
     plan = plan_from_groups(layout.levels, tuple(groups)) if pack else None
     # ``wrap_triton(FORWARD_KERNEL)`` written out here, where triton_op's source scan finds it.
     kernel = None if triton_support.interpreting() else wrap_triton(FORWARD_KERNEL)  # None: the interpreter's
@@ -49,10 +50,11 @@ def _quantize_triton(z: Tensor, levels: list[int], kind: str, activation: str, a
 
 
 def _quantize_triton_backward(grad: Tensor, z: Tensor, levels: list[int], kind: str, activation: str, activation_scale: float,
-                              eps: float) -> Tensor:
+                              eps: float, shift: str, grid_scale: float, grid_steps: list[float]) -> Tensor:
     """The straight-through gradient ``(M, d)`` of :func:`_quantize_triton`'s codes."""
     kernel = None if triton_support.interpreting() else wrap_triton(BACKWARD_KERNEL)
-    return triton_kernels.backward(grad, z, layout_from_key(levels, kind, activation, activation_scale, eps), kernel)
+    return triton_kernels.backward(grad, z, layout_from_key(levels, kind, activation, activation_scale, eps, shift, grid_scale,
+                                                            grid_steps), kernel)
 
 
 quantize_op = triton_op("ifsq_quant::quantize_triton", mutates_args=())(_quantize_triton)
@@ -60,8 +62,8 @@ backward_op = triton_op("ifsq_quant::quantize_triton_backward", mutates_args=())
 
 
 def _setup_context(ctx, inputs, output):
-    z, levels, kind, activation, activation_scale, eps, *_ = inputs
-    ctx.layout_key = (list(levels), kind, activation, activation_scale, eps)
+    z, *layout_key = inputs[:9]
+    ctx.layout_key = layout_key
     ctx.save_for_backward(z)
 
 
@@ -71,7 +73,7 @@ def _backward(ctx, grad_codes, *_unused):
         grad = straight_through_grad(grad_codes, z, layout_from_key(*ctx.layout_key))
     else:
         grad = backward_op(grad_codes.contiguous(), z, *ctx.layout_key)
-    return (grad,) + (None,) * 8
+    return (grad,) + (None,) * 11
 
 
 quantize_op.register_autograd(_backward, setup_context=_setup_context)
