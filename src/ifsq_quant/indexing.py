@@ -106,12 +106,21 @@ class IndexPlan:
 
     def pack(self, level_indices: Tensor) -> Tensor:
         """``(..., d)`` level indices (integers, or floats holding exact integers) -> ``(..., G)`` int64."""
-        dtype = self.pack_dtype
-        k = level_indices.to(dtype)
-        if self.num_groups == 1:
-            return (k * self._tensor("basis", k.device, dtype)).sum(-1, keepdim=True).to(torch.int64)
-        # (..., d, 1) * (d, G): each group's products, zero outside the group, summed over d
-        return (k.unsqueeze(-1) * self._tensor("weights", k.device, dtype)).sum(-2).to(torch.int64)
+        groups = self.horner(level_indices.to(self.pack_dtype))
+        return torch.stack(groups, dim=-1).to(torch.int64)
+
+    def horner(self, values: Tensor) -> list[Tensor]:
+        """Each group's ``sum_i values_i * B_i`` of ``values (..., d)``, as ``G`` tensors ``(...)`` in
+        ``values``' dtype, by Horner's rule over the group's columns: ``v_0 + L_0 (v_1 + L_1 (v_2 + ...))``.
+        Exact while every group's values stay within the dtype's integers (:attr:`pack_dtype`); the
+        values may be negative (the fused path packs ``k - L // 2`` and adds the offset after)."""
+        out = []
+        for sl in self.group_slices:
+            acc = values[..., sl.stop - 1]
+            for i in range(sl.stop - 2, sl.start - 1, -1):
+                acc = torch.add(values[..., i], acc, alpha=self.levels[i])
+            out.append(acc)
+        return out
 
     def unpack(self, indices: Tensor) -> Tensor:
         """``(..., G)`` int64 indices -> ``(..., d)`` int64 level indices."""

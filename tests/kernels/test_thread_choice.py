@@ -131,3 +131,18 @@ def test_fused_path_on_one_thread_gives_the_reference_bit_for_bit(two_threads, m
         torch.testing.assert_close(z_f.grad, z_ref.grad, rtol=1e-6, atol=1e-6)
     assert set(choice.modes().values()) == {ONE_THREAD}
     assert clock.now > 0  # the calls were timed by the choice
+
+
+def test_one_interrupted_call_does_not_decide_for_dozens(two_threads):
+    """A call the scheduler interrupted (a hundred times the usual time) on all threads moves the choice
+    to one thread for at most a few calls: the estimate is the best recent time, not an average."""
+    clock = FakeClock({ALL_THREADS: 1.0, ONE_THREAD: 2.0})
+    choice = ThreadChoice(min_elements=100, clock=clock)
+    clock.run(choice, 20)
+    assert choice.modes() == {"k": ALL_THREADS}
+    clock.cost = {ALL_THREADS: 100.0, ONE_THREAD: 2.0}  # one interrupted call on all threads ...
+    while clock.run(choice, 1)[0] != [ALL_THREADS]:
+        pass
+    clock.cost = {ALL_THREADS: 1.0, ONE_THREAD: 2.0}  # ... then the machine is as before
+    modes, _ = clock.run(choice, 20)
+    assert modes.count(ONE_THREAD) <= 2 and choice.modes() == {"k": ALL_THREADS}

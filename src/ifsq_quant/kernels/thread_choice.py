@@ -7,11 +7,15 @@ takes on one thread. On a busy one (data-loader workers, other jobs, a server an
 in threads) the scheduler often takes one of the threads off its core, every region then waits
 for it, and a forward can take ten times longer than on a single thread, which has no barriers.
 
-:class:`ThreadChoice` keeps, for each kind of call, an estimate of the time per element on all
-threads and on one thread, runs the faster, and times the other again after 2, 4, 8, ... calls
-(at most every :data:`MAX_INTERVAL` calls), so that a change of load is followed within a
-hundred calls at a cost of about one percent. The first call of each mode is not counted: it
-warms up caches and allocations and says little about the next ones. The thread count never
+:class:`ThreadChoice` keeps, for each kind of call, the time per element of the last
+:data:`WINDOW` calls on all threads and on one thread, runs the mode whose best recent time is
+lower, and times the other again after 2, 4, 8, ... calls (at most every :data:`MAX_INTERVAL`
+calls), so that a change of load is followed within a hundred calls at a cost of about one
+percent. The best of the recent times, not their mean: a call that the scheduler interrupted (a
+time many times the usual) says nothing about the next ones, and an average would carry it for
+dozens of calls, running the slower mode all that while; a lasting load slows every call of a
+mode, its best included. The first call of each mode is not counted: it warms up caches and
+allocations and says little about the next ones. The thread count never
 changes the results: every op is elementwise and the sigmoid is computed over whole vector loops
 for any count (:func:`..activations.vector_loop_size`).
 
@@ -29,6 +33,7 @@ import contextlib
 import ctypes
 import functools
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -38,7 +43,7 @@ __all__ = ["ThreadChoice", "ALL_THREADS", "ONE_THREAD"]
 
 ALL_THREADS, ONE_THREAD = "all threads", "one thread"
 MAX_INTERVAL = 64  # calls between two measurements of the slower mode, at most
-SMOOTHING = 0.5  # weight of a new measurement in a mode's estimate
+WINDOW = 3  # the recent calls of a mode whose best time is its estimate
 START_SAMPLES = 2  # calls of each mode before choosing; the first one of each only warms it up
 
 
@@ -57,12 +62,17 @@ def _omp_set_num_threads():
 
 @dataclass
 class _Estimates:
-    """Seconds per element of each mode, how many calls measured it, and when to measure the slower one."""
+    """Seconds per element of each mode's recent calls, how many calls measured it, and when to measure the slower one."""
 
-    seconds: dict[str, float] = field(default_factory=lambda: {ALL_THREADS: 0.0, ONE_THREAD: 0.0})
+    recent: dict[str, deque] = field(default_factory=lambda: {ALL_THREADS: deque(maxlen=WINDOW), ONE_THREAD: deque(maxlen=WINDOW)})
     samples: dict[str, int] = field(default_factory=lambda: {ALL_THREADS: 0, ONE_THREAD: 0})
     interval: int = 2
     countdown: int = 0
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        """Each mode's estimate: the best of its recent times per element."""
+        return {mode: min(times) if times else 0.0 for mode, times in self.recent.items()}
 
     def measured(self) -> bool:
         return min(self.samples.values()) >= START_SAMPLES
@@ -70,7 +80,8 @@ class _Estimates:
     def best(self) -> str:
         if not self.measured():
             return ALL_THREADS
-        return ONE_THREAD if self.seconds[ONE_THREAD] < self.seconds[ALL_THREADS] else ALL_THREADS
+        seconds = self.seconds
+        return ONE_THREAD if seconds[ONE_THREAD] < seconds[ALL_THREADS] else ALL_THREADS
 
     def next_mode(self) -> str:
         if not self.measured():  # alternate, so that a drift in the load hits both modes alike
@@ -83,10 +94,9 @@ class _Estimates:
     def record(self, mode: str, seconds_per_element: float) -> None:
         was_measured, before = self.measured(), self.best()
         self.samples[mode] += 1
-        if self.samples[mode] <= START_SAMPLES:  # replaces the warm-up calls' value
-            self.seconds[mode] = seconds_per_element
-        else:
-            self.seconds[mode] = (1 - SMOOTHING) * self.seconds[mode] + SMOOTHING * seconds_per_element
+        if self.samples[mode] < START_SAMPLES:  # a warm-up call: not counted
+            return
+        self.recent[mode].append(seconds_per_element)
         if not was_measured:
             self.countdown = self.interval
         elif mode != before:  # the slower mode was measured again

@@ -17,6 +17,7 @@ into one pass (:meth:`_Block.prerounded`).
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 
 import torch
@@ -81,6 +82,23 @@ def sigmoid_(y: Tensor) -> None:
     buffer.sigmoid_()
 
 
+_SCRATCH = threading.local()
+
+
+def scratch(name: str, numel: int, like: Tensor) -> Tensor:
+    """A zero-initialized flat buffer of at least ``numel`` elements of ``like``'s dtype and device, kept
+    per calling thread and reused by the next calls: no allocation (and no page faults) per call. Its
+    contents after a call are finite values of that call (the next call overwrites what it reads)."""
+    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
+    key = (name, like.dtype, like.device)
+    buffer = buffers.get(key)
+    if buffer is None or buffer.numel() < numel:
+        with torch.inference_mode(False):  # a normal tensor, usable inside and outside inference mode
+            buffer = torch.zeros(numel, dtype=like.dtype, device=like.device)
+        buffers[key] = buffer
+    return buffer[:numel]
+
+
 _CONSTANT_BLOCKS: OrderedDict[tuple, Tensor] = OrderedDict()
 CONSTANT_CACHE_SIZE = 16  # blocks of at most BLOCK_ELEMENTS elements each
 
@@ -125,14 +143,17 @@ class _Block:
         self.fast_tanh = (layout.activation.kernel_id == TANH_KERNEL and z.device.type == "cpu" and z.dtype == torch.float32
                           and self.margin < MAX_TANH_MARGIN and layout.kernel_id != GRID_KERNEL)
         if self.fast_tanh:
-            self.rounded = torch.empty(rows, c["scale"].shape[0], dtype=z.dtype, device=z.device)
+            self.rounded = scratch("rounded", rows * c["scale"].shape[0], z).view(rows, c["scale"].shape[0])
         self.affine = self._sigmoid_affine(layout.activation.kernel_id)
         self.d = c["scale"].shape[0]
-        # (zeroed: the padding that sigmoid_ computes over holds finite values)
-        self.work = torch.zeros(max(-(-rows * self.d // CHUNK) * CHUNK, vector_loop_size(rows * self.d)), dtype=z.dtype, device=z.device)
-        if plan is not None:
-            # "round" carries r = k - L//2: the level indices are r + L//2
-            self.half_width = c["half_width"] if layout.kernel_id == ROUND_KERNEL else None
+        # (zeroed once: the padding that sigmoid_ computes over holds finite values)
+        self.work = scratch("work", max(-(-rows * self.d // CHUNK) * CHUNK, vector_loop_size(rows * self.d)), z)
+        if plan is not None and layout.kernel_id == ROUND_KERNEL:
+            # "round" carries r = k - L//2: each group's index is Horner(r) + sum_i (L_i // 2) B_i
+            half_width = c["half_width"].to(torch.int64)
+            self.pack_offsets = [int((half_width[sl] * torch.tensor(plan.basis[sl])).sum()) for sl in plan.group_slices]
+        else:
+            self.pack_offsets = None
 
     def buffer(self, n: int) -> Tensor:
         """``(n, d)`` scratch for the bounded values of ``n`` rows: a view of :attr:`work`."""
@@ -261,8 +282,13 @@ class _Block:
     def codes(self, r: Tensor, out: Tensor) -> None:
         n = r.shape[0]
         if self.kind == ROUND_KERNEL:
-            torch.div(r, self.get("half_width", n), out=out)
-            out.add_(0.0)  # r may be -0.0 after rounding; the reference's (k - L//2) / (L//2) is +0.0
+            # r may be -0.0 after rounding; the reference's (k - L//2) / (L//2) is +0.0: adding 0.0 makes it so
+            half_width = self.get("half_width", n)
+            if isinstance(half_width, float) and math.frexp(half_width)[0] == 0.5:  # a power of two: an exact multiply
+                torch.add(r.new_tensor(0.0), r, alpha=1 / half_width, out=out)
+            else:
+                torch.div(r, half_width, out=out)
+                out.add_(0.0)
         elif self.kind == SYMMETRIC_KERNEL:
             torch.mul(r, self.get("code_step", n), out=out)
             out.sub_(1)
@@ -280,7 +306,13 @@ class _Block:
             out.copy_(r)
 
     def pack(self, r: Tensor, out: Tensor) -> None:
-        out.copy_(self.plan.pack(r if self.half_width is None else r + self.get("half_width", r.shape[0])))
+        """Level values ``r (n, d)`` -> indices ``out (n, G)`` int64: elementwise, never through a matmul,
+        whose float32 precision is a global setting (see :mod:`..indexing`)."""
+        values = r if r.dtype == self.plan.pack_dtype else r.to(self.plan.pack_dtype)
+        for g, acc in enumerate(self.plan.horner(values)):
+            out[:, g].copy_(acc)
+            if self.pack_offsets is not None:
+                out[:, g].add_(self.pack_offsets[g])
 
 
 def forward(z: Tensor, layout: BinLayout, plan: IndexPlan | None, need_levels: bool, need_grad: bool):
