@@ -1,4 +1,4 @@
-"""Gloo process groups on this machine, for the tests that run several ranks."""
+"""Gloo process groups on this machine and a small model, for the tests that run several ranks."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch import nn
 
 
 def free_port() -> int:
@@ -40,3 +41,15 @@ def spawn(worker, *args, world_size: int = 2, timeout: float = 300):
                 process.kill()
             raise AssertionError(f"the {world_size} workers did not finish within {timeout} s")
     return results
+
+
+class Autoencoder(nn.Module):
+    """``Linear(12, 16) -> quantizer -> Linear(16, 12)``: forward returns (reconstruction, quantized, indices)."""
+
+    def __init__(self, quantizer: nn.Module):
+        super().__init__()
+        self.encoder, self.quantizer, self.decoder = nn.Linear(12, 16), quantizer, nn.Linear(16, 12)
+
+    def forward(self, x):
+        quantized, indices = self.quantizer(self.encoder(x))[:2]
+        return self.decoder(quantized), quantized, indices

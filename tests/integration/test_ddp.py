@@ -6,10 +6,9 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 from ifsq_quant import FSQ, GroupedResidualFSQ, ResidualFSQ, iFSQ
-from tests.distributed import gloo_group, spawn
+from tests.distributed import Autoencoder, gloo_group, spawn
 
 pytestmark = pytest.mark.slow
 
@@ -21,16 +20,6 @@ QUANTIZERS = {
 }
 
 
-class Autoencoder(nn.Module):
-    def __init__(self, quantizer: nn.Module):
-        super().__init__()
-        self.encoder, self.quantizer, self.decoder = nn.Linear(12, 16), quantizer, nn.Linear(16, 12)
-
-    def forward(self, x):
-        quantized, indices = self.quantizer(self.encoder(x))[:2]
-        return self.decoder(quantized), indices
-
-
 def _train(model, steps: int = 3, compiled: bool = False):
     """``steps`` SGD steps on the same batches on every rank; returns the indices of each step and the weights."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -38,7 +27,7 @@ def _train(model, steps: int = 3, compiled: bool = False):
     indices = []
     for step in range(steps):
         torch.manual_seed(100 + step)  # the same batch and the same quantize dropout draw on every rank
-        out, idx = run(torch.randn(4, 30, 12))
+        out, _, idx = run(torch.randn(4, 30, 12))
         (out - 1).square().mean().backward()
         optimizer.step()
         optimizer.zero_grad()

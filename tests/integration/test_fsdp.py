@@ -14,10 +14,9 @@ import warnings
 
 import pytest
 import torch
-from torch import nn
 
 from ifsq_quant import FSQ, GroupedResidualFSQ, ResidualFSQ, iFSQ
-from tests.distributed import gloo_group, spawn
+from tests.distributed import Autoencoder, gloo_group, spawn
 
 pytestmark = pytest.mark.slow
 
@@ -27,16 +26,6 @@ QUANTIZERS = {
     "ResidualFSQ": lambda: ResidualFSQ(levels=[8, 5, 5, 5], num_quantizers=3, dim=16),
     "GroupedResidualFSQ": lambda: GroupedResidualFSQ(dim=16, groups=2, levels=[8, 5, 5, 5], num_quantizers=2),
 }
-
-
-class Autoencoder(nn.Module):
-    def __init__(self, quantizer: nn.Module):
-        super().__init__()
-        self.encoder, self.quantizer, self.decoder = nn.Linear(12, 16), quantizer, nn.Linear(16, 12)
-
-    def forward(self, x):
-        quantized, indices = self.quantizer(self.encoder(x))[:2]
-        return self.decoder(quantized), quantized, indices
 
 
 def _decode(quantizer, indices):
