@@ -6,6 +6,7 @@ import hashlib
 import math
 import operator
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -182,7 +183,7 @@ class CodeUsage(ConstantBuffers, nn.Module):
                 continue
             value, problem = self._counts_entry(name, key, state_dict[key])
             if problem is None:
-                loaded[name] = value
+                loaded[name] = cast(Tensor, value)  # given exactly when there is no problem
             else:
                 errors.append(problem)
         if not errors:
