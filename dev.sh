@@ -6,7 +6,8 @@
 #          cores); results in runs/quick/ (report.md, metrics.json, figures, checkpoints)
 #   test   installs what the tests need into $VENV (default .venv): torch and the dev, examples,
 #          triton and codebases extras plus magvit2-pytorch (about 2.6 GB with the CPU build of
-#          torch, 1 GB of it Triton), then ruff and the whole test suite (what CI runs: .ci/run)
+#          torch, 1 GB of it Triton), then ruff, mypy (the package's types) and the whole test
+#          suite (what CI runs: .ci/run)
 #   setup  the installation of "test" alone
 #   bench  the installation of "test", then the CPU speed benchmark into runs/bench/
 #
@@ -83,7 +84,7 @@ setup_demo() {
 setup_test() {
   make_venv
   ensure_torch
-  pip_install test "the package with its dev, examples, triton and codebases extras (pytest, ruff, vector-quantize-pytorch, onnx, onnxruntime, the examples' packages, Triton, codec packages: about 1.85 GB, 1 GB of it Triton)" \
+  pip_install test "the package with its dev, examples, triton and codebases extras (pytest, ruff, mypy, vector-quantize-pytorch, onnx, onnxruntime, the examples' packages, Triton, codec packages: about 1.85 GB, 1 GB of it Triton)" \
     -e ".[dev,examples,triton,codebases]"
   # a second real codebase for tests/parity/test_codebases.py; --no-deps: see the codebases extra
   pip_install magvit2 "magvit2-pytorch 0.5.1 (without its dependencies)" --no-deps "magvit2-pytorch==0.5.1"
@@ -101,8 +102,9 @@ case "$cmd" in
     ;;
   test)
     setup_test
-    say "ruff, then pytest"
+    say "ruff, mypy, then pytest"
     "$VENV/bin/ruff" check src tests examples benchmarks studies
+    "$VENV/bin/mypy"  # [tool.mypy] in pyproject.toml: the package, src/ifsq_quant
     "$VENV/bin/python" -m pytest -q -rs -p no:cacheprovider "$@"
     ;;
   bench) setup_test; "$VENV/bin/python" benchmarks/bench_speed.py "$@" ;;

@@ -26,6 +26,7 @@ import functools
 import math
 import operator
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -88,6 +89,15 @@ class BinLayout:
     ``z`` before ``f`` (non-zero only for even ``L`` in ``"round"``); ``slope`` is
     ``d code / d y`` for the straight-through gradient.
     """
+
+    # The float32 constants (``_geometry``'s entries), set as attributes in ``__init__``.
+    scale: Tensor
+    bias: Tensor
+    shift: Tensor
+    slope: Tensor
+    top: Tensor
+    half_width: Tensor  # "round" only
+    code_step: Tensor  # "symmetric" and "grid" only
 
     def __init__(self, levels: Sequence[int], kind: str, activation: Activation, eps: float, shift: str = "inverse",
                  grid_scale: float = 1.0, grid_steps: Sequence[float] | None = None):
@@ -184,7 +194,8 @@ class BinLayout:
     def key(self) -> tuple:
         """The plain values that define a fused layout, as the registered ops take them: ``(levels, kind,
         activation, activation_scale, eps, shift, grid_scale, grid_steps)`` (see :func:`layout_from_key`)."""
-        return (list(self.levels), self.kind, KERNEL_NAMES[self.activation.kernel_id], self.activation.kernel_scale, self.eps,
+        kernel_id = cast(int, self.activation.kernel_id)  # a fused layout's bound has one
+        return (list(self.levels), self.kind, KERNEL_NAMES[kernel_id], self.activation.kernel_scale, self.eps,
                 self.shift_kind, self.grid_scale, list(self.grid_steps or []))
 
     def constants(self, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:

@@ -9,11 +9,15 @@ an inference tensor that a later backward cannot save; :func:`cached` never stor
 from __future__ import annotations
 
 from collections.abc import Callable, MutableMapping
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
 __all__ = ["tracing", "exporting_to_portable_graph", "functorch_active", "fake_mode_active", "cached"]
+
+_K = TypeVar("_K")
+_V = TypeVar("_V", Tensor, dict[str, Tensor])  # what a cache holds: a tensor, or named tensors
 
 
 def fake_mode_active() -> bool:
@@ -39,7 +43,7 @@ def functorch_active() -> bool:
     return torch._C._functorch.peek_interpreter_stack() is not None
 
 
-def cached(cache: MutableMapping, key, make: Callable[[], Tensor]):
+def cached(cache: MutableMapping[_K, _V], key: _K, make: Callable[[], _V]) -> _V:
     """``cache[key]``, made by ``make()`` on a miss. Outside tracing the value is made as a
     normal tensor (also under ``inference_mode``) and kept; while tracing it is made afresh
     and not kept. Meta and fake tensors are never kept."""

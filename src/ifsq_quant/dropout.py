@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 import warnings
+from types import ModuleType
 
 import torch
 import torch.distributed as dist
@@ -75,6 +76,7 @@ class QuantizeDropout:
         if self.multiple_of != 1 and self.spec.multiple_of == "refused":
             self.refusals.refuse("multiple_of")
         source = self.spec.seed
+        rng: random.Random | ModuleType  # a seeded generator, or the module itself (its global generator)
         if seed is not None:
             rng = random.Random(seed)
         elif source == "python" or (source == "python_local" and not _distributed()):

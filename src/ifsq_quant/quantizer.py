@@ -14,13 +14,14 @@ import math
 import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
+from typing import cast
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
 from . import kernels, noise
-from .activations import HardClamp
+from .activations import Activation, HardClamp
 from .bins import BinLayout, compute_dtype
 from .buffers import ConstantBuffers
 from .checks import check_float_input
@@ -104,6 +105,12 @@ class FSQ(vqp.FSQMethods, ConstantBuffers, nn.Module):
     default_activation: str = "tanh"
     default_eps: float = 1e-3
 
+    # buffers (registered in _build)
+    _levels: Tensor
+    _basis: Tensor
+    _decode_like: Tensor
+    orthogonal_rot: Tensor  # with orthogonal_rotation only
+
     def __init__(
         self,
         levels: Sequence[int],
@@ -157,15 +164,17 @@ class FSQ(vqp.FSQMethods, ConstantBuffers, nn.Module):
         self.levels = list(levels)
         self.codebook_dim, self.num_codebooks = len(levels), config.num_codebooks
         self.effective_codebook_dim = config.effective_codebook_dim
-        self.keep_num_codebooks_dim, self.dim, self.channel_first = config.keep_num_codebooks_dim, config.dim, config.channel_first
+        # FSQConfig resolved dim, keep_num_codebooks_dim and activation (its fields have the types of the arguments it takes)
+        self.dim, self.keep_num_codebooks_dim = cast(int, config.dim), cast(bool, config.keep_num_codebooks_dim)
+        self.channel_first = config.channel_first
         self.allowed_dtypes, self.force_quantization_f32 = config.allowed_dtypes, config.force_quantization_f32
         self.noise_dropout, self.backend, self.return_indices = config.noise_dropout, config.backend, config.return_indices
-        self.activation, self.bins, self.eps = config.activation, config.bins, config.eps
+        self.activation, self.bins, self.eps = cast(Activation, config.activation), config.bins, config.eps
         self.index_groups = None if config.index_groups is None else list(config.index_groups)
         self.preserve_symmetry = config.bins == "symmetric"
         self.bound_hard_clamp = isinstance(config.activation, HardClamp)
         with torch.device("cpu"):  # host-side tables, also when the module is built on the meta device
-            self.layout = BinLayout(levels, config.bins, config.activation, config.eps, config.shift, config.grid_scale, config.grid_steps)
+            self.layout = BinLayout(levels, config.bins, self.activation, config.eps, config.shift, config.grid_scale, config.grid_steps)
             # built even without return_indices, for decoding and the codebook size
             self.index_plan = IndexPlan(levels, config.index_groups, check_int64=config.return_indices)
             self.register_constant("_levels", torch.tensor(levels, dtype=torch.int64))
@@ -261,15 +270,16 @@ class FSQ(vqp.FSQMethods, ConstantBuffers, nn.Module):
             codes = self.quantize(z.to(dtype))
             indices = self.codes_to_indices(codes) if plan is not None else None
             level_indices = self.layout.code_to_level(codes.detach()) if track else None
-            indices = None if indices is None else indices.reshape(*z.shape[:3], plan.num_groups)
+            indices = None if indices is None else indices.reshape(*z.shape[:3], self.index_plan.num_groups)
         else:
             if self.training:
                 x = noise.training_input(x, self.spec, self.noise_dropout, self._levels)
             result = kernels.quantize(x.reshape(-1, self.codebook_dim), self.layout, plan, self.backend, need_level_indices=track)
             codes, level_indices = result.codes.view(z.shape), result.level_indices
-            indices = None if result.indices is None else result.indices.view(*z.shape[:3], plan.num_groups)
-        if track:
-            self.usage._add(level_indices.reshape(-1, self.codebook_dim).to(torch.int64))
+            indices = None if result.indices is None else result.indices.view(*z.shape[:3], self.index_plan.num_groups)
+        if track:  # then there is a usage, and level indices were asked for
+            usage, counted = cast(CodeUsage, self.usage), cast(Tensor, level_indices)
+            usage._add(counted.reshape(-1, self.codebook_dim).to(torch.int64))
         return codes, indices
 
     def maybe_apply_noise(self, codes: Tensor) -> Tensor:
@@ -315,7 +325,7 @@ class FSQ(vqp.FSQMethods, ConstantBuffers, nn.Module):
             raise CodebookUnavailableError(
                 f"implicit_codebook would hold {self.codebook_size} codes; enumerate a range with indices_to_codes instead")
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Tensor | nn.Module:
         # A property that raises AttributeError falls through to here: re-raise its own message.
         if name == "implicit_codebook" and self.__dict__.get("materialize_codebook", True):
             self._check_codebook_enumerable()
@@ -386,7 +396,7 @@ class FSQ(vqp.FSQMethods, ConstantBuffers, nn.Module):
         ``(b, dim, *spatial)``; with ``channel_first`` the feature axis is second. In the module's
         dtype (that of its projection's weights, which a mixed-precision FSDP2 policy sets).
         """
-        codes = self.codes_from_indices(indices, self.project_out.weight.dtype if self.has_projections else None)
+        codes = self.codes_from_indices(indices, cast(nn.Linear, self.project_out).weight.dtype if self.has_projections else None)
         if self.keep_num_codebooks_dim:
             codes = rearrange(codes, "... c d -> ... (c d)")
         codes = self.project_out(codes)

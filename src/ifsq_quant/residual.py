@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -117,6 +118,9 @@ class ResidualFSQ(ConstantBuffers, nn.Module):
     stage), ``codebooks`` (``(q, codebook_size, d)``, unscaled), ``has_projections``.
     """
 
+    # constants (register_constant)
+    scales: Tensor
+    soft_clamp_input_value: Tensor | None
 
     def __init__(
         self,
@@ -173,7 +177,7 @@ class ResidualFSQ(ConstantBuffers, nn.Module):
             FSQ(levels=levels, dim=codebook_dim, bound_hard_clamp=self.bound_hard_clamp, activation=activation, bins=bins, eps=eps,
                 backend=backend, projection_has_bias=projection_has_bias, vqp_version=vqp_version, **kwargs)
             for _ in range(self.num_quantizers))
-        self.codebook_size = self.layers[0].codebook_size
+        self.codebook_size = self._stages[0].codebook_size
 
         self.quantize_dropout = bool(quantize_dropout) and self.num_quantizers > 1
         self.quantize_dropout_cutoff_index = integer(quantize_dropout_cutoff_index, "quantize_dropout_cutoff_index", minimum=0)
@@ -207,10 +211,15 @@ class ResidualFSQ(ConstantBuffers, nn.Module):
                                   for dtype, v in vanishing.items()}
 
     @property
+    def _stages(self) -> Sequence[FSQ]:
+        """:attr:`layers`, typed as the stages they hold (to a type checker an ``nn.ModuleList`` holds plain modules)."""
+        return cast("Sequence[FSQ]", self.layers)
+
+    @property
     def module_dtype(self) -> torch.dtype:
         """The floating dtype of the module: its projections' (which ``.half()`` and a mixed-precision FSDP2
         policy set), else its ``scales`` buffer's (``.half()``, ``.double()``, ...)."""
-        return self.project_in.weight.dtype if self.has_projections else self.scales.dtype
+        return cast(nn.Linear, self.project_in).weight.dtype if self.has_projections else self.scales.dtype
 
     def _work_dtype(self, dtype: torch.dtype) -> torch.dtype:
         """The dtype the residual arithmetic runs in for a ``dtype`` module/input (see ``residual_f32``):
@@ -238,7 +247,7 @@ class ResidualFSQ(ConstantBuffers, nn.Module):
     @property
     def codebooks(self) -> Tensor:
         """``(q, codebook_size, d)``: every stage's codes in index order, unscaled (built on access)."""
-        return torch.stack([layer.enumerate_codes() for layer in self.layers])
+        return torch.stack([layer.enumerate_codes() for layer in self._stages])
 
     def _indices_channel_last(self, indices: Tensor, channel_first: bool) -> Tensor:
         """Validates indices and returns them as ``(b, ..., q)`` int64, padded with -1 to ``q``."""
@@ -278,9 +287,9 @@ class ResidualFSQ(ConstantBuffers, nn.Module):
         dropped = flat == DROPPED
         safe = flat.masked_fill(dropped, 0)  # decode a dummy code, zeroed below
         work = self._work_dtype(self.module_dtype)
-        scales = self._constant("scales", indices.device, work)
+        scales = cast(Tensor, self._constant("scales", indices.device, work))  # (always registered)
         codes = [layer.codes_from_indices(safe[:, i], dtype=work).masked_fill(dropped[:, i, None], 0.0) * scales[i]
-                 for i, layer in enumerate(self.layers)]
+                 for i, layer in enumerate(self._stages)]
         return codes, lead
 
     def get_codes_from_indices(self, indices: Tensor, *, channel_first: bool = False) -> Tensor:
@@ -336,7 +345,7 @@ class ResidualFSQ(ConstantBuffers, nn.Module):
         # vector-quantize-pytorch's ops on the buffers as they are: type promotion decides the dtype (a
         # half-precision module keeps half-precision residuals); residual_f32 computes in `work`
         clamp_value = self._constant("soft_clamp_input_value", x.device, work)
-        scales = self._constant("scales", x.device, work)
+        scales = cast(Tensor, self._constant("scales", x.device, work))  # (always registered)
         if clamp_value is not None:
             x = (x / clamp_value).tanh() * clamp_value
 
@@ -345,7 +354,7 @@ class ResidualFSQ(ConstantBuffers, nn.Module):
         parts, all_indices = [], []
         vanishing = self._vanishing_scales.get(scales.dtype, {})
         with torch.autocast(x.device.type, enabled=False) if x.device.type in ("cuda", "cpu") else nullcontext():
-            residual = self.layers[0].bound(x) if self.spec.first_residual == "bound" else x
+            residual = self._stages[0].bound(x) if self.spec.first_residual == "bound" else x
             for i, layer in enumerate(self.layers):
                 if i > last_kept:
                     all_indices.append(torch.full(x.shape[:2], DROPPED, dtype=torch.int64, device=x.device))
@@ -403,10 +412,10 @@ def _soft_clamp(value, d: int) -> Tensor:
 def _sum_stages(parts: list[Tensor]) -> Tensor:
     # Stage by stage from 0.0, in the forward's order (vector-quantize-pytorch's ``quantized_out = 0.``
     # then ``+=``), so a decode is bit-exact.
-    total = 0.0
+    total: float | Tensor = 0.0
     for part in parts:
         total = total + part
-    return total
+    return cast(Tensor, total)  # (there is always a stage)
 
 
 class GroupedResidualFSQ(nn.Module):
@@ -451,7 +460,12 @@ class GroupedResidualFSQ(nn.Module):
             kwargs["is_channel_first"] = True
         self.accept_image_fmap = channel_first
         self.rvqs = nn.ModuleList(ResidualFSQ(dim=dim // groups, **kwargs) for _ in range(groups))
-        self.codebook_size = self.rvqs[0].codebook_size
+        self.codebook_size = self._residuals[0].codebook_size
+
+    @property
+    def _residuals(self) -> Sequence[ResidualFSQ]:
+        """:attr:`rvqs`, typed as the modules they hold (to a type checker an ``nn.ModuleList`` holds plain modules)."""
+        return cast("Sequence[ResidualFSQ]", self.rvqs)
 
     @property
     def split_dim(self) -> int:
@@ -460,7 +474,7 @@ class GroupedResidualFSQ(nn.Module):
     @property
     def codebooks(self) -> Tensor:
         """``(g, q, codebook_size, d)``."""
-        return torch.stack([rvq.codebooks for rvq in self.rvqs])
+        return torch.stack([rvq.codebooks for rvq in self._residuals])
 
     def _group_chunks(self, indices) -> list[Tensor]:
         """``indices`` (a tensor with a leading group axis, or one tensor per group) as ``g`` tensors of one shape."""
@@ -479,14 +493,14 @@ class GroupedResidualFSQ(nn.Module):
     def get_codes_from_indices(self, indices: Tensor, *, channel_first: bool = False) -> Tensor:
         """``(g, *per-group indices)`` -> ``(g, q, b, ..., d)``."""
         chunks = self._group_chunks(indices)
-        return torch.stack([rvq.get_codes_from_indices(chunk, channel_first=channel_first) for rvq, chunk in zip(self.rvqs, chunks)])
+        return torch.stack([rvq.get_codes_from_indices(chunk, channel_first=channel_first) for rvq, chunk in zip(self._residuals, chunks)])
 
     @runs_as_forward
     def get_output_from_indices(self, indices: Tensor, *, channel_first: bool = False) -> Tensor:
         """``(g, b, ..., q)`` -> ``(b, ..., dim)``; with ``channel_first=True`` the forward's
         ``(g, b, q, *spatial)`` -> ``(b, dim, *spatial)``."""
         chunks = self._group_chunks(indices)
-        outs = [rvq.get_output_from_indices(chunk, channel_first=channel_first) for rvq, chunk in zip(self.rvqs, chunks)]
+        outs = [rvq.get_output_from_indices(chunk, channel_first=channel_first) for rvq, chunk in zip(self._residuals, chunks)]
         return torch.cat(outs, dim=1 if channel_first else -1)
 
     def forward(self, x: Tensor, return_all_codes: bool = False):
@@ -495,7 +509,7 @@ class GroupedResidualFSQ(nn.Module):
         if x.shape[self.split_dim] != self.dim:
             where = "second" if self.accept_image_fmap else "last"
             raise ValueError(f"expected {self.dim} features in the {where} axis, got {x.shape[self.split_dim]}")
-        seed = self.rvqs[0].dropout.group_seed(self.training, x.device)  # one seed for all groups: they drop the same stages
+        seed = self._residuals[0].dropout.group_seed(self.training, x.device)  # one seed for all groups: they drop the same stages
         outs = [rvq(chunk, return_all_codes=return_all_codes, rand_quantize_dropout_fixed_seed=seed)
                 for rvq, chunk in zip(self.rvqs, x.chunk(self.groups, dim=self.split_dim))]
         quantized = torch.cat([o[0] for o in outs], dim=self.split_dim)

@@ -13,6 +13,7 @@ between ``model.unshard()`` and ``model.reshard()``.
 from __future__ import annotations
 
 import functools
+from typing import overload
 
 import torch
 from torch import Tensor, nn
@@ -65,6 +66,14 @@ def runs_as_forward(method):
         return method(self, *args, **kwargs)
 
     return call
+
+
+@overload
+def not_a_view(module: nn.Module, tensor: Tensor) -> Tensor: ...
+
+
+@overload
+def not_a_view(module: nn.Module, tensor: None) -> None: ...
 
 
 def not_a_view(module: nn.Module, tensor: Tensor | None) -> Tensor | None:

@@ -16,9 +16,17 @@ that behaviour would act (:meth:`Refusals.refuse`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Literal, NoReturn, TypeAlias
 
 __all__ = ["FSQSpec", "DropoutSpec", "ResidualSpec", "Refusals"]
+
+# The values of the switches (documented on the fields that take them).
+HalfInputs: TypeAlias = Literal["after_projection", "before_projection", "promote"]
+Noise: TypeAlias = Literal["codes", "input", "input_per_level", "refused"]
+ExtraDraws: TypeAlias = Literal["none", "python_random", "sample_masks", "batch_masks", "refused"]
+DropoutSeed: TypeAlias = Literal["python", "python_local", "torch", "torch_cpu", "refused"]
+GroupedSeed: TypeAlias = Literal["python_every_forward", "torch_every_forward", "torch_cpu_every_forward", "torch_training", "refused"]
+FirstResidual: TypeAlias = Literal["input", "bound"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +41,7 @@ class Refusals:
     source: str = ""
     reasons: tuple[tuple[str, str], ...] = ()
 
-    def refuse(self, switch: str, when: str = "") -> None:
+    def refuse(self, switch: str, when: str = "") -> NoReturn:
         """Raises the ``ValueError`` of ``switch``; ``when`` says in which call (`` in training``)."""
         reason = dict(self.reasons).get(switch, f"its {switch} behaviour is not reproduced")
         raise ValueError(f"{self.source}{when}: {reason}")
@@ -61,10 +69,10 @@ class FSQSpec:
             shape ``(b, 1, 1, 1)`` / ``(b,)`` and one ``rand_like(z)``); ``"refused"``.
     """
 
-    half_inputs: Literal["after_projection", "before_projection", "promote"] = "after_projection"
+    half_inputs: HalfInputs = "after_projection"
     autocast_off_in_forward: bool = False
-    noise: Literal["codes", "input", "input_per_level", "refused"] = "codes"
-    extra_draws: Literal["none", "python_random", "sample_masks", "batch_masks", "refused"] = "none"
+    noise: Noise = "codes"
+    extra_draws: ExtraDraws = "none"
     refusals: Refusals = Refusals()
 
 
@@ -86,12 +94,11 @@ class DropoutSpec:
             ``"torch_training"`` (on training forwards); ``"refused"``.
     """
 
-    seed: Literal["python", "python_local", "torch", "torch_cpu", "refused"] = "torch"
+    seed: DropoutSeed = "torch"
     seed_sum_needs_grad: bool = False
     needs_grad: bool = True
     multiple_of: Literal["works", "refused"] = "works"
-    grouped_seed: Literal["python_every_forward", "torch_every_forward", "torch_cpu_every_forward", "torch_training",
-                          "refused"] = "torch_training"
+    grouped_seed: GroupedSeed = "torch_training"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +114,7 @@ class ResidualSpec:
         stage: the stages' :class:`FSQSpec`.
     """
 
-    first_residual: Literal["input", "bound"] = "input"
+    first_residual: FirstResidual = "input"
     stage_scale_base: Literal["levels", "levels_minus_one"] = "levels"
     dropout: DropoutSpec = DropoutSpec()
     stage: FSQSpec = FSQSpec()

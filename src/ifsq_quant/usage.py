@@ -6,6 +6,7 @@ import hashlib
 import math
 import operator
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -73,6 +74,10 @@ class CodeUsage(ConstantBuffers, nn.Module):
     without checkpointing. Any other forward run during a backward pass (from a backward hook, or
     a custom ``autograd.Function.backward``) is left out too. :meth:`update` always counts.
     """
+
+    # constants (register_constant): each dimension's offset in the flat level counts, and the levels
+    _dim_offsets: Tensor
+    _levels: Tensor
 
     def __init__(self, levels: Sequence[int], max_counted_codebook: int = DEFAULT_MAX_COUNTED_CODEBOOK):
         super().__init__()
@@ -178,7 +183,7 @@ class CodeUsage(ConstantBuffers, nn.Module):
                 continue
             value, problem = self._counts_entry(name, key, state_dict[key])
             if problem is None:
-                loaded[name] = value
+                loaded[name] = cast(Tensor, value)  # given exactly when there is no problem
             else:
                 errors.append(problem)
         if not errors:
@@ -319,9 +324,9 @@ class CodeUsage(ConstantBuffers, nn.Module):
         world = dist.get_world_size(group)
         digest = int.from_bytes(hashlib.blake2b(repr(self.levels).encode(), digest_size=8).digest(), "little", signed=True)
         mine = torch.tensor([len(self.levels), digest, self._local_codes.numel()], dtype=torch.int64, device=device)
-        prints = [torch.empty_like(mine) for _ in range(world)]
-        dist.all_gather(prints, mine, group=group)
-        prints = [p.tolist() for p in prints]
+        gathered_prints = [torch.empty_like(mine) for _ in range(world)]
+        dist.all_gather(gathered_prints, mine, group=group)
+        prints = [p.tolist() for p in gathered_prints]
         if all(p[:2] == prints[0][:2] for p in prints):
             if any(p[2] != prints[0][2] for p in prints):
                 counted = ", ".join(f"rank {r}: {p[2] or 'none'}" for r, p in enumerate(prints))

@@ -29,6 +29,9 @@ exit 0
 FAKE_RUFF = """#!/usr/bin/env bash
 printf '%s\\n' "ruff $*" >> "$FAKE_LOG"
 """
+FAKE_MYPY = """#!/usr/bin/env bash
+printf '%s\\n' "mypy $*" >> "$FAKE_LOG"
+"""
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
@@ -37,7 +40,7 @@ pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash
 def fake_venv(tmp_path):
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
-    for name, text in (("python", FAKE_PYTHON), ("ruff", FAKE_RUFF)):
+    for name, text in (("python", FAKE_PYTHON), ("ruff", FAKE_RUFF), ("mypy", FAKE_MYPY)):
         (venv / "bin" / name).write_text(text)
         (venv / "bin" / name).chmod(0o755)
     torch_dir = tmp_path / "fake_torch"
@@ -87,12 +90,13 @@ def test_an_older_torch_is_replaced_from_TORCH_INDEX_URL(fake_venv):
     assert "older than 2.6" in proc.stdout
 
 
-def test_test_installs_everything_the_tests_need_then_runs_ruff_and_pytest(fake_venv):
+def test_test_installs_everything_the_tests_need_then_runs_ruff_mypy_and_pytest(fake_venv):
     proc, calls = run_script(fake_venv, "dev.sh", "test", "-m", "not slow", torch_version="2.13.0")
     assert proc.returncode == 0, proc.stderr
     assert pip_installs(calls) == [["-e", ".[dev,examples,triton,codebases]"], ["--no-deps", "magvit2-pytorch==0.5.1"]]
-    tools = [c for c in calls if c.startswith("ruff") or "-m pytest" in c]
-    assert tools == ["ruff check src tests examples benchmarks studies", "python -m pytest -q -rs -p no:cacheprovider -m not slow"]
+    tools = [c for c in calls if c.startswith(("ruff", "mypy")) or "-m pytest" in c]
+    assert tools == ["ruff check src tests examples benchmarks studies", "mypy ",
+                     "python -m pytest -q -rs -p no:cacheprovider -m not slow"]
 
 
 def test_ci_runs_the_test_command_in_a_fresh_environment():

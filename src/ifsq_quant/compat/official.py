@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import torch
 
@@ -72,7 +73,7 @@ def from_official_config(cls: type[FSQ], config: dict, **overrides) -> FSQ:
         raise TypeError(f"the official config's 'do_simple_bound' must be a bool, got {config['do_simple_bound']!r}")
     act_fun = config.get("act_fun", "tanh")
     alphas = {"scale_sigmoid_16": 1.6, "scale_sigmoid_20": 2.0}
-    kwargs = {k: config[k] for k in ("levels", "dim", "num_codebooks", "keep_num_codebooks_dim", "scale") if k in config}
+    kwargs: dict[str, Any] = {k: config[k] for k in ("levels", "dim", "num_codebooks", "keep_num_codebooks_dim", "scale") if k in config}
     # The official indices always end in a group axis (of size 1 without factorized_bits).
     kwargs["index_groups"] = list(factorized) if factorized is not None else [len(config["levels"])]
     if config.get("do_simple_bound", False):

@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import re
 import warnings
+from typing import TYPE_CHECKING, NoReturn, cast
 
 import torch
 from torch import Tensor
@@ -30,7 +31,7 @@ from .. import kernels
 from ..activations import HardClamp, get_activation
 from ..bins import BinLayout, compute_dtype
 from ..config import FSQConfig
-from ..spec import DropoutSpec, FSQSpec, Refusals, ResidualSpec
+from ..spec import DropoutSeed, DropoutSpec, ExtraDraws, FirstResidual, FSQSpec, GroupedSeed, HalfInputs, Noise, Refusals, ResidualSpec
 
 __all__ = ["Semantics", "semantics", "OLDEST", "LATEST", "RELEASES", "CHANGES", "fsq_spec", "residual_spec", "fsq_config", "residual_options",
            "check_grouped_options", "FSQMethods"]
@@ -48,7 +49,7 @@ _RELEASED_PATCHES = {
 
 
 def _expand(patches: str) -> list[int]:
-    numbers = []
+    numbers: list[int] = []
     for part in patches.split():
         first, _, last = part.partition("-")
         numbers.extend(range(int(first), int(last or first) + 1))
@@ -209,13 +210,13 @@ REFUSED = {
 }
 
 
-def refuse(s: Semantics, switch: str, what: str = "") -> None:
+def refuse(s: Semantics, switch: str, what: str = "") -> NoReturn:
     """Raises the ``ValueError`` for a refused switch value of ``s``."""
     reason = REFUSED[(switch, getattr(s, switch))]
     raise ValueError(f"vqp_version={s.release!r}{what}: {s.label()} is not reproduced here: {reason}")
 
 
-def _key(version: str) -> tuple[int, int, int]:
+def _key(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
 
 
@@ -272,9 +273,11 @@ def _refusals(s: Semantics, **switches: str) -> Refusals:
     return Refusals(source=f"vqp_version={s.release!r}", reasons=reasons)
 
 
-_HALF_INPUTS = {"promote": "promote", "upcast_before_projection": "before_projection", "upcast_after_projection": "after_projection"}
-_EXTRA_DRAWS = {"none": "none", "python_random": "python_random", "bernoulli_4d": "sample_masks", "bernoulli_batch": "batch_masks"}
-_NOISE = {"codes": "codes", "input": "input", "input_scaled": "input_per_level"}
+_HALF_INPUTS: dict[str, HalfInputs] = {"promote": "promote", "upcast_before_projection": "before_projection",
+                                        "upcast_after_projection": "after_projection"}
+_EXTRA_DRAWS: dict[str, ExtraDraws] = {"none": "none", "python_random": "python_random", "bernoulli_4d": "sample_masks",
+                                       "bernoulli_batch": "batch_masks"}
+_NOISE: dict[str, Noise] = {"codes": "codes", "input": "input", "input_scaled": "input_per_level"}
 
 
 @functools.cache
@@ -288,11 +291,12 @@ def fsq_spec(s: Semantics) -> FSQSpec:
 @functools.cache
 def residual_spec(s: Semantics) -> ResidualSpec:
     """The :class:`~ifsq_quant.spec.ResidualSpec` of release ``s``'s residual modules."""
-    seed = {"python_random": "python", "python_random_local": "python_local", "torch": "torch", "torch_cpu": "torch_cpu"}
+    seed: dict[str, DropoutSeed] = {"python_random": "python", "python_random_local": "python_local", "torch": "torch", "torch_cpu": "torch_cpu"}
     dropout = DropoutSpec(seed=seed.get(s.dropout_seed, "refused"), seed_sum_needs_grad=s.seed_sync_needs_grad,
                           needs_grad=s.dropout_needs_grad, multiple_of="works" if s.dropout_multiple_of_works else "refused",
-                          grouped_seed=s.grouped_seed if s.grouped_seed != "broken" else "refused")
-    return ResidualSpec(first_residual=s.first_residual, stage_scale_base="levels" if s.stage_scale == "levels" else "levels_minus_one",
+                          grouped_seed=cast(GroupedSeed, s.grouped_seed) if s.grouped_seed != "broken" else "refused")
+    return ResidualSpec(first_residual=cast(FirstResidual, s.first_residual),
+                        stage_scale_base="levels" if s.stage_scale == "levels" else "levels_minus_one",
                         dropout=dropout, stage=fsq_spec(s),
                         refusals=_refusals(s, seed="dropout_seed", multiple_of="dropout_multiple_of_works", half_projection="first_residual",
                                            grouped_seed="grouped_seed"))
@@ -300,7 +304,7 @@ def residual_spec(s: Semantics) -> ResidualSpec:
 
 # --- vqp's FSQ arguments -> the core's config ---------------------------------------------------------
 
-def fsq_config(s: Semantics, module: type, *, levels, dim, num_codebooks, keep_num_codebooks_dim, allowed_dtypes, channel_first,
+def fsq_config(s: Semantics, module: type[FSQMethods], *, levels, dim, num_codebooks, keep_num_codebooks_dim, allowed_dtypes, channel_first,
                projection_has_bias, return_indices, force_quantization_f32, preserve_symmetry, noise_dropout, bound_hard_clamp,
                orthogonal_rotation, materialize_codebook, activation, bins, eps, index_groups, track_usage, backend) -> FSQConfig:
     """vqp's ``FSQ`` arguments (and this package's) as release ``s`` reads them -> an :class:`FSQConfig`.
@@ -391,6 +395,25 @@ def check_grouped_options(s: Semantics, channel_first: bool) -> None:
 class FSQMethods:
     """vector-quantize-pytorch's ``FSQ`` methods besides the forward and the decodes, as release
     ``self.vqp`` defines them; a base of :class:`~ifsq_quant.FSQ`."""
+
+    if TYPE_CHECKING:  # what the methods use of FSQ, the class this one is a base of
+        default_activation: str
+        default_eps: float
+        training: bool
+        spec: FSQSpec
+        layout: BinLayout
+        levels: list[int]
+        codebook_dim: int
+        eps: float
+        bound_hard_clamp: bool
+        noise_dropout: float
+        backend: str
+        _levels: Tensor
+        _decode_like: Tensor
+
+        def _check_codebook_input(self, z: Tensor, name: str) -> Tensor: ...
+        def _level_indices_to_codes(self, level_indices: Tensor, dtype: torch.dtype | None = None) -> Tensor: ...
+        def indices_to_level_indices(self, indices: Tensor) -> Tensor: ...
 
     def _use_release(self, vqp_version: str | None, soft_activation) -> None:
         """Records the release whose methods this module has; ``soft_activation`` is the bound of

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
+from typing import TypeAlias, cast
 
 import torch
 from torch import Tensor
@@ -39,7 +40,7 @@ CHUNK = 128  # elements per chunk in the search for values near a boundary (1 in
 THREADS = ThreadChoice(min_elements=BLOCK_ELEMENTS)  # below one block, a call is too short to time reliably
 
 
-Const = "float | Tensor"  # a per-dimension constant: a Python float when uniform, else a block
+Const: TypeAlias = float | Tensor  # a per-dimension constant: a Python float when uniform, else a block
 
 
 def _bound_into(activation: Activation, x: Tensor, y: Tensor, deriv: Tensor | None, slope: Const) -> None:
@@ -151,7 +152,7 @@ class _Block:
         if plan is not None and layout.kernel_id == ROUND_KERNEL:
             # "round" carries r = k - L//2: each group's index is Horner(r) + sum_i (L_i // 2) B_i
             half_width = c["half_width"].to(torch.int64)
-            self.pack_offsets = [int((half_width[sl] * torch.tensor(plan.basis[sl])).sum()) for sl in plan.group_slices]
+            self.pack_offsets: list[int] | None = [int((half_width[sl] * torch.tensor(plan.basis[sl])).sum()) for sl in plan.group_slices]
         else:
             self.pack_offsets = None
 
@@ -159,7 +160,7 @@ class _Block:
         """``(n, d)`` scratch for the bounded values of ``n`` rows: a view of :attr:`work`."""
         return self.work[: n * self.d].view(n, self.d)
 
-    def _sigmoid_affine(self, bound: int) -> tuple[float, Const, Const] | None:
+    def _sigmoid_affine(self, bound: int | None) -> tuple[float, Const, Const] | None:
         """``(alpha, a, b)`` such that the value before rounding is ``u = a * sigmoid(alpha x) + b``,
         computed in one pass instead of two (``2s - 1``, then the scale), or None.
 
@@ -198,8 +199,9 @@ class _Block:
             torch.addcmul(y.new_tensor(b) if isinstance(b, float) else b[:n], y, a[:n], out=y)
         if deriv is not None and not self.fast_tanh:
             # a/2 slope (1 - y^2) with y = u / scale: the same bits as from y (powers of two)
-            c = alpha / 2 * slope
-            torch.addcmul(y.new_tensor(c), y, y, value=-c / self.get("scale", n) ** 2, out=deriv)
+            # (this form is taken for a uniform slope and scale only: both are floats, see _sigmoid_affine)
+            c = alpha / 2 * cast(float, slope)
+            torch.addcmul(y.new_tensor(c), y, y, value=-c / cast(float, self.get("scale", n)) ** 2, out=deriv)
 
     def constant(self, vector: Tensor) -> Const:
         """A ``(d,)`` constant as a float when uniform, else as a cached ``(rows, d)`` block."""
@@ -238,7 +240,7 @@ class _Block:
         or in another buffer, which is returned. With the fast tanh, ``x`` is the tanh's input."""
         n = y.shape[0]
         if self.fast_tanh:
-            y = self._rounded_exactly(y, x)
+            y = self._rounded_exactly(y, cast(Tensor, x))  # given with the fast tanh
         else:
             self.rounded_(y)
         # the values are bounded: only NaN makes a NaN sum (not tested where the clamp runs anyway)
@@ -308,8 +310,9 @@ class _Block:
     def pack(self, r: Tensor, out: Tensor) -> None:
         """Level values ``r (n, d)`` -> indices ``out (n, G)`` int64: elementwise, never through a matmul,
         whose float32 precision is a global setting (see :mod:`..indexing`)."""
-        values = r if r.dtype == self.plan.pack_dtype else r.to(self.plan.pack_dtype)
-        for g, acc in enumerate(self.plan.horner(values)):
+        plan = cast(IndexPlan, self.plan)  # called with a plan only
+        values = r if r.dtype == plan.pack_dtype else r.to(plan.pack_dtype)
+        for g, acc in enumerate(plan.horner(values)):
             out[:, g].copy_(acc)
             if self.pack_offsets is not None:
                 out[:, g].add_(self.pack_offsets[g])
