@@ -36,7 +36,8 @@ def test_explicit_variable_wins(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize(("file", "variable", "name"), [("conftest.py", "IFSQ_VQP_RELEASES", "vqp-releases"),
-                                                      ("test_published_codecs.py", "IFSQ_CODEC_SOURCES", "codec-sources")])
+                                                      ("test_published_codecs.py", "IFSQ_CODEC_SOURCES", "codec-sources"),
+                                                      ("family_sources.py", "IFSQ_FAMILY_SOURCES", "family-sources")])
 def test_the_parity_caches_use_it(monkeypatch, tmp_path, file, variable, name):
     """Each cache of the parity tests: under XDG_CACHE_HOME, or where its own variable says."""
     def cache_of(module_file: str) -> Path:  # the module's CACHE, from a fresh copy of the module
