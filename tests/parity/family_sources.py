@@ -67,8 +67,17 @@ STABLE_CODEC_RESIDUAL = "stable_codec/residual_fsq.py"
 STABLE_AUDIO_TOOLS_FSQ = "stable_audio_tools/models/fsq.py"
 S3TOKENIZER_MODEL_V2 = "s3tokenizer/model_v2.py"
 
+
+
+class Release(types.SimpleNamespace):
+    """A release's classes and source texts (``spec`` names it; the texts stay out of its repr)."""
+
+    def __repr__(self) -> str:
+        return f"Release({self.spec})"
+
+
 _archives: dict[str, Path] = {}
-_loaded: dict[str, types.SimpleNamespace] = {}
+_loaded: dict[str, Release] = {}
 _failed: dict[str, str] = {}
 
 
@@ -124,11 +133,9 @@ def source(spec: str, path: str) -> str:
     return _read(archive(spec), path)
 
 
-def line_of(text: str, needle: str) -> int:
-    """The 1-based line of the one occurrence of ``needle`` in ``text``."""
-    lines = [i for i, line in enumerate(text.splitlines(), 1) if needle in line]
-    assert len(lines) == 1, f"{needle!r} found on lines {lines}"
-    return lines[0]
+def lines_of(text: str, needle: str) -> list[int]:
+    """The 1-based lines of ``text`` that hold ``needle``."""
+    return [i for i, line in enumerate(text.splitlines(), 1) if needle in line]
 
 
 # --- executing selected definitions ------------------------------------------------------------
@@ -197,7 +204,7 @@ def _extract(spec: str, paths: list[str]) -> Path:
     return folder
 
 
-def _cached(key: str, build) -> types.SimpleNamespace:
+def _cached(key: str, build) -> Release:
     if key in _failed:
         pytest.skip(_failed[key])
     if key not in _loaded:
@@ -255,7 +262,7 @@ class _NeuralModule(torch.nn.Module):
 _LOGGING = types.SimpleNamespace(debug=lambda *args, **kwargs: None, info=lambda *args, **kwargs: None)
 
 
-def nemo() -> types.SimpleNamespace:
+def nemo() -> Release:
     """nemo-toolkit 3.0.0's ``FiniteScalarQuantizer`` and ``GroupFiniteScalarQuantizer`` (and ``mask_sequence_tensor``)."""
 
     def build():
@@ -270,21 +277,21 @@ def nemo() -> types.SimpleNamespace:
         _execute(_definitions(utils, ["mask_sequence_tensor"]), namespace, f"{NEMO}:{NEMO_UTILS}")
         names = ["VectorQuantizerBase", "FiniteScalarQuantizer", "GroupFiniteScalarQuantizer"]
         _execute(_definitions(text, names), namespace, f"{NEMO}:{NEMO_CODEC_MODULES}")
-        return types.SimpleNamespace(spec=NEMO, text=text, FiniteScalarQuantizer=namespace["FiniteScalarQuantizer"],
+        return Release(spec=NEMO, text=text, FiniteScalarQuantizer=namespace["FiniteScalarQuantizer"],
                                      GroupFiniteScalarQuantizer=namespace["GroupFiniteScalarQuantizer"],
                                      mask_sequence_tensor=namespace["mask_sequence_tensor"])
 
     return _cached("nemo", build)
 
 
-def stable_codec() -> types.SimpleNamespace:
+def stable_codec() -> Release:
     """stable-codec 0.1.2's ``DitheredFSQ`` and ``ResidualFSQBottleneck``."""
 
     def build():
         folder = _extract(STABLE_CODEC, [STABLE_CODEC_FSQ, STABLE_CODEC_RESIDUAL])
         modules = _import_package_modules("stable_codec", folder, ["fsq", "residual_fsq"])
         assert modules["residual_fsq"].DitheredFSQ is modules["fsq"].DitheredFSQ
-        return types.SimpleNamespace(spec=STABLE_CODEC, text=(folder / STABLE_CODEC_FSQ).read_text(),
+        return Release(spec=STABLE_CODEC, text=(folder / STABLE_CODEC_FSQ).read_text(),
                                      residual_text=(folder / STABLE_CODEC_RESIDUAL).read_text(),
                                      DitheredFSQ=modules["fsq"].DitheredFSQ,
                                      ResidualFSQBottleneck=modules["residual_fsq"].ResidualFSQBottleneck)
@@ -292,7 +299,7 @@ def stable_codec() -> types.SimpleNamespace:
     return _cached("stable-codec", build)
 
 
-def stable_audio_tools(version: str = "0.0.19") -> types.SimpleNamespace:
+def stable_audio_tools(version: str = "0.0.19") -> Release:
     """``DitheredFSQ`` of stable-audio-tools ``version`` ("0.0.19" or "0.0.17")."""
     spec = STABLE_AUDIO_TOOLS[version]
 
@@ -302,19 +309,19 @@ def stable_audio_tools(version: str = "0.0.19") -> types.SimpleNamespace:
         module_spec = importlib.util.spec_from_file_location(name, folder / STABLE_AUDIO_TOOLS_FSQ)
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
-        return types.SimpleNamespace(spec=spec, text=(folder / STABLE_AUDIO_TOOLS_FSQ).read_text(), DitheredFSQ=module.DitheredFSQ)
+        return Release(spec=spec, text=(folder / STABLE_AUDIO_TOOLS_FSQ).read_text(), DitheredFSQ=module.DitheredFSQ)
 
     return _cached(spec, build)
 
 
-def s3tokenizer() -> types.SimpleNamespace:
+def s3tokenizer() -> Release:
     """s3tokenizer 0.3.0's ``FSQCodebook`` and ``FSQVectorQuantization``."""
 
     def build():
         text = source(S3TOKENIZER, S3TOKENIZER_MODEL_V2)
         namespace = {"__name__": "s3tokenizer_model_v2_of_the_release", "torch": torch, "rearrange": einops.rearrange}
         _execute(_definitions(text, ["FSQCodebook", "FSQVectorQuantization"]), namespace, f"{S3TOKENIZER}:{S3TOKENIZER_MODEL_V2}")
-        return types.SimpleNamespace(spec=S3TOKENIZER, text=text, FSQCodebook=namespace["FSQCodebook"],
+        return Release(spec=S3TOKENIZER, text=text, FSQCodebook=namespace["FSQCodebook"],
                                      FSQVectorQuantization=namespace["FSQVectorQuantization"])
 
     return _cached("s3tokenizer", build)
