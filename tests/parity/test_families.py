@@ -95,7 +95,7 @@ def assert_close_grads(ours: torch.Tensor, theirs: torch.Tensor) -> None:
     assert (ours is None) == (theirs is None), "only one side has an input gradient"
     if theirs is not None:
         assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
-        torch.testing.assert_close(ours.float(), theirs.float(), rtol=1e-3 if theirs.dtype in (torch.float16, torch.bfloat16) else 1e-5,
+        torch.testing.assert_close(ours.float(), theirs.float(), rtol=4e-3 if theirs.dtype in (torch.float16, torch.bfloat16) else 1e-5,
                                    atol=1e-6)
 
 
