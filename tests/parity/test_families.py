@@ -22,8 +22,8 @@ indices (int32 and int64) identical to the reference's. Where a reference's indi
 refuse the configuration with a ``ValueError`` or give exact indices; the tests check that its
 indices differ from the reference's only where the reference's do not decode to its own codes.
 
-The drop-ins are imported when a test runs: until they exist, these tests fail (they are not
-skipped).
+The drop-ins are imported inside each test, so a missing or broken ``ifsq_quant.compat`` fails
+these tests and never skips them (only an unavailable release does, with the reason).
 """
 
 from __future__ import annotations
