@@ -338,6 +338,39 @@ def _dithered_call(module, x, train: bool, skip_tanh: bool | None, seed: int):
     return codes, indices, x.grad, states
 
 
+def theirs_levels(theirs, z: torch.Tensor, skip_tanh: bool, seed: int) -> torch.Tensor:
+    """The levels ``(b, n, c, d)`` their forward of ``z (b, n, c, d)`` rounds its codes to (its indices' digits), as
+    it computes them (before the cast back to the input's dtype): outside ``[0, L)`` where it leaves its grid."""
+    seeded(seed)  # the forward's draws again
+    with torch.no_grad():
+        z = z if z.dtype in (torch.float32, torch.float64) else z.to(torch.float64)
+        return theirs._scale_and_shift(theirs.quantize(z, skip_tanh=skip_tanh)).round()
+
+
+def assert_dithered_twins(ours, codes_b, codes_a, levels_a, idx_b=None, idx_a=None) -> torch.Tensor:
+    """Ours equals theirs wherever theirs stays on its grid. Theirs does not clamp its level (scale < 1, or
+    skip_tanh with inputs beyond +-scale); ours does (the documented difference): where theirs' level
+    leaves [0, L), our code is its value or the grid's edge code (the raw and dithered values of training
+    are the same), and our index is in the codebook. Returns which code vectors (b, n, c) theirs kept on the grid."""
+    top = torch.tensor(ours._checked_levels, dtype=levels_a.dtype) - 1
+    inside = (levels_a >= 0) & (levels_a <= top)  # (b, n, c, d)
+    flat_inside = inside.flatten(-2)
+    assert_identical(codes_b[flat_inside], codes_a[flat_inside], "codes where theirs stays on the grid")
+    outside = ~flat_inside
+    if outside.any():
+        edge = (torch.where(levels_a < 0, 0.0, top.double()) * ours.half_l.double() - ours.scale).flatten(-2)
+        b, a = codes_b[outside].double(), codes_a[outside].double()
+        tolerance = 1e-2 if codes_b.dtype in (torch.float16, torch.bfloat16) else 1e-6
+        on_edge = (b - edge[outside]).abs() <= tolerance * max(1.0, ours.scale)
+        assert ((b == a) | on_edge).all(), "where theirs leaves the grid, ours is neither theirs nor the edge code"
+    vectors = inside.all(-1)  # (b, n, c)
+    if idx_b is not None:
+        assert idx_b.dtype == idx_a.dtype and idx_b.shape == idx_a.shape
+        assert_identical(idx_b[vectors], idx_a[vectors], "indices of the code vectors on the grid")
+        assert ((idx_b >= 0) & (idx_b < ours.codebook_size)).all(), "an index outside the codebook"
+    return vectors
+
+
 @SETTINGS
 @given(levels=st.lists(st.integers(2, 20), min_size=1, max_size=5), num_codebooks=st.integers(1, 3), scale=step_scales,
        noise_dropout=st.sampled_from([0.5, 0.05, 0.0, 1.0, 0.8]), dither_inference=st.booleans(), dtype=st.sampled_from(DTYPES),
@@ -366,25 +399,36 @@ def test_dithered_fsq(stable_codec_release, levels, num_codebooks, scale, noise_
     x = randn((3, 5, num_codebooks * len(levels)), dtype, input_scale, seed=len(levels) + 10 * num_codebooks)
     codes_a, idx_a, grad_a, rng_a = _dithered_call(theirs, x, train, skip_tanh, 5)
     codes_b, idx_b, grad_b, rng_b = _dithered_call(ours, x, train, skip_tanh, 5)
-    assert_identical(codes_b, codes_a, "codes")
-    assert_identical(idx_b, idx_a, "indices")
+    z = x.unflatten(-1, (num_codebooks, len(levels)))
+    levels_a = theirs_levels(theirs, z, bool(skip_tanh), 5)
     assert_same_rng(rng_b, rng_a)
+    on_grid = assert_dithered_twins(ours, codes_b, codes_a, levels_a, idx_b, idx_a)
+    assert codes_b.dtype == codes_a.dtype and codes_b.shape == codes_a.shape
     assert_close_grads(grad_b, grad_a)
 
     theirs.eval(), ours.eval()
     with torch.no_grad():
+        rows = on_grid.all(-1)  # (b, n): theirs' indices of these decode to their own codes
         for index_dtype in (torch.int64, torch.int32):
-            tokens = idx_a.to(index_dtype)
+            tokens = idx_a[rows].to(index_dtype)
             assert_identical(ours.indices_to_codes(tokens), theirs.indices_to_codes(tokens), f"indices_to_codes of {index_dtype}")
-        z = x.unflatten(-1, (num_codebooks, len(levels))).to(torch.float64)
-        assert_identical(ours.quantize(z, skip_tanh=bool(skip_tanh)), theirs.quantize(z, skip_tanh=bool(skip_tanh)), "quantize")
+        off_grid = idx_a[~on_grid]
+        off_grid = off_grid[(off_grid < 0) | (off_grid >= theirs.codebook_size)]
+        if off_grid.numel():  # theirs wraps an index outside its codebook onto another code; ours refuses it
+            with pytest.raises(ValueError, match="out of range|>= 0"):
+                ours.indices_to_codes(off_grid[:1, None].expand(1, num_codebooks))
+        z64 = z.to(torch.float64)
+        quantized_a, quantized_b = theirs.quantize(z64, skip_tanh=bool(skip_tanh)), ours.quantize(z64, skip_tanh=bool(skip_tanh))
+        assert quantized_b.dtype == quantized_a.dtype and quantized_b.shape == quantized_a.shape
+        assert_dithered_twins(ours, quantized_b.flatten(-2), quantized_a.flatten(-2), theirs._scale_and_shift(quantized_a).round())
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize(("levels", "scale"), [([3], 1.0), ([5, 2], 1.0), ([4, 3], 0.5), ([9], 0.25)])
 def test_dithered_fsq_rounds_ties_to_even(stable_codec_release, levels, scale, train):
     """Inputs on the midpoints between grid points (exact in float64 with these steps): their
-    ``round`` sends a midpoint to the even level."""
+    ``round`` sends a midpoint to the even level (and the midpoints beyond the ends off the grid,
+    where ours keeps the edge)."""
     theirs, ours = stable_codec_release.DitheredFSQ(levels, scale=scale), compat("stable_codec").DitheredFSQ(levels, scale=scale)
     steps = [2 * scale / (level - 1) for level in levels]
     midpoints = [[-scale + (k + 0.5) * step for k in range(-1, level)] for level, step in zip(levels, steps)]
@@ -392,9 +436,37 @@ def test_dithered_fsq_rounds_ties_to_even(stable_codec_release, levels, scale, t
     z = torch.tensor([[m[i % len(m)] for m in midpoints] for i in range(count)], dtype=torch.float64).unsqueeze(0)
     codes_a, idx_a, _, rng_a = _dithered_call(theirs, z, train, True, 7)
     codes_b, idx_b, _, rng_b = _dithered_call(ours, z, train, True, 7)
-    assert_identical(codes_b, codes_a, "codes")
-    assert_identical(idx_b, idx_a, "indices")
     assert_same_rng(rng_b, rng_a)
+    levels_a = theirs_levels(theirs, z.unsqueeze(-2), True, 7)
+    on_grid = assert_dithered_twins(ours, codes_b, codes_a, levels_a, idx_b, idx_a)
+    assert on_grid.any()  # (the midpoints past an end that even rounding sends off the grid are the clamped ones)
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize(("levels", "scale"), [([3], 1.0), ([5, 2], 1.0), ([4, 3], 0.5), ([7, 6], 0.3), ([17], 1.7)])
+def test_dithered_fsq_float32_into_a_float64_module(stable_codec_release, levels, scale, train):
+    """A float32 input into a module made float64: theirs adds the scale in float32 and divides by the
+    float64 step. Float32 values within 40 ulps of every midpoint between grid points tell that apart
+    from a division of the float64 sum (which rounds some of them the other way)."""
+    theirs = stable_codec_release.DitheredFSQ(levels, scale=scale).double()
+    ours = compat("stable_codec").DitheredFSQ(levels, scale=scale).double()
+    columns = []
+    for level, step in zip(levels, theirs.half_l):
+        around = [(-scale + (torch.arange(-1, level, dtype=torch.float64) + 0.5) * step).float()]  # the midpoints
+        for direction in (math.inf, -math.inf):
+            value = around[0]
+            for _ in range(40):
+                value = torch.nextafter(value, torch.tensor(direction))
+                around.append(value)
+        columns.append(torch.cat(around))
+    count = max(len(c) for c in columns)
+    z = torch.stack([c.repeat(count // len(c) + 1)[:count] for c in columns], dim=-1).unsqueeze(0)
+    codes_a, idx_a, grad_a, rng_a = _dithered_call(theirs, z, train, True, 3)
+    codes_b, idx_b, grad_b, rng_b = _dithered_call(ours, z, train, True, 3)
+    assert codes_a.dtype == codes_b.dtype == torch.float32
+    assert_same_rng(rng_b, rng_a)
+    assert assert_dithered_twins(ours, codes_b, codes_a, theirs_levels(theirs, z.unsqueeze(-2), True, 3), idx_b, idx_a).any()
+    assert_close_grads(grad_b, grad_a)
 
 
 @st.composite
@@ -410,13 +482,28 @@ def residual_stages(draw):
     return stages
 
 
+def theirs_residual_levels(theirs, x: torch.Tensor, seed: int) -> list[torch.Tensor]:
+    """Each stage's levels ``(b, n, 1, C)`` in their encode of ``x`` (its own loop, run again under the seed)."""
+    seeded(seed)
+    with torch.no_grad():
+        residual = torch.tanh(x.to(torch.float64)).transpose(1, 2)
+        out = []
+        for stage in theirs.quantizers:
+            codes, _ = stage(residual, skip_tanh=True)  # float64 in, float64 out: the codes as computed
+            out.append(stage._scale_and_shift(codes.unsqueeze(-2)).round())
+            residual = residual - codes
+    return out
+
+
 @SETTINGS
 @given(stages=residual_stages(), dtype=st.sampled_from(DTYPES), input_scale=st.sampled_from([0.5, 1.0, 3.0]),
        mode=st.sampled_from(["as_built", "eval", "train"]))
 def test_residual_fsq_bottleneck(stable_codec_release, stages, dtype, input_scale, mode):
     """encode: (B, C, T) -> a list of (B, T, 1) int64 index tensors; decode: back to float32 (B, C, T).
     A new bottleneck's stages are in eval mode (its constructor says so) while the bottleneck
-    itself trains; ``.train()`` on it puts the stages in training mode, dither included."""
+    itself trains; ``.train()`` on it puts the stages in training mode, dither included.
+    The stages are identical up to the first one where theirs leaves its grid (a residual beyond a
+    stage's scale): from there ours quantizes a clamped residual, and its indices stay in the codebooks."""
     ours_cls = compat("stable_codec").ResidualFSQBottleneck
     theirs_cls = stable_codec_release.ResidualFSQBottleneck
     theirs, ours = theirs_cls(stages), ours_cls(stages)
@@ -439,13 +526,20 @@ def test_residual_fsq_bottleneck(stable_codec_release, stages, dtype, input_scal
     ids_b = ours.encode(x)
     rng_b = rng_states()
     assert isinstance(ids_b, list) and len(ids_b) == len(ids_a)
-    for i, (b, a) in enumerate(zip(ids_b, ids_a)):
-        assert_identical(b, a, f"stage {i} indices")
     assert_same_rng(rng_b, rng_a)
+    levels_a = theirs_residual_levels(theirs, x, 6)
+    for i, (b, a, stage) in enumerate(zip(ids_b, ids_a, ours.quantizers)):
+        assert b.dtype == a.dtype == torch.int64 and b.shape == a.shape, f"stage {i}"
+        inside = ((levels_a[i] >= 0) & (levels_a[i] <= torch.tensor(stage._checked_levels) - 1)).all(-1)  # (b, n, 1)
+        assert_identical(b[inside], a[inside], f"stage {i} indices on the grid")
+        assert ((b >= 0) & (b < stage.codebook_size)).all(), f"stage {i}: an index outside the codebook"
+        if not inside.all():
+            break  # theirs left its grid: the later residuals differ
     theirs.eval(), ours.eval()
     with torch.no_grad():
+        on_grid = all(((lv >= 0) & (lv <= torch.tensor(q._checked_levels) - 1)).all() for lv, q in zip(levels_a, ours.quantizers))
         for index_dtype in (torch.int64, torch.int32):
-            tokens = [t.to(index_dtype) for t in ids_a]
+            tokens = [t.to(index_dtype) for t in (ids_a if on_grid else ids_b)]  # theirs decodes ours' tokens too
             assert_identical(ours.decode(tokens), theirs.decode(tokens), f"decode of {index_dtype}")
 
 
