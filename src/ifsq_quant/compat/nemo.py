@@ -57,6 +57,7 @@ from ..checks import integer, number
 from ..contexts import functorch_active, tracing
 from ..indexing import FLOAT32_EXACT_INTEGERS, INDEX_DTYPES, IndexPlan
 from ..usage import CodeUsage
+from ._usage import UsageCheckpoints
 
 __all__ = ["FiniteScalarQuantizer", "GroupFiniteScalarQuantizer", "DimensionMismatchError", "nemo_layout", "lossy_levels"]
 
@@ -117,7 +118,7 @@ def _masked(tensor: Tensor, mask: Tensor | None) -> Tensor:
     return tensor * (mask if tensor.ndim == 2 else mask[:, None, :])
 
 
-class FiniteScalarQuantizer(ConstantBuffers, nn.Module):
+class FiniteScalarQuantizer(UsageCheckpoints, ConstantBuffers, nn.Module):
     """NeMo's ``FiniteScalarQuantizer``: FSQ of channel-first features ``(B, D, T)``.
 
     Args:

@@ -34,6 +34,7 @@ from ..checks import integer
 from ..contexts import functorch_active, tracing
 from ..indexing import INDEX_DTYPES, IndexPlan
 from ..usage import CodeUsage
+from ._usage import UsageCheckpoints
 from .nemo import nemo_layout
 
 __all__ = ["FSQCodebook", "FSQVectorQuantization", "CodebookSizeError", "LEVELS", "CODEBOOK_SIZE"]
@@ -47,7 +48,7 @@ class CodebookSizeError(ValueError, AssertionError):
     """A codebook size other than ``3**8``. Also an ``AssertionError``, which theirs raises."""
 
 
-class FSQCodebook(nn.Module):
+class FSQCodebook(UsageCheckpoints, nn.Module):
     """S3Tokenizer's ``FSQCodebook``: ``Linear(dim, 8)``, then eight ternary digits per frame.
 
     Args:

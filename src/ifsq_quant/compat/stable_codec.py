@@ -55,6 +55,7 @@ from ..checks import integer, number
 from ..contexts import functorch_active, tracing
 from ..indexing import INDEX_DTYPES, IndexPlan
 from ..usage import CodeUsage
+from ._usage import UsageCheckpoints
 
 __all__ = ["DitheredFSQ", "ResidualFSQBottleneck", "ShapeMismatchError"]
 
@@ -78,7 +79,7 @@ class Identity(Activation):
         return y.clone()
 
 
-class DitheredFSQ(ConstantBuffers, nn.Module):
+class DitheredFSQ(UsageCheckpoints, ConstantBuffers, nn.Module):
     """Stable Codec's ``DitheredFSQ``: FSQ on the ``L``-point grid over ``[-scale, scale]``, with dither in training.
 
     Args:
@@ -130,8 +131,9 @@ class DitheredFSQ(ConstantBuffers, nn.Module):
             # theirs' step, 2s / (L - 1) as Python evaluates `scale * 2 / tensor`: a reciprocal in the
             # default dtype times 2s (not the correctly rounded quotient)
             step = (levels_tensor - 1).reciprocal() * (scale * 2)
+            basis = torch.tensor(self._plan.basis, dtype=torch.int64)
         self.register_constant("_levels", levels_tensor)
-        self.register_constant("_basis", torch.tensor(self._plan.basis, dtype=torch.int64))
+        self.register_constant("_basis", basis)
         self.register_buffer("half_l", step.clone(), persistent=False)
         self._step_host = step  # half_l's values on the host: follows its dtype conversions (see _apply)
         self._build_layouts()
