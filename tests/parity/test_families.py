@@ -21,6 +21,10 @@ indices (int32 and int64) identical to the reference's. Where a reference's indi
 (NeMo's and stable-audio-tools 0.0.17's float sums truncated to int32) the drop-in must either
 refuse the configuration with a ``ValueError`` or give exact indices; the tests check that its
 indices differ from the reference's only where the reference's do not decode to its own codes.
+Where the stable codec's level leaves its grid (no clamp in theirs: ``scale < 1``, or ``skip_tanh``
+with inputs beyond the scale) the drop-in clamps, its documented difference: the tests compare every
+element theirs keeps on the grid bit for bit and check that the others get the grid's edge code and
+an index in the codebook.
 
 The drop-ins are imported inside each test, so a missing or broken ``ifsq_quant.compat`` fails
 these tests and never skips them (only an unavailable release does, with the reason).
