@@ -138,6 +138,25 @@ def test_track_usage_counts_every_forward():
         q.load_state_dict({})  # theirs' (empty) state_dict, strict
 
 
+@pytest.mark.parametrize("train", [False, True])
+def test_nan_gets_level_zero_and_scale_is_read_at_every_call(train):
+    """NaN inputs: level 0 of their dimension, an index in the codebook (theirs casts NaN to an integer).
+    Setting scale moves the grid and keeps the step, as theirs reads self.scale at every call."""
+    q = DitheredFSQ([5, 4]).train(train)
+    x = inputs((3, 4, 2))
+    x[:, 0, 0] = float("nan")
+    _, indices = q(x)
+    assert torch.equal(indices[:, 0] % 5, torch.zeros(3, 1, dtype=torch.int64)) and (indices < 20).all()
+    step = q.half_l.clone()
+    q.scale = 0.5
+    assert torch.equal(q.half_l, step)
+    codes, _ = q.eval()(torch.full((1, 1, 2), 3.0))
+    level = torch.round((torch.tanh(torch.tensor(3.0)) + 0.5) / step)
+    assert torch.equal(codes[0, 0], level * step - 0.5)
+    with pytest.raises(ValueError, match="scale"):
+        q.scale = -1.0
+
+
 def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="levels"):
         DitheredFSQ([5, 1])

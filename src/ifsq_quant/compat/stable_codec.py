@@ -120,7 +120,7 @@ class DitheredFSQ(UsageCheckpoints, ConstantBuffers, nn.Module):
         self.num_codebooks = num_codebooks
         self.dim = self.codebook_dim * num_codebooks
         self.dither_inference = dither_inference
-        self.scale = scale
+        self._scale = scale
         self.allowed_dtypes = ALLOWED_DTYPES
         self.noise_dropout = noise_dropout
         self.backend = backend
@@ -138,6 +138,18 @@ class DitheredFSQ(UsageCheckpoints, ConstantBuffers, nn.Module):
         self._step_host = step  # half_l's values on the host: follows its dtype conversions (see _apply)
         self._build_layouts()
         self.usage = CodeUsage(checked) if track_usage else None
+
+    @property
+    def scale(self) -> float:
+        """``s``, the grid's half width (read at every call, as theirs: setting it moves the grid, not the step)."""
+        return self._scale
+
+    @scale.setter
+    def scale(self, value: float) -> None:
+        if number(value, "scale") <= 0:
+            raise ValueError(f"scale must be a positive number (the grid's half width), got {value!r}")
+        self._scale = value
+        self._build_layouts()
 
     def _build_layouts(self) -> None:
         """The grid layouts of the current step values (tanh and identity bound)."""
@@ -185,7 +197,8 @@ class DitheredFSQ(UsageCheckpoints, ConstantBuffers, nn.Module):
         codes = torch.where(raw, t, codes)
         kept = torch.bernoulli(torch.full(shape, p, device=t.device)).bool().expand_as(t)
         codes = torch.where(kept, codes, t + (torch.rand_like(t) - 0.5) * self.half_l)
-        return codes, layout.code_to_level(codes.detach())
+        # NaN (a NaN input kept raw) gets level 0, as everywhere in this package
+        return codes, layout.code_to_level(codes.detach().nan_to_num(nan=-float(self.scale)))
 
     def quantize(self, z: Tensor, skip_tanh: bool = False) -> Tensor:
         """``z (b, n, c, d)`` -> codes of that shape (float32, or float64 for float64 inputs and steps; other
