@@ -145,16 +145,15 @@ class FiniteScalarQuantizer(UsageCheckpoints, ConstantBuffers, nn.Module):
         if size > INT32_MAX:
             raise ValueError(f"num_levels={list(levels)} makes {size} codes, more than NeMo's int32 indices hold (2**31 - 1 = "
                              f"{INT32_MAX}); use fewer levels or a GroupFiniteScalarQuantizer")
-        if number(eps, "eps") >= 1:
-            raise ValueError(f"eps must be < 1 (the range shrinks by 1 - eps), got {eps!r}")
         if backend not in kernels.BACKENDS:
             raise ValueError(f"backend must be one of {kernels.BACKENDS}, got {backend!r}")
+        self._levels = levels
+        self.eps = eps  # checked, and the layouts built
         lossy = lossy_levels(levels)
         if lossy:
             warnings.warn(f"NeMo's indices for num_levels={list(levels)} are not exact ({', '.join(lossy)}): it truncates a float "
                           "sum of float digits, which gives some codes a neighbour's index. This module's indices are exact, "
                           "so they differ from NeMo's where NeMo's are wrong; the dequantized outputs are the same.", stacklevel=2)
-        self._levels = levels
         self.backend = backend
         with torch.device("cpu"):
             self._plan = IndexPlan(levels)
@@ -164,13 +163,13 @@ class FiniteScalarQuantizer(UsageCheckpoints, ConstantBuffers, nn.Module):
         for name, value in (("dim_base_index", basis), ("num_levels", counts)):
             self.register_constant(name, value)
             self.register_buffer(name, getattr(self, name), persistent=True)
-        self.eps = eps
         self.usage = CodeUsage(levels) if track_usage else None
 
     # --- NeMo's properties ------------------------------------------------------------------------
 
     @property
     def eps(self):
+        """``eps`` as given; setting it rebuilds the layouts (NeMo reads it at every call)."""
         return self._eps
 
     @eps.setter
