@@ -243,13 +243,31 @@ def test_nemo_group_fsq(nemo_release, data, groups, levels, eps, dtype, batch, s
                          "codes_to_indices")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def nemo_bin_edges(levels: list[int], eps: float = 1e-3) -> torch.Tensor:
+    """(1, D, T) float64 inputs within a few ulps of every bin edge of NeMo's quantizer with float64
+    constants: there float32 constants cast up (a relative error of about 1e-8) round the other way."""
+    columns = []
+    for level in levels:
+        half = torch.tensor((level - 1) / 2 * (1 - eps), dtype=torch.float64)
+        offset = 0.5 if level % 2 == 0 else 0.0
+        shift = torch.tan(torch.tensor(offset, dtype=torch.float64) / half)
+        edges = torch.atanh((torch.arange(-(level // 2), level - level // 2, dtype=torch.float64) - 0.5 + offset) / half) - shift
+        edges = edges[edges.isfinite()]
+        columns.append(torch.cat([edges + i * 4e-16 * edges.abs().clamp(min=1) for i in range(-3, 4)]))
+    count = max(len(c) for c in columns)
+    return torch.stack([c.repeat(count // len(c) + 1)[:count] for c in columns]).unsqueeze(0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
 @pytest.mark.parametrize("levels", [[8, 5, 5, 5], [4, 4, 3]])
 def test_nemo_follows_the_default_dtype(nemo_release, levels, dtype):
     """NeMo's float constants come in torch's default dtype (its codec sets float32 around the
-    quantizer); under float64 the codes and decodes are float64."""
+    quantizer); under float64 the codes and decodes are float64, computed with float64 constants
+    (float64 inputs at the bin edges tell them from float32 constants cast up)."""
     ours_cls = compat("nemo").FiniteScalarQuantizer
     x = randn((2, len(levels), 5), dtype, 1.0, seed=5)
+    if dtype == torch.float64:
+        x = torch.cat([x, nemo_bin_edges(levels).expand(2, -1, -1)], dim=-1)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
