@@ -15,6 +15,8 @@ even (stable-audio-tools' ``DitheredFSQ``); ``step`` is ``2 s / (L - 1)`` as tha
 (``reciprocal(L - 1) * 2s`` in float32) or as given. ``"round"`` takes a negative ``eps`` (the range
 shrinks by ``1 + eps``, as NeMo's ``(1 - eps)``) and ``shift="tan"``, the centring shift of even
 ``L`` as Google's reference code computes it (``tan(offset / half_l)``, not ``f^-1``).
+``constants_dtype=torch.float64`` computes the float64 constants in float64 instead of casting the
+float32 ones (code whose constants follow a float64 default dtype, NeMo's).
 
 Level indices are carried as floats holding exact integers (cheaper than integer tensors on
 the hot path); ``[0, L)`` is enforced with a clamp, and NaN goes to level 0.
@@ -83,6 +85,10 @@ class BinLayout:
         shift: the ``"round"`` layout's shift of even levels, ``"inverse"`` (``f^-1``) or ``"tan"``.
         grid_scale: ``s`` of the ``"grid"`` layout, the grid's half width.
         grid_steps: the ``"grid"`` layout's step per dimension (default ``reciprocal(L - 1) * 2s`` in float32).
+        constants_dtype: ``torch.float32`` (the constants are computed in float32 and cast to the compute
+            dtype) or ``torch.float64`` (the float64 constants are computed in float64, for code whose
+            constants follow a float64 default dtype). Not part of :attr:`key`: such a layout runs on the
+            reference kernel.
 
     Attributes (per-dimension float32 tensors of shape ``(d,)``): ``scale`` and ``bias`` give
     the value before rounding, ``u = (y + pre_add) * scale + bias``; ``shift`` is added to
@@ -100,7 +106,7 @@ class BinLayout:
     code_step: Tensor  # "symmetric" and "grid" only
 
     def __init__(self, levels: Sequence[int], kind: str, activation: Activation, eps: float, shift: str = "inverse",
-                 grid_scale: float = 1.0, grid_steps: Sequence[float] | None = None):
+                 grid_scale: float = 1.0, grid_steps: Sequence[float] | None = None, constants_dtype: torch.dtype = torch.float32):
         self.levels = check_levels(levels)
         if kind not in LAYOUTS:
             raise ValueError(f"bins must be one of {LAYOUTS}, got {kind!r}")
@@ -114,7 +120,10 @@ class BinLayout:
             grid_steps = tuple(float(step) for step in grid_steps)
             if len(grid_steps) != len(self.levels) or not all(0 < step < math.inf for step in grid_steps):
                 raise ValueError(f"grid_steps must be {len(self.levels)} positive finite numbers (one per level count), got {grid_steps}")
+        if constants_dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"constants_dtype must be torch.float32 or torch.float64, got {constants_dtype!r}")
         self.shift_kind, self.grid_scale, self.grid_steps = shift, float(grid_scale), grid_steps
+        self.constants_dtype = constants_dtype
         if max(self.levels) > FLOAT64_EXACT_INTEGERS:
             raise ValueError(f"levels must be at most 2**53 = {FLOAT64_EXACT_INTEGERS} (beyond, even float64 has no integer "
                              f"resolution), got {max(self.levels)}")
@@ -127,11 +136,6 @@ class BinLayout:
         # when it does not upcast it (kernels.quantize); the others promote to float32 first.
         # (The "grid" layout's constants come as Python floats: tables for float32 and float64 from them.)
         self.quantizes_half_in_input_dtype = kind == "symmetric" and max(self.levels) <= FLOAT32_EXACT_INTEGERS
-        if kind == "round" and 2 in self.levels:
-            raise ValueError(
-                f'levels={list(self.levels)}: L = 2 is degenerate in the "round" layout (its codes would '
-                'be {-1, 0}); use bins="symmetric" (preserve_symmetry=True) or bins="equal", or L >= 3'
-            )
         self.num_levels = torch.tensor(self.levels, dtype=torch.int64)
         # float32 constants, computed with vector-quantize-pytorch's operations (so codes match it
         # bit for bit, in float64 too); float64 ones only where float32 cannot hold every level.
@@ -139,7 +143,7 @@ class BinLayout:
         self._tables = {torch.float32: geometry}
         # float32 cannot hold every level: the quantizer computes in float64 (``compute_dtype``)
         self.needs_float64 = max(self.levels) > FLOAT32_EXACT_INTEGERS
-        if self.needs_float64 or kind == "grid":
+        if self.needs_float64 or kind == "grid" or constants_dtype == torch.float64:
             self._tables[torch.float64] = self._geometry(torch.float64)
         for name, value in geometry.items():
             setattr(self, name, value)
@@ -187,8 +191,9 @@ class BinLayout:
 
     @property
     def fused(self) -> bool:
-        """Whether the fused kernels implement this layout's bound (every bound with a kernel id)."""
-        return self.activation.kernel_id is not None
+        """Whether the fused kernels implement this layout: every bound with a kernel id, constants computed in
+        float32 (the registered ops rebuild the layout from :attr:`key`)."""
+        return self.activation.kernel_id is not None and self.constants_dtype == torch.float32
 
     @property
     def key(self) -> tuple:

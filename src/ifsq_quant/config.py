@@ -75,6 +75,11 @@ class FSQConfig:
         resolve("activation", get_activation(self.activation))
         if self.bins not in LAYOUTS:
             raise ValueError(f"bins must be one of {LAYOUTS}, got {self.bins!r}")
+        if self.bins == "round" and 2 in self.levels:
+            raise ValueError(
+                f'levels={list(self.levels)}: L = 2 is degenerate in the "round" layout (its codes would '
+                'be {-1, 0}); use bins="symmetric" (preserve_symmetry=True) or bins="equal", or L >= 3'
+            )
         if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)):
             raise TypeError(f"eps must be a number >= 0, got {self.eps!r} ({type(self.eps).__name__})")
         resolve("eps", float(self.eps))  # its range is checked by the layout

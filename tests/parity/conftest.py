@@ -1,7 +1,8 @@
 """Releases of vector-quantize-pytorch for the parity tests, each installed into its own cached folder.
 
 ``vqp_release(version)`` installs the release with ``pip install --no-deps --target`` into
-``$IFSQ_VQP_RELEASES/<version>`` (default ``~/.cache/ifsq-quant/vqp-releases``; its
+``$IFSQ_VQP_RELEASES/<version>`` (default ``$XDG_CACHE_HOME/ifsq-quant/vqp-releases``, where
+``XDG_CACHE_HOME`` defaults to ``~/.cache``: ``cache_dirs.py``; its
 dependencies, torch, einops and einx, come from the dev extra) and imports its
 ``finite_scalar_quantization`` and ``residual_fsq`` modules under their own names without its
 package ``__init__`` (which imports quantizers unrelated to FSQ), leaving ``sys.modules`` as it
@@ -12,7 +13,6 @@ was: several releases live side by side in one process. Where a release cannot b
 from __future__ import annotations
 
 import importlib
-import os
 import shutil
 import subprocess
 import sys
@@ -21,8 +21,9 @@ import warnings
 from pathlib import Path
 
 import pytest
+from cache_dirs import cache_dir
 
-CACHE = Path(os.environ.get("IFSQ_VQP_RELEASES", Path.home() / ".cache" / "ifsq-quant" / "vqp-releases"))
+CACHE = cache_dir("IFSQ_VQP_RELEASES", "vqp-releases")
 PACKAGE = "vector_quantize_pytorch"
 _loaded: dict[str, types.SimpleNamespace] = {}
 _failed: dict[str, str] = {}

@@ -1,7 +1,7 @@
 """Published codecs' quantizers, rebuilt from their own released files, against the release each pins.
 
 Each codec's distribution is downloaded from PyPI at test time (``pip download --no-deps`` into
-``$IFSQ_CODEC_SOURCES``, default ``~/.cache/ifsq-quant/codec-sources``; skipped with the reason
+``$IFSQ_CODEC_SOURCES``, default ``$XDG_CACHE_HOME/ifsq-quant/codec-sources`` (``cache_dirs.py``); skipped with the reason
 when it cannot be had) and read without being imported (their packages need torchaudio,
 transformers and the like). From the archive the tests take, with ``ast``:
 
@@ -57,7 +57,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import email.parser
-import os
 import random
 import shutil
 import subprocess
@@ -69,6 +68,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cache_dirs import cache_dir
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -77,7 +77,7 @@ from ifsq_quant.compat.vqp import LATEST, semantics
 
 pytestmark = pytest.mark.slow
 
-CACHE = Path(os.environ.get("IFSQ_CODEC_SOURCES", Path.home() / ".cache" / "ifsq-quant" / "codec-sources"))
+CACHE = cache_dir("IFSQ_CODEC_SOURCES", "codec-sources")
 VQP = canonicalize_name("vector-quantize-pytorch")
 SCALES = [0.5, 1.0, 3.0]
 
