@@ -45,6 +45,7 @@ import functools
 import math
 import warnings
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -137,6 +138,10 @@ class FiniteScalarQuantizer(UsageCheckpoints, ConstantBuffers, nn.Module):
     ``decode(indices (1, B, T), input_len)`` -> ``(B, D, T)`` in the default dtype. Gradients are
     straight-through. See the module docstring for what differs from NeMo.
     """
+
+    dim_base_index: Tensor
+    num_levels: Tensor
+    usage: CodeUsage | None
 
     def __init__(self, num_levels: Sequence[int], eps: float = 1e-3, *, track_usage: bool = False, backend: str = "auto"):
         super().__init__()
@@ -246,11 +251,11 @@ class FiniteScalarQuantizer(UsageCheckpoints, ConstantBuffers, nn.Module):
         rows = inputs.transpose(1, 2).reshape(-1, dim).to(dtype)
         track = count and self.usage is not None
         result = kernels.quantize(rows, layout, self._plan, self.backend, need_level_indices=track)
-        if track:  # the frames the mask keeps
-            level_indices = result.level_indices.to(torch.int64)
-            self.usage._add(level_indices if mask is None else level_indices[mask.reshape(-1)])
+        if track:  # the frames the mask keeps (track: there are usage counts and level indices)
+            level_indices = cast(Tensor, result.level_indices).to(torch.int64)
+            cast(CodeUsage, self.usage)._add(level_indices if mask is None else level_indices[mask.reshape(-1)])
         codes = result.codes.view(batch, steps, dim).transpose(1, 2).contiguous()
-        return codes, result.indices.view(batch, steps), mask
+        return codes, cast(Tensor, result.indices).view(batch, steps), mask
 
     def forward(self, inputs: Tensor, input_len: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(inputs (B, D, T), input_len (B,) | None)`` -> ``(dequantized (B, D, T), indices (1, B, T) int32)``."""
@@ -329,7 +334,7 @@ class FiniteScalarQuantizer(UsageCheckpoints, ConstantBuffers, nn.Module):
         # The level buffers are this module's constants: a checkpoint of other levels is an error, not a silent change.
         for name in ("dim_base_index", "num_levels"):
             value = state_dict.get(prefix + name)
-            expected = self.constant_value(name)
+            expected = cast(Tensor, self.constant_value(name))
             comparable = isinstance(value, Tensor) and not value.is_meta and value.shape == expected.shape
             if comparable and not torch.equal(value.cpu().long(), expected.long()):
                 error_msgs.append(f"{prefix}{name}: the checkpoint holds {value.flatten().tolist()}, this module was built for "
@@ -371,7 +376,7 @@ class GroupFiniteScalarQuantizer(nn.Module):
     @property
     def codebook_size(self) -> int:
         """One group's codebook size."""
-        return self.fsqs[0].codebook_size
+        return cast(FiniteScalarQuantizer, self.fsqs[0]).codebook_size
 
     @property
     def codebook_dim(self) -> int:
@@ -402,7 +407,8 @@ class GroupFiniteScalarQuantizer(nn.Module):
         if not isinstance(indices, Tensor) or indices.ndim != 3:
             raise ValueError(f"indices must be a (G, B, T) tensor, got {getattr(indices, 'shape', type(indices).__name__)}")
         parts = self._split(indices, 0, "indices")
-        return torch.cat([fsq.decode(indices=i, input_len=input_len) for i, fsq in zip(parts, self.fsqs)], dim=1)
+        return torch.cat([cast(FiniteScalarQuantizer, fsq).decode(indices=i, input_len=input_len) for i, fsq in zip(parts, self.fsqs)],
+                         dim=1)
 
     def codes_to_indices(self, codes: Tensor, input_len: Tensor | None = None) -> Tensor:
         """Codes ``(B, G*d, T)`` -> indices ``(B, G, T)`` int32, zero at the frames ``input_len`` drops."""
@@ -410,4 +416,5 @@ class GroupFiniteScalarQuantizer(nn.Module):
             raise ValueError(f"codes must be a (B, D, T) tensor, got {getattr(codes, 'shape', type(codes).__name__)}")
         mask = _lengths_mask(input_len, codes.shape[0], codes.shape[-1], codes.device)
         parts = self._split(codes, 1, "codes")
-        return torch.stack([_masked(fsq.codes_to_indices(codes=c), mask) for c, fsq in zip(parts, self.fsqs)], dim=1)
+        return torch.stack([_masked(cast(FiniteScalarQuantizer, fsq).codes_to_indices(codes=c), mask) for c, fsq in zip(parts, self.fsqs)],
+                           dim=1)

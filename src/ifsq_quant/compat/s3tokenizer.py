@@ -26,6 +26,8 @@ ids; ``track_usage=True`` (a :class:`~ifsq_quant.usage.CodeUsage` counting every
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
@@ -61,6 +63,8 @@ class FSQCodebook(UsageCheckpoints, nn.Module):
     projection's dtype. ``indices_to_level_indices(ids (...))`` -> ``(..., 8)`` int64 digits in ``{0, 1, 2}``.
     """
 
+    usage: CodeUsage | None
+
     def __init__(self, dim: int, level: int = 3, *, track_usage: bool = False, backend: str = "auto"):
         super().__init__()
         dim = integer(dim, "dim")
@@ -91,8 +95,8 @@ class FSQCodebook(UsageCheckpoints, nn.Module):
         h = self.project_down(self.preprocess(x)).float()  # the projection in x's dtype (and autocast), then float32
         result = kernels.quantize(h, self._layout, self._plan, self.backend, need_level_indices=self.usage is not None)
         if self.usage is not None:
-            self.usage._add(result.level_indices.to(torch.int64))
-        return result.indices.view(x.shape[0], x.shape[1]).to(torch.int32)
+            self.usage._add(cast(Tensor, result.level_indices).to(torch.int64))
+        return cast(Tensor, result.indices).view(x.shape[0], x.shape[1]).to(torch.int32)
 
     def decode(self, embed_ind: Tensor) -> Tensor:
         """Not available: no up-projection was released (theirs raises the same ``NotImplementedError``)."""

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -103,6 +104,11 @@ class DitheredFSQ(UsageCheckpoints, ConstantBuffers, nn.Module):
     or replaced by ``f(z) + U(-0.5, 0.5) * step``; the indices are those of the nearest grid level of the
     result. See the module docstring for what differs from theirs.
     """
+
+    half_l: Tensor
+    _levels: Tensor
+    _basis: Tensor
+    usage: CodeUsage | None
 
     def __init__(self, levels: Sequence[int], dither_inference: bool = False, num_codebooks: int = 1, noise_dropout: float = 0.5,
                  scale: float = 1.0, *, track_usage: bool = False, backend: str = "auto"):
@@ -176,7 +182,7 @@ class DitheredFSQ(UsageCheckpoints, ConstantBuffers, nn.Module):
         compute = torch.promote_types(z.dtype, self.half_l.dtype)
         # f(z) itself, where it is needed besides the kernel's: the raw and dithered values, the float32 sum below
         needs_bound = self.training or compute != z.dtype
-        bounded = (z if skip_tanh else torch.tanh(z)) if needs_bound else None
+        bounded = (z if skip_tanh else torch.tanh(z)) if needs_bound else z  # (z: not read where not needed)
         if compute == z.dtype:
             x, layout = z, self._layouts[skip_tanh]  # the kernel applies the bound
         else:
@@ -187,7 +193,7 @@ class DitheredFSQ(UsageCheckpoints, ConstantBuffers, nn.Module):
         grid = kernels.quantize(x.reshape(-1, self.codebook_dim), layout, self._plan, self.backend, need_level_indices=not self.training)
         codes = grid.codes.view(z.shape)
         if not self.training:
-            return codes, grid.level_indices.view(z.shape).to(torch.int64)
+            return codes, cast(Tensor, grid.level_indices).view(z.shape).to(torch.int64)
         t = bounded
         # theirs' training draws, in order: a per-sample mask keeping the raw value, a per-sample mask
         # keeping the result, the dither (one step wide) of what it does not keep
@@ -293,4 +299,5 @@ class ResidualFSQBottleneck(nn.Module):
 
     def decode(self, res_ids) -> Tensor:
         """``res_ids[i] (b, n, 1)`` for each stage ``i`` -> ``(b, C, n)``, the stages' codes summed in stage order."""
-        return sum([stage.indices_to_codes(res_ids[i]) for i, stage in enumerate(self.quantizers)]).transpose(1, 2)
+        total = cast(Tensor, sum(cast(DitheredFSQ, stage).indices_to_codes(res_ids[i]) for i, stage in enumerate(self.quantizers)))
+        return total.transpose(1, 2)
