@@ -21,8 +21,7 @@ from torch import Tensor, nn
 __all__ = ["runs_as_forward", "is_sharded", "not_a_view"]
 
 
-@functools.cache
-def _fsdp():
+def _load_fsdp():
     """``torch.distributed.fsdp`` when FSDP2 is available, else None."""
     if not torch.distributed.is_available():
         return None
@@ -33,10 +32,13 @@ def _fsdp():
     return fsdp if hasattr(fsdp, "FSDPModule") and hasattr(fsdp, "register_fsdp_forward_method") else None
 
 
+# Loaded at import: a plain module constant, which torch.compile reads without tracing a cached call.
+_FSDP = _load_fsdp()
+
+
 def is_sharded(module: nn.Module) -> bool:
     """Whether ``module`` itself was sharded with ``fully_shard`` (it is then an ``FSDPModule``)."""
-    fsdp = _fsdp()
-    return fsdp is not None and isinstance(module, fsdp.FSDPModule)
+    return _FSDP is not None and isinstance(module, _FSDP.FSDPModule)
 
 
 def _check_parameters_gathered(module: nn.Module, method: str) -> None:
@@ -60,7 +62,7 @@ def runs_as_forward(method):
         if name not in self.__dict__ and is_sharded(self):
             # replaces the method on this instance by one wrapped in FSDP's pre/post-forward hooks,
             # which calls back into this function (then found in the instance's __dict__)
-            _fsdp().register_fsdp_forward_method(self, name)
+            _FSDP.register_fsdp_forward_method(self, name)
             return getattr(self, name)(*args, **kwargs)
         _check_parameters_gathered(self, name)
         return method(self, *args, **kwargs)
