@@ -288,8 +288,17 @@ class ResidualFSQ(ConstantBuffers, nn.Module):
         safe = flat.masked_fill(dropped, 0)  # decode a dummy code, zeroed below
         work = self._work_dtype(self.module_dtype)
         scales = cast(Tensor, self._constant("scales", indices.device, work))  # (always registered)
-        codes = [layer.codes_from_indices(safe[:, i], dtype=work).masked_fill(dropped[:, i, None], 0.0) * scales[i]
-                 for i, layer in enumerate(self._stages)]
+        codes = []
+        for i, layer in enumerate(self._stages):
+            if flat.shape[0] <= layer.codebook_size:
+                codes.append(layer.codes_from_indices(safe[:, i], dtype=work).masked_fill(dropped[:, i, None], 0.0) * scales[i])
+                continue
+            # More rows than codes: one gather from a table of every scaled code plus a zero row for a
+            # dropped stage (row K), whose values are the row-by-row ones (the same operations), bit for bit.
+            every = torch.arange(layer.codebook_size, device=indices.device)
+            table = layer.codes_from_indices(every, dtype=work) * scales[i]  # (K, d)
+            table = torch.cat([table, table.new_zeros(1, table.shape[1])])
+            codes.append(table.index_select(0, safe[:, i].masked_fill(dropped[:, i], layer.codebook_size)))
         return codes, lead
 
     def get_codes_from_indices(self, indices: Tensor, *, channel_first: bool = False) -> Tensor:
