@@ -1,5 +1,8 @@
-"""Inputs shared by the test tiers."""
+"""Inputs and runners shared by the test tiers."""
 
+import importlib.util
+
+import pytest
 import torch
 
 
@@ -12,3 +15,13 @@ def residual_inputs(shape, seed=0):
     flat[flat.numel() // 10: flat.numel() // 5] = torch.linspace(-1.5, 1.5, flat.numel() // 5 - flat.numel() // 10)
     return x
 
+
+def onnx_run(module, args):
+    """``module`` exported with the dynamo ONNX exporter and run by onnxruntime on ``args`` (CPU tensors): its outputs."""
+    if any(importlib.util.find_spec(name) is None for name in ("onnx", "onnxscript", "onnxruntime")):
+        pytest.skip("onnx, onnxscript and onnxruntime are needed (pip install 'ifsq-quant[dev]')")
+    import onnxruntime
+
+    model = torch.onnx.export(module.eval(), args, dynamo=True, verbose=False).model_proto.SerializeToString()
+    session = onnxruntime.InferenceSession(model)
+    return [torch.from_numpy(out) for out in session.run(None, {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)})]

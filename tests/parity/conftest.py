@@ -21,7 +21,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-from cache_dirs import cache_dir
+
+from tests.parity.cache_dirs import cache_dir
 
 CACHE = cache_dir("IFSQ_VQP_RELEASES", "vqp-releases")
 PACKAGE = "vector_quantize_pytorch"

@@ -40,7 +40,6 @@ import importlib
 import importlib.util
 import math
 import shutil
-import subprocess
 import sys
 import tarfile
 import types
@@ -51,7 +50,8 @@ from pathlib import Path
 import einops
 import pytest
 import torch
-from cache_dirs import cache_dir
+
+from tests.parity.cache_dirs import cache_dir, download
 
 CACHE = cache_dir("IFSQ_FAMILY_SOURCES", "family-sources")
 
@@ -83,25 +83,6 @@ _failed: dict[str, str] = {}
 
 # --- the archives ----------------------------------------------------------------------------
 
-def _download(spec: str) -> Path:
-    """The wheel or sdist of ``spec`` ("name==version"), downloaded into the cache on first use."""
-    folder = CACHE / spec.replace("==", "-")
-    if not folder.is_dir() or not any(folder.iterdir()):
-        partial = CACHE / f".{folder.name}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
-               "-d", str(partial), spec]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        if result.returncode != 0 or not any(partial.iterdir()):
-            shutil.rmtree(partial, ignore_errors=True)
-            raise RuntimeError(f"pip download failed: {result.stderr.strip()[-300:]}")
-        shutil.rmtree(folder, ignore_errors=True)
-        partial.rename(folder)
-    (archive,) = [p for p in folder.iterdir() if p.name.endswith((".whl", ".tar.gz"))]
-    return archive
-
-
 def _read(archive: Path, path: str) -> str:
     """The text of ``path`` in the archive (an sdist's top folder is not part of ``path``)."""
     if archive.suffix == ".whl":
@@ -121,7 +102,7 @@ def archive(spec: str) -> Path:
         pytest.skip(_failed[spec])
     if spec not in _archives:
         try:
-            _archives[spec] = _download(spec)
+            _archives[spec] = download(spec, CACHE)
         except Exception as error:  # no network, no such release
             _failed[spec] = f"{spec} unavailable: {error}"
             pytest.skip(_failed[spec])

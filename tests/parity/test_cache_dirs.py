@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from cache_dirs import cache_dir
+
+from tests.parity.cache_dirs import cache_dir
 
 HERE = Path(__file__).resolve().parent
 

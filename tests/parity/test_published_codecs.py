@@ -58,9 +58,6 @@ import ast
 import dataclasses
 import email.parser
 import random
-import shutil
-import subprocess
-import sys
 import tarfile
 import zipfile
 from collections.abc import Callable
@@ -68,12 +65,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from cache_dirs import cache_dir
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 import ifsq_quant
 from ifsq_quant.compat.vqp import LATEST, semantics
+from tests.parity.cache_dirs import cache_dir, download
 
 pytestmark = pytest.mark.slow
 
@@ -153,21 +150,8 @@ def distribution(spec: str) -> Distribution:
     if spec in _failed:
         pytest.skip(_failed[spec])
     if spec not in _downloaded:
-        folder = CACHE / spec.replace("==", "-")
         try:
-            if not folder.is_dir() or not any(folder.iterdir()):
-                partial = CACHE / f".{folder.name}.partial"
-                shutil.rmtree(partial, ignore_errors=True)
-                partial.mkdir(parents=True)
-                cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
-                       "-d", str(partial), spec]
-                result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-                if result.returncode != 0 or not any(partial.iterdir()):
-                    shutil.rmtree(partial, ignore_errors=True)
-                    raise RuntimeError(f"pip download failed: {result.stderr.strip()[-300:]}")
-                shutil.rmtree(folder, ignore_errors=True)
-                partial.rename(folder)
-            (archive,) = [p for p in folder.iterdir() if p.name.endswith((".whl", ".tar.gz"))]
+            archive = download(spec, CACHE)
             _downloaded[spec] = Distribution(archive)
         except Exception as error:  # no network, no such release
             _failed[spec] = f"{spec} unavailable: {error}"

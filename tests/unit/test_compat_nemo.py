@@ -5,7 +5,6 @@ tests need no NeMo: usage statistics, the meta device, ``torch.compile``, ONNX e
 decoding, the warnings and errors, and the core's layout as NeMo's runs it (fused and reference).
 """
 
-import importlib.util
 import warnings
 
 import pytest
@@ -16,6 +15,7 @@ from ifsq_quant import kernels
 from ifsq_quant.compat.nemo import DimensionMismatchError, FiniteScalarQuantizer, GroupFiniteScalarQuantizer, lossy_levels, nemo_layout
 from ifsq_quant.indexing import IndexPlan
 from ifsq_quant.kernels import reference
+from tests.helpers import onnx_run
 
 
 def inputs(shape, seed=0, scale=2.0):
@@ -255,23 +255,13 @@ def test_compile_fullgraph_equals_eager(levels):
     torch.testing.assert_close(leaf.grad, expected.grad)
 
 
-def _onnx_run(module, args):
-    if any(importlib.util.find_spec(name) is None for name in ("onnx", "onnxscript", "onnxruntime")):
-        pytest.skip("onnx, onnxscript and onnxruntime are needed (pip install 'ifsq-quant[dev]')")
-    import onnxruntime
-
-    model = torch.onnx.export(module.eval(), args, dynamo=True, verbose=False).model_proto.SerializeToString()
-    session = onnxruntime.InferenceSession(model)
-    return [torch.from_numpy(out) for out in session.run(None, {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)})]
-
-
 def test_onnx_export_of_encode_and_decode():
     """encode (with lengths) and decode (int32 and int64 indices) exported with the dynamo exporter and
     run by onnxruntime: NeMo's indices and codes."""
     q = FiniteScalarQuantizer([8, 5, 5, 5]).eval()
     x, lengths = inputs((2, 4, 9)), torch.tensor([9, 4])
-    (indices,) = _onnx_run(_Call(q, "encode"), (x, lengths))
+    (indices,) = onnx_run(_Call(q, "encode"), (x, lengths))
     assert indices.dtype == torch.int32 and torch.equal(indices, q.encode(x, lengths))
     for index_dtype in (torch.int32, torch.int64):
-        (codes,) = _onnx_run(_Call(q, "decode"), (indices.to(index_dtype), lengths))
+        (codes,) = onnx_run(_Call(q, "decode"), (indices.to(index_dtype), lengths))
         assert torch.equal(codes, q.decode(indices, lengths))

@@ -6,13 +6,13 @@ The bit-for-bit comparisons with stable-codec and stable-audio-tools are in
 ``torch.compile``, ONNX export and int32/int64 decoding.
 """
 
-import importlib.util
 
 import pytest
 import torch
 from torch import nn
 
 from ifsq_quant.compat.stable_codec import DitheredFSQ, ResidualFSQBottleneck, ShapeMismatchError
+from tests.helpers import onnx_run
 
 
 def inputs(shape, seed=0, scale=1.0):
@@ -221,23 +221,13 @@ def test_compile_fullgraph_equals_eager(skip_tanh):
     assert all(torch.equal(a, b) for a, b in zip(encode(x.transpose(1, 2)), bottleneck.encode(x.transpose(1, 2))))
 
 
-def _onnx_run(module, args):
-    if any(importlib.util.find_spec(name) is None for name in ("onnx", "onnxscript", "onnxruntime")):
-        pytest.skip("onnx, onnxscript and onnxruntime are needed (pip install 'ifsq-quant[dev]')")
-    import onnxruntime
-
-    model = torch.onnx.export(module.eval(), args, dynamo=True, verbose=False).model_proto.SerializeToString()
-    session = onnxruntime.InferenceSession(model)
-    return [torch.from_numpy(out) for out in session.run(None, {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)})]
-
-
 def test_onnx_export_of_encode_and_decode():
     """The eval forward (the encoder side) and indices_to_codes (int32 and int64) exported with the dynamo
     exporter and run by onnxruntime."""
     q = DitheredFSQ([8, 5, 5, 5], scale=0.7).eval()
     x = inputs((2, 9, 4), scale=2.0)
-    codes, indices = _onnx_run(_Call(q, "forward"), (x,))
+    codes, indices = onnx_run(_Call(q, "forward"), (x,))
     assert torch.equal(codes, q(x)[0]) and torch.equal(indices, q(x)[1])
     for index_dtype in (torch.int32, torch.int64):
-        (decoded,) = _onnx_run(_Call(q, "indices_to_codes"), (indices.to(index_dtype),))
+        (decoded,) = onnx_run(_Call(q, "indices_to_codes"), (indices.to(index_dtype),))
         assert torch.equal(decoded, q.indices_to_codes(indices))
