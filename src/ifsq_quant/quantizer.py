@@ -31,7 +31,7 @@ from .contexts import functorch_active, tracing
 from .indexing import IndexPlan
 from .positions import Positions
 from .sharding import not_a_view, runs_as_forward
-from .usage import CodeUsage
+from .usage import CodeUsage, UsageCheckpoints
 
 __all__ = ["FSQ", "iFSQ", "CodebookUnavailableError"]
 
@@ -41,7 +41,7 @@ class CodebookUnavailableError(ValueError, AttributeError):
     probe attributes with ``hasattr`` (``torch.jit.trace`` does) pass over it."""
 
 
-class FSQ(vqp.FSQMethods, ConstantBuffers, nn.Module):
+class FSQ(vqp.FSQMethods, UsageCheckpoints, ConstantBuffers, nn.Module):
     """Finite Scalar Quantization, a drop-in for vector-quantize-pytorch's ``FSQ``.
 
     Every argument of vector-quantize-pytorch's ``FSQ`` is accepted with the same meaning, and
@@ -195,23 +195,6 @@ class FSQ(vqp.FSQMethods, ConstantBuffers, nn.Module):
             nn.init.orthogonal_(rotation)
             self.register_buffer("orthogonal_rot", rotation)
         self.usage = CodeUsage(levels) if config.track_usage else None
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        # Usage counts load across track_usage settings, with a warning: a module without usage
-        # tracking ignores a checkpoint's counts; one with it keeps its own counts where the
-        # checkpoint has none (they are statistics, not weights).
-        usage_keys = [k for k in state_dict if k.startswith(prefix + "usage.")]
-        if self.usage is not None and not usage_keys:
-            state_dict.update(self.usage.state_dict(prefix=prefix + "usage."))
-            warnings.warn(f"{prefix}usage: the checkpoint has no usage counts (saved with track_usage=False); this module "
-                          "keeps its own counts", stacklevel=4)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-        if self.usage is None and usage_keys:
-            for key in usage_keys:
-                if key in unexpected_keys:
-                    unexpected_keys.remove(key)
-            warnings.warn(f"{prefix}usage: the checkpoint has usage counts but this module was built with track_usage=False; "
-                          "they were not loaded", stacklevel=4)
 
     # --- forward ---------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import operator
+import warnings
 from collections.abc import Sequence
 from typing import cast
 
@@ -16,7 +17,7 @@ from .buffers import ConstantBuffers
 from .contexts import fake_mode_active
 from .indexing import IndexPlan
 
-__all__ = ["CodeUsage"]
+__all__ = ["CodeUsage", "UsageCheckpoints"]
 
 DEFAULT_MAX_COUNTED_CODEBOOK = 2**22
 
@@ -398,3 +399,27 @@ class CodeUsage(ConstantBuffers, nn.Module):
 
     def extra_repr(self) -> str:
         return f"levels={list(self.levels)}, samples={self.num_samples}"
+
+
+class UsageCheckpoints(nn.Module):
+    """Mixin for a module with ``self.usage`` (a :class:`CodeUsage` or ``None``): FSQ and the drop-ins of ``compat/``.
+
+    A checkpoint without usage counts loads into a module with ``track_usage=True``,
+    which keeps its own counts; a checkpoint with counts loads into one without, which ignores them.
+    Both warn (the counts are statistics, not weights); ``strict=True`` holds for everything else.
+    """
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        usage = getattr(self, "usage", None)
+        usage_keys = [key for key in state_dict if key.startswith(prefix + "usage.")]
+        if usage is not None and not usage_keys:
+            state_dict.update(usage.state_dict(prefix=prefix + "usage."))
+            warnings.warn(f"{prefix}usage: the checkpoint has no usage counts (saved without track_usage); this module keeps "
+                          "its own counts", stacklevel=4)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if usage is None and usage_keys:
+            for key in usage_keys:
+                if key in unexpected_keys:
+                    unexpected_keys.remove(key)
+            warnings.warn(f"{prefix}usage: the checkpoint has usage counts but this module was built with track_usage=False; "
+                          "they were not loaded", stacklevel=4)

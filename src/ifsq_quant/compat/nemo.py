@@ -57,8 +57,7 @@ from ..buffers import ConstantBuffers
 from ..checks import integer, number
 from ..contexts import functorch_active, tracing
 from ..indexing import FLOAT32_EXACT_INTEGERS, INDEX_DTYPES, IndexPlan
-from ..usage import CodeUsage
-from ._usage import UsageCheckpoints
+from ..usage import CodeUsage, UsageCheckpoints
 
 __all__ = ["FiniteScalarQuantizer", "GroupFiniteScalarQuantizer", "DimensionMismatchError", "nemo_layout", "lossy_levels"]
 

@@ -35,8 +35,7 @@ from .. import kernels
 from ..checks import integer
 from ..contexts import functorch_active, tracing
 from ..indexing import INDEX_DTYPES, IndexPlan
-from ..usage import CodeUsage
-from ._usage import UsageCheckpoints
+from ..usage import CodeUsage, UsageCheckpoints
 from .nemo import nemo_layout
 
 __all__ = ["FSQCodebook", "FSQVectorQuantization", "CodebookSizeError", "LEVELS", "CODEBOOK_SIZE"]

@@ -55,8 +55,7 @@ from ..buffers import ConstantBuffers
 from ..checks import integer, number
 from ..contexts import functorch_active, tracing
 from ..indexing import INDEX_DTYPES, IndexPlan
-from ..usage import CodeUsage
-from ._usage import UsageCheckpoints
+from ..usage import CodeUsage, UsageCheckpoints
 
 __all__ = ["DitheredFSQ", "ResidualFSQBottleneck", "ShapeMismatchError"]
 
