@@ -12,7 +12,6 @@ was: several releases live side by side in one process. Where a release cannot b
 
 from __future__ import annotations
 
-import importlib
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.parity.cache_dirs import cache_dir
+from tests.parity.family_sources import import_package_modules
 
 CACHE = cache_dir("IFSQ_VQP_RELEASES", "vqp-releases")
 PACKAGE = "vector_quantize_pytorch"
@@ -51,21 +51,10 @@ def _install(version: str) -> Path:
 
 def _import(version: str, folder: Path) -> types.SimpleNamespace:
     """The release's FSQ modules, imported in isolation (``sys.modules`` restored afterwards)."""
-    saved = {k: v for k, v in sys.modules.items() if k == PACKAGE or k.startswith(PACKAGE + ".")}
-    for key in saved:
-        del sys.modules[key]
-    package = types.ModuleType(PACKAGE)
-    package.__path__ = [str(folder / PACKAGE)]
-    sys.modules[PACKAGE] = package
-    try:
-        with warnings.catch_warnings():  # old releases use deprecated torch.cuda.amp spellings
-            warnings.simplefilter("ignore")
-            fsq = importlib.import_module(f"{PACKAGE}.finite_scalar_quantization")
-            residual = importlib.import_module(f"{PACKAGE}.residual_fsq")
-    finally:
-        for key in [k for k in sys.modules if k == PACKAGE or k.startswith(PACKAGE + ".")]:
-            del sys.modules[key]
-        sys.modules.update(saved)
+    with warnings.catch_warnings():  # old releases use deprecated torch.cuda.amp spellings
+        warnings.simplefilter("ignore")
+        modules = import_package_modules(PACKAGE, folder, ["finite_scalar_quantization", "residual_fsq"])
+    fsq, residual = modules["finite_scalar_quantization"], modules["residual_fsq"]
     return types.SimpleNamespace(version=version, FSQ=fsq.FSQ, ResidualFSQ=residual.ResidualFSQ,
                                  GroupedResidualFSQ=residual.GroupedResidualFSQ)
 

@@ -153,7 +153,7 @@ def _execute(nodes: list[ast.stmt], namespace: dict, filename: str) -> dict:
     return namespace
 
 
-def _import_package_modules(package: str, folder: Path, modules: list[str]) -> dict[str, types.ModuleType]:
+def import_package_modules(package: str, folder: Path, modules: list[str]) -> dict[str, types.ModuleType]:
     """``package.<module>`` for each of ``modules``, imported from ``folder`` without the package's
     ``__init__``; ``sys.modules`` restored afterwards."""
     saved = {k: v for k, v in sys.modules.items() if k == package or k.startswith(package + ".")}
@@ -270,7 +270,7 @@ def stable_codec() -> Release:
 
     def build():
         folder = _extract(STABLE_CODEC, [STABLE_CODEC_FSQ, STABLE_CODEC_RESIDUAL])
-        modules = _import_package_modules("stable_codec", folder, ["fsq", "residual_fsq"])
+        modules = import_package_modules("stable_codec", folder, ["fsq", "residual_fsq"])
         assert modules["residual_fsq"].DitheredFSQ is modules["fsq"].DitheredFSQ
         return Release(spec=STABLE_CODEC, text=(folder / STABLE_CODEC_FSQ).read_text(),
                                      residual_text=(folder / STABLE_CODEC_RESIDUAL).read_text(),
